@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""awm: decide from weights alone whether one LLM was derived from another.
+
+Run `python main.py --help` for the options and examples.
+"""
+import argparse
+import os
+import sys
+import time
+
+HELP_EPILOG = """\
+what the score means:
+  AWM aligns the two models' hidden dimensions on their shared vocabulary (a linear
+  assignment on embedding-column cosines), then compares every layer's W_q and W_k with
+  unbiased linear CKA. The AWM score is mean(CKA W_q, CKA W_k) over layers, in percent.
+  Independently trained models score ~0 (paper: mean 0.375 %, std 0.28 %); fine-tunes
+  score ~100 %; continued pre-training, pruning and upcycling fall in between, and even the
+  hardest derived pair in the paper (Llama-3.2-1B vs Llama-3.1-8B) scores ~3.8 %, a |Z| of ~12.
+  The QK-circuit score compares what attention computes (sum over heads of W_q^T W_k with
+  norm gains folded in); it survives disguises that break the paper's score.
+
+examples:
+  python main.py --demo
+  python main.py --model_paths checkpoints/Llama-2-7b-hf checkpoints/vicuna-7b-v1.5
+  python main.py --model_paths model.gguf other_model_dir --output report.json
+  python main.py --config sft_pairs independent_pairs --results_dir results/roc
+  python main.py --config my_pairs.json --device cuda
+"""
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python main.py", description="AWM weight-matrix fingerprint: is model B derived from model A?",
+        epilog=HELP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model_paths", nargs=2, metavar=("A", "B"),
+                      help="two models: Hugging Face directories (safetensors or .bin) or .gguf files")
+    what.add_argument("--config", nargs="+", metavar="SUITE",
+                      help="one or more built-in suites (see --list_suites) or a JSON/YAML suite file")
+    what.add_argument("--demo", action="store_true",
+                      help="compare the real SmolLM2-135M GGUF with a disguised copy and an independent model")
+    what.add_argument("--list_suites", action="store_true", help="list the built-in suites and exit")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where the math runs; auto picks CUDA when available (default: auto)")
+    parser.add_argument("--output", metavar="FILE", help="write the pair's full report (per-layer scores, metadata) as JSON")
+    parser.add_argument("--results_dir", metavar="DIR", help="suite outputs (default: results/<suite>)")
+    parser.add_argument("--checkpoint_dir", metavar="DIR",
+                        help="where suite models live (default: $AWM_CHECKPOINT_DIR or ./checkpoints)")
+    parser.add_argument("--null_stats", metavar="FILE",
+                        help="JSON with mean/std (percent) of your own independent pairs, for the Z-score")
+    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: all cores)")
+    parser.add_argument("--cache_gb", type=float, default=None, metavar="GB",
+                        help="memory for per-model layer kernels reused across a suite's pairs (default: 40%% of RAM)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    return parser
+
+
+def resolve_device(choice):
+    import torch
+
+    if choice == "cpu":
+        return torch.device("cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device cuda: CUDA is not available (torch {torch.__version__}, "
+                         f"built {'with' if torch.version.cuda else 'without'} CUDA; no usable GPU found)")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def set_threads(count):
+    import torch
+
+    torch.set_num_threads(max(1, count or os.cpu_count() or 1))
+
+
+def load_null(path):
+    import report
+
+    if not path:
+        return report.PAPER_NULL
+    import suites
+
+    return suites.read_null_stats(path)
+
+
+def run_pair(args, device, null):
+    import fingerprint
+    import report
+
+    started = time.perf_counter()
+    progress = not args.quiet
+    digests = [fingerprint.digest_path(p, device) for p in args.model_paths]
+    result = fingerprint.compare_digests(*digests, device, null, progress)
+    result["timings"]["total_s"] = round(time.perf_counter() - started, 3)
+    print("\n".join(report.summary_lines(result)))
+    if args.output:
+        report.write_json_atomic(args.output, result)
+        print(f"  report             {os.path.abspath(args.output)}")
+    return 0
+
+
+def dispatch(args):
+    if args.list_suites:
+        import configs
+
+        print(configs.describe_suites())
+        return 0
+    set_threads(args.threads)
+    device = resolve_device(args.device)
+    null = load_null(args.null_stats)
+    if args.demo:
+        import demo
+
+        return demo.run(device, progress=not args.quiet)
+    if args.config:
+        import suites
+
+        return suites.run_from_args(args, device, null)
+    return run_pair(args, device, null)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from errors import CheckpointError, ComparisonError
+
+    try:
+        return dispatch(args)
+    except (CheckpointError, ComparisonError) as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""One model checkpoint: what it is, its vocabulary, its embedding and its per-layer W_q / W_k.
+
+Opens a Hugging Face directory (safetensors or .bin, sharded or not) or a GGUF file, finds
+the family in the architecture table and reads tensors lazily, one at a time.
+"""
+import glob
+import json
+import os
+import re
+
+import torch
+
+import architectures as arch
+import checkpoint_files as files
+import vocabulary
+from errors import CheckpointError
+
+# Tokenizers sometimes list a few added tokens past an embedding that was not resized; such
+# ids are dropped. When many ids fall outside, the tokenizer belongs to another model.
+MAX_OUT_OF_RANGE_FRACTION = 0.01
+GGUF_SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+EMBEDDING_BLOCK_ROWS = 8192
+
+
+def _read_json(path, what):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except OSError as err:
+        raise CheckpointError(path, f"cannot read {what}: {err.strerror}") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(path, f"{what} is not valid JSON ({err.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(path, f"{what} is not a JSON object")
+    return data
+
+
+def _shards_from_index(index_path):
+    index = _read_json(index_path, "shard index")
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(index_path, "shard index has no weight_map")
+    directory = os.path.dirname(index_path)
+    shards = []
+    for shard in dict.fromkeys(weight_map.values()):
+        if not isinstance(shard, str) or os.path.basename(shard) != shard:
+            raise CheckpointError(index_path, f"shard index names an invalid file {shard!r}")
+        path = os.path.join(directory, shard)
+        if not os.path.isfile(path):
+            raise CheckpointError(path, "shard named by the index is missing")
+        shards.append(path)
+    return shards
+
+
+def _gguf_files(directory):
+    found = sorted(p for p in glob.glob(os.path.join(directory, "*.gguf")) if not os.path.basename(p).startswith("mmproj"))
+    if len(found) > 1 and not all(GGUF_SPLIT.search(p) for p in found):
+        raise CheckpointError(directory, f"holds {len(found)} GGUF files; name the one to compare")
+    return found
+
+
+def find_weight_files(directory):
+    """Return (store class, files) for a checkpoint directory, preferring safetensors."""
+    join = lambda name: os.path.join(directory, name)
+    candidates = (
+        (files.SafetensorsStore, lambda: _shards_from_index(join("model.safetensors.index.json")) if os.path.isfile(join("model.safetensors.index.json")) else None),
+        (files.SafetensorsStore, lambda: sorted(glob.glob(join("*.safetensors")))),
+        (files.TorchBinStore, lambda: _shards_from_index(join("pytorch_model.bin.index.json")) if os.path.isfile(join("pytorch_model.bin.index.json")) else None),
+        (files.TorchBinStore, lambda: sorted(p for p in glob.glob(join("*.bin")) if os.path.basename(p) != "training_args.bin")),
+        (files.GGUFStore, lambda: _gguf_files(directory)),
+    )
+    for store_class, lister in candidates:
+        found = lister()
+        if found:
+            return store_class, found
+    raise CheckpointError(directory, "no weights found (expected *.safetensors, pytorch_model*.bin or *.gguf)")
+
+
+class ModelCheckpoint:
+    """Lazy view of one model. Construction reads headers, config and tokenizer only."""
+
+    def __init__(self, path):
+        self.path = os.path.abspath(os.path.expanduser(str(path)))
+        if not os.path.exists(self.path):
+            raise CheckpointError(self.path, "does not exist")
+        if os.path.isfile(self.path):
+            if not self.path.endswith(".gguf"):
+                raise CheckpointError(self.path, "is a file; expected a model directory or a .gguf file")
+            store_class, weight_files = files.GGUFStore, [self.path]
+            if GGUF_SPLIT.search(self.path):
+                weight_files = sorted(glob.glob(GGUF_SPLIT.sub(r"-*-of-\2.gguf", self.path))) or [self.path]
+        else:
+            store_class, weight_files = find_weight_files(self.path)
+        self.store = store_class(weight_files)
+        if store_class is files.GGUFStore:
+            self._init_from_gguf()
+        else:
+            self._init_from_hf_directory()
+        self._bind_family()
+
+    # ------------------------------------------------------------------ configuration
+    def _init_from_hf_directory(self):
+        config_path = os.path.join(self.path, "config.json")
+        if not os.path.isfile(config_path):
+            raise CheckpointError(config_path, "missing: the head counts and architecture come from config.json")
+        self.config_path = config_path
+        raw = _read_json(config_path, "config.json")
+        config = arch.text_config(raw)
+        self.model_type = str(config.get("model_type") or raw.get("model_type") or "unknown")
+        self.config = config
+        self.vocab, self.vocab_source = vocabulary.load_directory_vocab(self.path)
+        hidden, layers = arch.config_value(config, "hidden"), arch.config_value(config, "layers")
+        n_head = arch.config_value(config, "heads")
+        if not (hidden and layers and n_head):
+            missing = [n for n, v in (("hidden size", hidden), ("layer count", layers), ("attention heads", n_head)) if not v]
+            raise CheckpointError(config_path, f"config.json lacks the {', '.join(missing)}")
+        self._geometry(hidden, layers, n_head, arch.kv_heads_from_config(config, n_head), arch.config_value(config, "head_dim"))
+
+    def _init_from_gguf(self):
+        reader = self.store.metadata_reader
+        self.config_path = self.store.files[0]
+        gguf_arch = str(files.gguf_field(reader, "general.architecture", "unknown"))
+        meta = lambda key, default=None: files.gguf_field(reader, f"{gguf_arch}.{key}", default)
+        first = lambda value: value[0] if isinstance(value, list) and value else value
+        self.model_type = "gguf"
+        self.gguf_architecture = gguf_arch
+        self.config = {"model_type": gguf_arch}
+        hidden, layers = meta("embedding_length"), meta("block_count")
+        n_head = first(meta("attention.head_count"))
+        if not (isinstance(hidden, int) and isinstance(layers, int) and isinstance(n_head, int) and n_head > 0):
+            raise CheckpointError(self.config_path, f"GGUF metadata lacks {gguf_arch}.embedding_length, block_count or attention.head_count")
+        n_kv = first(meta("attention.head_count_kv", n_head)) or n_head
+        head_dim = meta("attention.key_length")
+        tokens = files.gguf_field(reader, "tokenizer.ggml.tokens")
+        if tokens is None:
+            self.vocab, self.vocab_source = None, None
+        else:
+            types = files.gguf_field(reader, "tokenizer.ggml.token_type")
+            model = files.gguf_field(reader, "tokenizer.ggml.model")
+            self.vocab = vocabulary.from_gguf_metadata(tokens, types, model)
+            self.vocab_source = "GGUF metadata"
+        self._geometry(hidden, layers, n_head, n_kv, head_dim)
+
+    def _geometry(self, hidden, layers, n_head, n_kv, head_dim):
+        if n_head <= 0 or n_kv <= 0 or n_head % n_kv:
+            raise CheckpointError(self.config_path, f"inconsistent head counts: {n_head} query heads, {n_kv} key/value heads")
+        self.hidden_size, self.num_layers = hidden, layers
+        self.heads = arch.Heads(n_head, n_kv, head_dim or hidden // n_head)
+
+    def _bind_family(self):
+        self.family = arch.resolve_family(self.model_type, self.store.tensors, self.path)
+        embedding = self.store.tensors[self.family.embedding]
+        if len(embedding.shape) != 2:
+            raise CheckpointError(embedding.path, f"embedding '{embedding.name}' is not a matrix (shape {embedding.shape})")
+        self.vocab_rows, embedding_width = embedding.shape
+        if embedding_width != self.hidden_size:
+            raise CheckpointError(embedding.path, f"embedding width {embedding_width} does not match the hidden size {self.hidden_size} in the config")
+        last = self.family.name(self.family.family.query, self.num_layers - 1)
+        if last not in self.store.tensors:
+            raise CheckpointError(self.path, f"the config declares {self.num_layers} layers but tensor '{last}' is missing")
+        self._restrict_vocab()
+
+    def _restrict_vocab(self):
+        self.dropped_token_ids = 0
+        if not self.vocab:
+            return
+        kept = {key: i for key, i in self.vocab.items() if i < self.vocab_rows}
+        self.dropped_token_ids = len(self.vocab) - len(kept)
+        if self.dropped_token_ids > MAX_OUT_OF_RANGE_FRACTION * len(self.vocab):
+            raise CheckpointError(self.path, f"the embedding has {self.vocab_rows} rows but the tokenizer ({self.vocab_source}) uses ids up to {max(self.vocab.values())}: they do not belong together")
+        self.vocab = kept
+
+    # ------------------------------------------------------------------ tensors
+    def _read(self, name):
+        return files.check_finite(self.store.read(name).to(torch.float32), self.store.tensors[name].path, name)
+
+    def read_embedding(self):
+        """The whole input embedding in its stored precision (bf16/fp16 stay half size), read in blocks."""
+        name = self.family.embedding
+        blocks = []
+        for start in range(0, self.vocab_rows, EMBEDDING_BLOCK_ROWS):
+            block = self.store.read_rows(name, start, min(start + EMBEDDING_BLOCK_ROWS, self.vocab_rows))
+            if not block.is_floating_point():
+                raise CheckpointError(self.store.tensors[name].path, f"embedding '{name}' is not floating point ({block.dtype})")
+            blocks.append(files.check_finite(block, self.store.tensors[name].path, name))
+        return torch.cat(blocks) if len(blocks) > 1 else blocks[0]
+
+    def query_key(self, layer):
+        """(W_q, W_k) of one layer as float32 (out_features, hidden) matrices, whole heads in rows."""
+        family = self.family.family
+        layout = arch.LAYOUTS[family.layout_name(self.config)]
+        q_name = self.family.name(family.query, layer)
+        if q_name not in self.store.tensors:
+            raise CheckpointError(self.path, f"tensor '{q_name}' is missing")
+        stored = self._read(q_name)
+        try:
+            w_q, w_k = layout(stored, self.heads)
+        except RuntimeError:
+            raise CheckpointError(self.store.tensors[q_name].path, f"tensor '{q_name}' of shape {tuple(stored.shape)} does not fit {self.heads.n_head} heads / {self.heads.n_kv} kv heads of size {self.heads.head_dim}") from None
+        if w_k is None:
+            k_name = self.family.name(family.key, layer)
+            if k_name not in self.store.tensors:
+                raise CheckpointError(self.path, f"tensor '{k_name}' is missing")
+            w_k = self._read(k_name)
+        for name, w in ((q_name, w_q), (q_name, w_k)):
+            if w.dim() != 2 or w.shape[1] != self.hidden_size or w.shape[0] == 0:
+                raise CheckpointError(self.store.tensors[name].path, f"attention tensor '{name}' has shape {tuple(w.shape)}, expected (*, {self.hidden_size})")
+        return w_q.contiguous(), w_k.contiguous()
+
+    def optional_vector(self, template, layer, offset=0.0):
+        """A norm gain of one layer if the checkpoint has it, else None."""
+        if not template:
+            return None
+        name = self.family.name(template, layer)
+        if name not in self.store.tensors:
+            return None
+        return self._read(name).reshape(-1) + offset
+
+    def attention_input_gain(self, layer):
+        family = self.family.family
+        for template in family.attn_norm:
+            gain = self.optional_vector(template, layer, family.norm_offset)
+            if gain is not None:
+                return gain
+        return None
+
+    # ------------------------------------------------------------------ description
+    def describe(self):
+        q_name = self.family.name(self.family.family.query, 0)
+        return {
+            "path": self.path,
+            "format": self.store.format_name,
+            "architecture": getattr(self, "gguf_architecture", self.model_type),
+            "family": self.family.family.name,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "num_heads": self.heads.n_head,
+            "num_kv_heads": self.heads.n_kv,
+            "head_dim": self.heads.head_dim,
+            "vocab_size": self.vocab_rows,
+            "tokenizer": self.vocab_source,
+            "tokenizer_tokens": len(self.vocab) if self.vocab else 0,
+            "dropped_token_ids": self.dropped_token_ids,
+            "dtype": self.store.dtype_name(q_name),
+        }

@@ -1,0 +1,131 @@
+"""Turning a comparison into what people and scripts read: console lines, JSON, Z-scores."""
+import json
+import math
+import os
+import tempfile
+
+TOOL_VERSION = "0.1.0"
+
+# The paper's reference for independent models: 90 pairs of independently pre-trained 7B and
+# 13B base models scored 0.375 % on average with a standard deviation of about 0.28 % (the
+# official implementation hard-codes mean 0.00375, std 0.0028 for its Z-score).
+PAPER_NULL = {
+    "name": "paper",
+    "mean": 0.375,
+    "std": 0.28,
+    "source": "AWM (ICLR 2026): 90 independent 7B/13B base-model pairs",
+}
+# Decision rule (ours, not the paper's): a score this many standard deviations above the
+# independent-pair mean is called derived. 6 sigma is ~2.06 % with the paper's reference,
+# below the paper's hardest positive (Llama-3.2-1B vs Llama-3.1-8B, ~3.8 %).
+DERIVED_Z = 6.0
+
+
+def z_score(score_percent, null):
+    if score_percent is None:
+        return None
+    return abs(score_percent - null["mean"]) / null["std"]
+
+
+def verdict(scores, null):
+    """A one-word call plus why; the circuit score catches reparametrized (disguised) copies."""
+    final, circuit = scores.get("final"), scores.get("qk_circuit")
+    if final is None:
+        return "undefined", "the AWM score is undefined for these weights"
+    paper_derived = final - null["mean"] >= DERIVED_Z * null["std"]
+    circuit_derived = circuit is not None and circuit - null["mean"] >= DERIVED_Z * null["std"]
+    if paper_derived:
+        return "derived", f"AWM score {final:.2f} % is {z_score(final, null):.0f} sigma above independent pairs"
+    if circuit_derived:
+        return "derived (disguised)", ("the stored weights look unrelated but what the attention computes matches: "
+                                       "the weights were reparametrized")
+    return "independent", "both scores lie within the range of independently trained models"
+
+
+def to_percent(result):
+    """Scores are computed as fractions and reported in percent, rounded to 1e-4 %."""
+    pct = lambda v: None if v is None else round(100.0 * v, 4)
+    result["scores"] = {k: pct(v) for k, v in result["scores"].items()}
+    for layer in result["layers"]:
+        for key in ("wq", "wk", "qk_circuit"):
+            layer[key] = pct(layer[key])
+    return result
+
+
+def pair_report(result, meta_a, meta_b, null, timings):
+    """Assemble the stable JSON record of one pair."""
+    scores = result["scores"]
+    call, reason = verdict(scores, null)
+    return {
+        "tool": "awm",
+        "version": TOOL_VERSION,
+        "model_a": meta_a,
+        "model_b": meta_b,
+        "scores": {**scores, "z_score": _round(z_score(scores["final"], null))},
+        "verdict": call,
+        "verdict_reason": reason,
+        "reference": null,
+        "evidence": result["evidence"],
+        "layers": result["layers"],
+        "timings": timings,
+    }
+
+
+def _round(value, digits=3):
+    return None if value is None or not math.isfinite(value) else round(value, digits)
+
+
+def _fmt(value, unit=" %"):
+    return "undefined" if value is None else f"{value:7.2f}{unit}"
+
+
+def _describe(meta):
+    return (f"{meta['architecture']}, hidden {meta['hidden_size']}, {meta['num_layers']} layers, "
+            f"{meta['num_heads']}/{meta['num_kv_heads']} heads, vocab {meta['vocab_size']:,}, {meta['dtype']}")
+
+
+def summary_lines(report):
+    """The human summary of one pair: scores first, then the evidence behind them."""
+    ev, sc, ref = report["evidence"], report["scores"], report["reference"]
+    base = "A" if ev["base_model"] == "a" else "B"
+    if ev["layer_map"] is None:
+        depth = f"{ev['layers_a']} vs {ev['layers_b']} (layer i with layer i)"
+    else:
+        depth = f"{ev['layers_a']} vs {ev['layers_b']}, matched by LAP: " + " ".join(f"{a}-{b}" for a, b in ev["layer_map"])
+    alignment = (f"{ev['shared_tokens']:,} shared tokens, base {base}, {ev['matched_hidden_dims']}/{ev['base_hidden_dims']} "
+                 f"dims matched, {ev['sign_flips']} sign flips, mean |cos| {ev['mean_abs_cosine']:.3f}"
+                 if ev["aligned"] else "UNALIGNED (dims compared in stored order)")
+    z = sc["z_score"]
+    lines = [
+        f"A  {report['model_a']['path']}",
+        f"   {_describe(report['model_a'])}",
+        f"B  {report['model_b']['path']}",
+        f"   {_describe(report['model_b'])}",
+        f"  alignment          {alignment}",
+        f"  layers             {depth}",
+        f"  Wq similarity      {_fmt(sc['wq'])}",
+        f"  Wk similarity      {_fmt(sc['wk'])}",
+        f"  AWM score (Wq*Wk)  {_fmt(sc['final'])}   |Z| = {'n/a' if z is None else f'{z:.1f}'} against {ref['name']} "
+        f"independent pairs (mean {ref['mean']:.3f} %, std {ref['std']:.3f} %)",
+        f"  QK-circuit score   {_fmt(sc['qk_circuit'])}   (disguise-robust: norm-gain folding, RoPE-pair scaling)",
+        f"  verdict            {report['verdict'].upper()}: {report['verdict_reason']}",
+    ]
+    lines += [f"  note               {note}" for note in ev["notes"]]
+    return lines
+
+
+def write_json_atomic(path, data):
+    """Write to a temporary file in the same folder, then rename: never a half-written report."""
+    path = os.path.abspath(path)
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(data, out, indent=2, allow_nan=False)
+            out.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise

@@ -1,0 +1,123 @@
+"""Builders of small but real checkpoints for the tests (and the benchmark).
+
+They write what a user's disk would hold: config.json, tokenizer.json and safetensors
+(single-file or sharded with an index), with Llama-style tensor names.
+"""
+import json
+import os
+
+import torch
+from safetensors.torch import save_file
+
+
+def byte_level_tokens(count, seed=0):
+    """Distinct token strings, spelled like a byte-level BPE vocabulary."""
+    generator = torch.Generator().manual_seed(seed)
+    letters = "abcdefghijklmnopqrstuvwxyzĠ"
+    tokens, seen = [], set()
+    while len(tokens) < count:
+        length = int(torch.randint(1, 7, (1,), generator=generator))
+        token = "".join(letters[int(i)] for i in torch.randint(0, len(letters), (length,), generator=generator))
+        if token not in seen:
+            seen.add(token)
+            tokens.append(token)
+    return tokens
+
+
+def write_tokenizer_json(directory, tokens, specials=("<|endoftext|>",)):
+    vocab = {token: i for i, token in enumerate(tokens)}
+    added = [{"id": len(tokens) + i, "content": s, "special": True} for i, s in enumerate(specials)]
+    data = {"version": "1.0", "model": {"type": "BPE", "vocab": vocab, "merges": []},
+            "pre_tokenizer": {"type": "ByteLevel"}, "decoder": {"type": "ByteLevel"}, "added_tokens": added}
+    with open(os.path.join(directory, "tokenizer.json"), "w", encoding="utf-8") as out:
+        json.dump(data, out)
+
+
+def llama_config(hidden, layers, heads, kv_heads, vocab, **extra):
+    return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": hidden,
+            "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+            "vocab_size": vocab, "intermediate_size": 2 * hidden, "torch_dtype": "float32", **extra}
+
+
+def random_llama_tensors(hidden=64, layers=4, heads=4, kv_heads=2, vocab=300, seed=0, dtype=torch.float32):
+    """Embedding and attention tensors of a Llama-style model with independent random weights."""
+    generator = torch.Generator().manual_seed(seed)
+    head_dim = hidden // heads
+    rand = lambda *shape: torch.randn(*shape, generator=generator).to(dtype)
+    tensors = {"model.embed_tokens.weight": rand(vocab, hidden)}
+    for i in range(layers):
+        prefix = f"model.layers.{i}."
+        tensors[prefix + "self_attn.q_proj.weight"] = rand(heads * head_dim, hidden)
+        tensors[prefix + "self_attn.k_proj.weight"] = rand(kv_heads * head_dim, hidden)
+        tensors[prefix + "input_layernorm.weight"] = (1 + 0.1 * rand(hidden)).to(dtype)
+    return tensors
+
+
+def write_safetensors_model(directory, tensors, config, tokens, shards=1):
+    """Write a model directory; shards > 1 splits tensors across files with an index."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "config.json"), "w") as out:
+        json.dump(config, out)
+    write_tokenizer_json(directory, tokens)
+    names = list(tensors)
+    if shards == 1:
+        save_file({n: tensors[n].contiguous() for n in names}, os.path.join(directory, "model.safetensors"))
+        return directory
+    weight_map = {}
+    for s in range(shards):
+        shard = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        part = names[s::shards]
+        save_file({n: tensors[n].contiguous() for n in part}, os.path.join(directory, shard))
+        weight_map.update({n: shard for n in part})
+    with open(os.path.join(directory, "model.safetensors.index.json"), "w") as out:
+        json.dump({"metadata": {}, "weight_map": weight_map}, out)
+    return directory
+
+
+def make_llama(directory, hidden=64, layers=4, heads=4, kv_heads=2, vocab=300, seed=0, shards=1, token_seed=0):
+    tensors = random_llama_tensors(hidden, layers, heads, kv_heads, vocab, seed)
+    write_safetensors_model(directory, tensors, llama_config(hidden, layers, heads, kv_heads, vocab),
+                            byte_level_tokens(vocab, token_seed), shards)
+    return tensors
+
+
+# ----------------------------------------------------------------------------- disguises
+def permute_sign_scale(tensors, seed=1, scale=3.0):
+    """Permute, sign-flip and rescale the hidden dims consistently in embedding and W_q/W_k."""
+    generator = torch.Generator().manual_seed(seed)
+    hidden = tensors["model.embed_tokens.weight"].shape[1]
+    perm = torch.randperm(hidden, generator=generator)
+    sign = torch.where(torch.rand(hidden, generator=generator) < 0.5, -1.0, 1.0)
+    out = {}
+    for name, tensor in tensors.items():
+        if name.endswith("embed_tokens.weight"):
+            out[name] = tensor[:, perm] * sign * scale
+        elif name.endswith(("q_proj.weight", "k_proj.weight")):
+            out[name] = tensor[:, perm] * sign / scale
+        elif name.endswith("layernorm.weight"):
+            out[name] = tensor[perm]
+        else:
+            out[name] = tensor
+    return out
+
+
+def rotate_outputs(tensors, seed=2):
+    """An orthogonal transform on the output rows of every W_q and W_k."""
+    generator = torch.Generator().manual_seed(seed)
+    out = dict(tensors)
+    for name, tensor in tensors.items():
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            rows = tensor.shape[0]
+            orthogonal, _ = torch.linalg.qr(torch.randn(rows, rows, generator=generator))
+            out[name] = orthogonal @ tensor
+    return out
+
+
+def prune(tensors, keep_dims, keep_layers):
+    """Keep a subset of hidden dims (in every tensor) and of layers (renumbered)."""
+    out = {"model.embed_tokens.weight": tensors["model.embed_tokens.weight"][:, keep_dims]}
+    for new, old in enumerate(keep_layers):
+        for suffix in ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "input_layernorm.weight"):
+            tensor = tensors[f"model.layers.{old}.{suffix}"]
+            out[f"model.layers.{new}.{suffix}"] = tensor[keep_dims] if tensor.dim() == 1 else tensor[:, keep_dims]
+    return out

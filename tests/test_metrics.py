@@ -1,0 +1,118 @@
+"""The math against direct implementations of its definitions, and its invariances."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import similarity_metrics as sm
+
+
+def hsic_u_statistic(k, l):
+    """Song et al. (2012), straight from the definition: the mean over all ordered 4-tuples of
+    distinct indices of k_ij l_ij + k_ij l_qr - 2 k_ij l_iq."""
+    n = k.shape[0]
+    total, count = 0.0, 0
+    for i, j, q, r in itertools.permutations(range(n), 4):
+        total += k[i, j] * l[i, j] + k[i, j] * l[q, r] - 2 * k[i, j] * l[i, q]
+        count += 1
+    return total / count
+
+
+def cka_by_definition(x, y):
+    k, l = (x @ x.T).astype(np.float64), (y @ y.T).astype(np.float64)
+    return hsic_u_statistic(k, l) / np.sqrt(hsic_u_statistic(k, k) * hsic_u_statistic(l, l))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_unbiased_hsic_matches_u_statistic_definition(seed):
+    rng = np.random.default_rng(seed)
+    x, y = rng.normal(size=(9, 5)), rng.normal(size=(9, 7))
+    k, l = x @ x.T, y @ y.T
+    expected = hsic_u_statistic(k, l)
+    assert sm.unbiased_hsic(torch.tensor(k), torch.tensor(l)) == pytest.approx(expected, rel=1e-5, abs=1e-8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_unbiased_cka_matches_definition(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(8, 6))
+    y = x @ rng.normal(size=(6, 4)) + 0.5 * rng.normal(size=(8, 4))  # related, so CKA is not ~0
+    expected = cka_by_definition(x, y)
+    got = sm.unbiased_cka(torch.tensor(x @ x.T, dtype=torch.float32), torch.tensor(y @ y.T, dtype=torch.float32))
+    assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_cka_of_weights_uses_hidden_dims_as_samples():
+    rng = np.random.default_rng(4)
+    w_x, w_y = rng.normal(size=(5, 8)), rng.normal(size=(3, 8))   # (out, hidden)
+    expected = cka_by_definition(w_x.T, w_y.T)
+    assert sm.cka_of_weights(torch.tensor(w_x), torch.tensor(w_y)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_u_centering_gives_hsic_as_inner_product():
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(12, 4)), rng.normal(size=(12, 6))
+    k, l = torch.tensor(x @ x.T), torch.tensor(y @ y.T)
+    inner = float((sm.u_center(k) * sm.u_center(l)).sum()) / (12 * 9)
+    assert inner == pytest.approx(sm.unbiased_hsic(k, l), rel=1e-9)
+
+
+def test_cka_invariant_to_output_rotation_and_scale():
+    generator = torch.Generator().manual_seed(0)
+    w = torch.randn(32, 40, generator=generator)
+    rotation, _ = torch.linalg.qr(torch.randn(32, 32, generator=generator))
+    assert sm.cka_of_weights(w, 7.5 * rotation @ w) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_cka_of_independent_weights_is_near_zero():
+    generator = torch.Generator().manual_seed(1)
+    values = [sm.cka_of_weights(torch.randn(64, 128, generator=generator), torch.randn(64, 128, generator=generator))
+              for _ in range(5)]
+    assert abs(np.mean(values)) < 0.02
+
+
+def test_zero_kernel_gives_undefined_not_a_number_pretending():
+    assert np.isnan(sm.unbiased_cka(torch.zeros(6, 6), torch.eye(6)))
+
+
+def test_alignment_recovers_permutation_and_signs():
+    generator = torch.Generator().manual_seed(2)
+    base = torch.randn(500, 24, generator=generator)
+    perm = torch.randperm(24, generator=generator)[:16]
+    sign = torch.where(torch.rand(16, generator=generator) < 0.5, -1.0, 1.0)
+    target = base[:, perm] * sign * 3.0
+    cosine = sm.column_cosine(lambda s, e: target[s:e], lambda s, e: base[s:e], torch.device("cpu"), chunk_rows=64)
+    base_index, found_sign, quality = sm.align_hidden(cosine)
+    assert torch.equal(base_index, perm)
+    assert torch.equal(found_sign, sign)
+    assert quality == pytest.approx(1.0, abs=1e-5)
+
+
+def test_column_cosine_matches_direct_formula_with_chunking():
+    generator = torch.Generator().manual_seed(3)
+    a, b = torch.randn(100, 5, generator=generator), torch.randn(100, 7, generator=generator)
+    direct = torch.nn.functional.normalize(a, dim=0).T @ torch.nn.functional.normalize(b, dim=0)
+    chunked = sm.column_cosine(lambda s, e: a[s:e], lambda s, e: b[s:e], torch.device("cpu"), chunk_rows=7)
+    assert torch.allclose(chunked, direct, atol=1e-6)
+
+
+def test_zero_cosine_counts_as_positive_sign():
+    cosine = torch.tensor([[0.0, 0.0], [0.0, -0.5]])
+    _, sign, _ = sm.align_hidden(cosine)
+    assert sign.tolist() == [1.0, -1.0]
+
+
+def test_reindex_kernel_equals_gram_of_reindexed_weight():
+    generator = torch.Generator().manual_seed(4)
+    w = torch.randn(10, 8, generator=generator)
+    index = torch.tensor([3, 0, 7, 5])
+    sign = torch.tensor([1.0, -1.0, -1.0, 1.0])
+    assert torch.allclose(sm.reindex_kernel(sm.gram(w), index, sign), sm.gram(w[:, index] * sign), atol=1e-5)
+
+
+def test_layer_matching_identity_for_equal_depth_and_lap_otherwise():
+    equal = np.array([[0.1, 0.9], [0.9, 0.1]])
+    assert sm.match_layers(equal) == [(0, 0), (1, 1)]            # the paper: layer i with i
+    uneven = np.array([[0.9, 0.1, 0.2], [0.1, 0.2, 0.8]])
+    assert sm.match_layers(uneven) == [(0, 0), (1, 2)]
