@@ -85,7 +85,8 @@ class Family:
 _LLAMA_TYPES = (
     "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "olmo", "olmoe",
     "minicpm", "internlm", "llama_moe", "pangu_moe", "yi", "deepseek", "starcoder2", "stablelm",
-    "granite", "granitemoe", "phi", "cohere", "qwen2_vl", "qwen2_5_vl", "qwen2_audio", "vicuna",
+    "granite", "granitemoe", "phi", "cohere", "qwen2_vl", "qwen2_5_vl", "qwen2_vl_text", "qwen2_5_vl_text",
+    "qwen2_audio", "qwen2_audio_encoder", "vicuna", "llava", "llava_next", "video_llava", "llava_onevision",
 )
 _SELF_ATTN = "layers.{i}.self_attn."
 
@@ -156,9 +157,14 @@ class Resolved:
         return self.name(self.family.embedding)
 
 
-def resolve_family(model_type, tensor_names, where):
-    """Pick the table row (and prefix) that matches this checkpoint's type and tensor names."""
-    candidates = [f for f in FAMILIES if model_type in f.model_types]
+def resolve_family(model_types, tensor_names, where):
+    """Pick the table row (and prefix) that matches this checkpoint's type(s) and tensor names.
+
+    model_types: the language model's type first, then the wrapper's (multimodal configs).
+    """
+    model_types = [t for t in dict.fromkeys(model_types) if t]
+    model_type = model_types[0]
+    candidates = [f for t in model_types for f in FAMILIES if t in f.model_types]
     for family in candidates:
         for prefix in family.prefixes:
             if prefix + family.embedding in tensor_names and prefix + family.query.format(i=0) in tensor_names:

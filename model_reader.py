@@ -107,6 +107,7 @@ class ModelCheckpoint:
         raw = _read_json(config_path, "config.json")
         config = arch.text_config(raw)
         self.model_type = str(config.get("model_type") or raw.get("model_type") or "unknown")
+        self.wrapper_type = str(raw.get("model_type") or "")
         self.config = config
         self.vocab, self.vocab_source = vocabulary.load_directory_vocab(self.path)
         hidden, layers = arch.config_value(config, "hidden"), arch.config_value(config, "layers")
@@ -148,7 +149,8 @@ class ModelCheckpoint:
         self.heads = arch.Heads(n_head, n_kv, head_dim or hidden // n_head)
 
     def _bind_family(self):
-        self.family = arch.resolve_family(self.model_type, self.store.tensors, self.path)
+        types = (self.model_type, getattr(self, "wrapper_type", ""))
+        self.family = arch.resolve_family(types, self.store.tensors, self.path)
         embedding = self.store.tensors[self.family.embedding]
         if len(embedding.shape) != 2:
             raise CheckpointError(embedding.path, f"embedding '{embedding.name}' is not a matrix (shape {embedding.shape})")
