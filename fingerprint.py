@@ -162,7 +162,7 @@ def layer_similarities(base, target, alignment, progress=True):
     shallower model's unit kernels are kept while the deeper model streams past them.
     """
     sims = np.full((len(METRICS), base.num_layers, target.num_layers), np.nan)
-    bar = dict(disable=not progress, leave=False, unit="layer")
+    bar = dict(disable=None if progress else True, leave=False, unit="layer")
     if base.num_layers == target.num_layers:
         for i in tqdm(range(base.num_layers), desc="layers", **bar):
             base_units = _unit_kernels(base.layer(i), alignment)

