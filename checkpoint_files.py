@@ -209,6 +209,10 @@ def open_gguf(path):
     check_gguf_header(path)
     try:
         reader = gguf.GGUFReader(path, "r")
+    except ValueError as err:
+        if "GGMLQuantizationType" in str(err):
+            raise CheckpointError(path, f"unknown GGUF quant type ({str(err)[:80]})") from None
+        raise CheckpointError(path, f"malformed or truncated GGUF (ValueError: {str(err)[:120]})") from None
     except Exception as err:
         raise CheckpointError(path, f"malformed or truncated GGUF ({err.__class__.__name__}: {str(err)[:120]})") from None
     for tensor in reader.tensors:

@@ -133,6 +133,11 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug, not bad input: still one line unless --debug
+        if args.debug:
+            raise
+        print(f"internal error: {err.__class__.__name__}: {err} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from errors import CheckpointError
 # Tokenizers sometimes list a few added tokens past an embedding that was not resized; such
 # ids are dropped. When many ids fall outside, the tokenizer belongs to another model.
 MAX_OUT_OF_RANGE_FRACTION = 0.01
+MAX_OUT_OF_RANGE_TOKENS = 64
 GGUF_SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 EMBEDDING_BLOCK_ROWS = 8192
 
@@ -52,8 +53,12 @@ def _shards_from_index(index_path):
     return shards
 
 
+def _files(pattern):
+    return sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+
+
 def _gguf_files(directory):
-    found = sorted(p for p in glob.glob(os.path.join(directory, "*.gguf")) if not os.path.basename(p).startswith("mmproj"))
+    found = [p for p in _files(os.path.join(directory, "*.gguf")) if not os.path.basename(p).startswith("mmproj")]
     if len(found) > 1 and not all(GGUF_SPLIT.search(p) for p in found):
         raise CheckpointError(directory, f"holds {len(found)} GGUF files; name the one to compare")
     return found
@@ -64,9 +69,9 @@ def find_weight_files(directory):
     join = lambda name: os.path.join(directory, name)
     candidates = (
         (files.SafetensorsStore, lambda: _shards_from_index(join("model.safetensors.index.json")) if os.path.isfile(join("model.safetensors.index.json")) else None),
-        (files.SafetensorsStore, lambda: sorted(glob.glob(join("*.safetensors")))),
+        (files.SafetensorsStore, lambda: _files(join("*.safetensors"))),
         (files.TorchBinStore, lambda: _shards_from_index(join("pytorch_model.bin.index.json")) if os.path.isfile(join("pytorch_model.bin.index.json")) else None),
-        (files.TorchBinStore, lambda: sorted(p for p in glob.glob(join("*.bin")) if os.path.basename(p) != "training_args.bin")),
+        (files.TorchBinStore, lambda: [p for p in _files(join("*.bin")) if os.path.basename(p) != "training_args.bin"]),
         (files.GGUFStore, lambda: _gguf_files(directory)),
     )
     for store_class, lister in candidates:
@@ -168,7 +173,7 @@ class ModelCheckpoint:
             return
         kept = {key: i for key, i in self.vocab.items() if i < self.vocab_rows}
         self.dropped_token_ids = len(self.vocab) - len(kept)
-        if self.dropped_token_ids > MAX_OUT_OF_RANGE_FRACTION * len(self.vocab):
+        if self.dropped_token_ids > max(MAX_OUT_OF_RANGE_FRACTION * len(self.vocab), MAX_OUT_OF_RANGE_TOKENS):
             raise CheckpointError(self.path, f"the embedding has {self.vocab_rows} rows but the tokenizer ({self.vocab_source}) uses ids up to {max(self.vocab.values())}: they do not belong together")
         self.vocab = kept
 
