@@ -130,6 +130,8 @@ FAMILIES = (
            prefixes=("transformer.",), attn_norm=("blocks.{i}.norm_1.weight",)),
     Family("olmo-1", ("hf_olmo", "olmo"), "transformer.wte.weight", "transformer.blocks.{i}.att_proj.weight",
            layout="qkv_rows", prefixes=("model.",), attn_norm=("transformer.blocks.{i}.attn_norm.weight",)),
+    Family("plamo", ("plamo",), "embed_tokens.weight", "layers.layers.{i}.self_attn.q_proj.weight",
+           "layers.layers.{i}.self_attn.k_proj.weight", prefixes=("model.",), attn_norm=("layers.layers.{i}.norm.weight",)),
     Family("deepseek-mla", ("deepseek_v2", "deepseek_v3", "kimi_k2"), "embed_tokens.weight",
            _SELF_ATTN + "kv_a_proj_with_mqa.weight", prefixes=("model.",),
            unsupported="multi-head latent attention (MLA) has no per-head W_k: keys are decompressed "
@@ -224,6 +226,8 @@ def kv_heads_from_config(config, n_head):
     attn_config = config.get("attn_config")
     if isinstance(attn_config, dict) and attn_config.get("kv_n_heads"):
         return attn_config["kv_n_heads"]                              # MPT
+    if config.get("n_shared_head"):
+        return n_head // config["n_shared_head"]                     # PLaMo: query heads per kv head
     if config.get("model_type") in ("falcon", "RefinedWeb", "RefinedWebModel"):
         if config.get("new_decoder_architecture"):
             return config.get("num_kv_heads") or n_head

@@ -79,6 +79,11 @@ class ModelDigest:
     def layer_bytes(checkpoint):
         return 3 * checkpoint.num_layers * checkpoint.hidden_size ** 2 * FLOAT32
 
+    def size_bytes(self):
+        """Memory this digest holds: the embedding, plus the layer kernels when kept."""
+        kept = self.layer_bytes(self.checkpoint) if self._kept is not None else 0
+        return self.embedding.numel() * self.embedding.element_size() + kept
+
     def layer(self, index):
         if self._kept is not None and index in self._kept:
             return self._kept[index]

@@ -151,6 +151,7 @@ class ModelCheckpoint:
         if n_head <= 0 or n_kv <= 0 or n_head % n_kv:
             raise CheckpointError(self.config_path, f"inconsistent head counts: {n_head} query heads, {n_kv} key/value heads")
         self.hidden_size, self.num_layers = hidden, layers
+        self.explicit_head_dim = bool(head_dim)
         self.heads = arch.Heads(n_head, n_kv, head_dim or hidden // n_head)
 
     def _bind_family(self):
@@ -165,7 +166,18 @@ class ModelCheckpoint:
         last = self.family.name(self.family.family.query, self.num_layers - 1)
         if last not in self.store.tensors:
             raise CheckpointError(self.path, f"the config declares {self.num_layers} layers but tensor '{last}' is missing")
+        self._infer_head_dim()
         self._restrict_vocab()
+
+    def _infer_head_dim(self):
+        """Pruned models (e.g. Minitron) keep heads wider than hidden / n_head; a separate
+        W_q's row count tells the true head size when the config does not."""
+        family = self.family.family
+        if self.explicit_head_dim or family.key is None:
+            return
+        rows = self.store.tensors[self.family.name(family.query, 0)].shape[0]
+        if rows % self.heads.n_head == 0:
+            self.heads = arch.Heads(self.heads.n_head, self.heads.n_kv, rows // self.heads.n_head)
 
     def _restrict_vocab(self):
         self.dropped_token_ids = 0
@@ -209,9 +221,11 @@ class ModelCheckpoint:
             if k_name not in self.store.tensors:
                 raise CheckpointError(self.path, f"tensor '{k_name}' is missing")
             w_k = self._read(k_name)
-        for name, w in ((q_name, w_q), (q_name, w_k)):
-            if w.dim() != 2 or w.shape[1] != self.hidden_size or w.shape[0] == 0:
-                raise CheckpointError(self.store.tensors[name].path, f"attention tensor '{name}' has shape {tuple(w.shape)}, expected (*, {self.hidden_size})")
+        heads = self.heads
+        for name, w, n in ((q_name, w_q, heads.n_head), (q_name, w_k, heads.n_kv)):
+            if w.dim() != 2 or w.shape != (n * heads.head_dim, self.hidden_size):
+                raise CheckpointError(self.store.tensors[name].path, f"attention tensor '{name}' has shape {tuple(w.shape)}, but the config implies "
+                                                                     f"({n} heads x {heads.head_dim}, {self.hidden_size})")
         return w_q.contiguous(), w_k.contiguous()
 
     def optional_vector(self, template, layer, offset=0.0):

@@ -1,0 +1,319 @@
+"""Run many pairs: built-in suites or a user's suite file, each model read once, results on disk.
+
+Results are rewritten atomically after every pair, so an interrupted run keeps what finished.
+A model that cannot be read skips its pairs with the reason; the rest still run.
+"""
+import csv
+import io
+import json
+import os
+import re
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+
+import psutil
+import torch
+from tqdm import tqdm
+
+import configs
+import evaluation
+import fingerprint
+import plots
+import report
+from errors import CheckpointError, ComparisonError
+
+DEFAULT_CACHE_FRACTION = 0.4     # of physical RAM, for digests reused across pairs
+HEATMAP_MIN_MODELS = 4
+
+
+@dataclass(frozen=True)
+class SuitePair:
+    suite: str
+    name_a: str
+    path_a: str
+    name_b: str
+    path_b: str
+    label: str = None
+    category: str = None
+
+    @property
+    def name(self):
+        return f"{self.name_a} vs {self.name_b}"
+
+
+# ----------------------------------------------------------------------------- suite sources
+def builtin_suite(name, checkpoint_override=None):
+    return [SuitePair(name, p.model_a, configs.model_dir(p.model_a, checkpoint_override),
+                      p.model_b, configs.model_dir(p.model_b, checkpoint_override), p.label, p.category)
+            for p in configs.SUITES[name]]
+
+
+def _read_suite_file(path):
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        return yaml.safe_load(text)
+    return json.loads(text)
+
+
+def file_suite(path):
+    """A user's suite: {"name": ..., "models": {name: path}, "pairs": [[a, b] | {"a", "b", "label", "category"}]}.
+
+    Model paths are relative to the suite file; a pair may name a model or give a path.
+    """
+    try:
+        data = _read_suite_file(path)
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(path, f"suite file does not parse ({err.__class__.__name__}: {str(err)[:100]})") from None
+    except Exception as err:  # yaml's own error classes
+        raise CheckpointError(path, f"suite file does not parse ({err.__class__.__name__})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("pairs"), list) or not data["pairs"]:
+        raise CheckpointError(path, "suite file needs a non-empty 'pairs' list")
+    name = str(data.get("name") or os.path.splitext(os.path.basename(path))[0])
+    models = data.get("models") or {}
+    folder = os.path.dirname(os.path.abspath(path))
+    locate = lambda ref: os.path.normpath(os.path.join(folder, os.path.expanduser(str(models.get(ref, ref)))))
+    display = lambda ref: ref if ref in models else os.path.basename(os.path.normpath(str(ref)))
+    pairs = []
+    for number, entry in enumerate(data["pairs"], 1):
+        if isinstance(entry, list) and len(entry) == 2:
+            entry = {"a": entry[0], "b": entry[1]}
+        if not (isinstance(entry, dict) and entry.get("a") and entry.get("b")):
+            raise CheckpointError(path, f"pair {number} needs two models ('a' and 'b')")
+        label = entry.get("label")
+        if label not in (None, "derived", "independent"):
+            raise CheckpointError(path, f"pair {number}: label must be 'derived' or 'independent', not {label!r}")
+        pairs.append(SuitePair(name, display(entry["a"]), locate(entry["a"]), display(entry["b"]), locate(entry["b"]),
+                               label, entry.get("category") or label))
+    return name, pairs
+
+
+def resolve(specs, checkpoint_override=None):
+    """Suite names or files -> (run name, pairs)."""
+    names, pairs = [], []
+    for spec in specs:
+        if spec in configs.SUITES:
+            names.append(spec)
+            pairs += builtin_suite(spec, checkpoint_override)
+        elif os.path.isfile(spec):
+            name, found = file_suite(spec)
+            names.append(name)
+            pairs += found
+        else:
+            raise CheckpointError(spec, f"neither a built-in suite ({', '.join(configs.SUITES)}) nor a suite file")
+    return "+".join(names), pairs
+
+
+def read_null_stats(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        mean, std = float(data["mean"]), float(data["std"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(path, f"null stats need numeric 'mean' and 'std' in percent ({err.__class__.__name__})") from None
+    if std <= 0:
+        raise CheckpointError(path, "null stats: std must be positive")
+    return {"name": f"custom ({os.path.basename(path)})", "mean": mean, "std": std, "source": os.path.abspath(path)}
+
+
+# ----------------------------------------------------------------------------- the model cache
+class DigestCache:
+    """Digests of the models a run needs, least recently used evicted beyond a memory budget.
+
+    A model whose per-layer kernels fit a third of the budget keeps them, so all its pairs
+    reuse one reading and one set of Gram products. Failures are remembered, not retried.
+    """
+
+    def __init__(self, device, budget_bytes):
+        self.device, self.budget = device, budget_bytes
+        self.entries = OrderedDict()
+        self.failures = {}
+        self.loads = Counter()
+
+    def get(self, path, pinned=()):
+        if path in self.failures:
+            raise self.failures[path]
+        if path in self.entries:
+            self.entries.move_to_end(path)
+            return self.entries[path]
+        try:
+            from model_reader import ModelCheckpoint
+
+            checkpoint = ModelCheckpoint(path)
+            keep = fingerprint.ModelDigest.layer_bytes(checkpoint) <= self.budget / 3
+            digest = fingerprint.ModelDigest(checkpoint, self.device, keep_layers=keep)
+        except (CheckpointError, ComparisonError) as err:
+            self.failures[path] = err
+            raise
+        self.loads[path] += 1
+        self.entries[path] = digest
+        self._evict(keep=set(pinned) | {path})
+        return digest
+
+    def _evict(self, keep):
+        while sum(d.size_bytes() for d in self.entries.values()) > self.budget:
+            victim = next((p for p in self.entries if p not in keep), None)
+            if victim is None:
+                return
+            del self.entries[victim]
+
+
+def default_budget(cache_gb):
+    if cache_gb is not None:
+        return int(cache_gb * 1024 ** 3)
+    return int(DEFAULT_CACHE_FRACTION * psutil.virtual_memory().total)
+
+
+def reuse_order(pairs):
+    """Visit pairs so that consecutive ones share a model where possible (fewer re-reads)."""
+    remaining, ordered, current = list(pairs), [], set()
+    while remaining:
+        best = max(remaining, key=lambda p: len({p.path_a, p.path_b} & current))
+        remaining.remove(best)
+        ordered.append(best)
+        current = {best.path_a, best.path_b}
+    return ordered
+
+
+# ----------------------------------------------------------------------------- running
+class SuiteRun:
+    def __init__(self, name, pairs, device, null, results_dir, budget, progress=True):
+        self.name, self.pairs, self.device, self.null = name, pairs, device, null
+        self.results_dir, self.progress = results_dir, progress
+        self.cache = DigestCache(device, budget)
+        self.records, self.skipped = [], []
+
+    def run(self):
+        os.makedirs(self.results_dir, exist_ok=True)
+        interrupted = False
+        try:
+            for pair in tqdm(reuse_order(self.pairs), desc="pairs", unit="pair", disable=None if self.progress else True):
+                self._run_pair(pair)
+                self.write_tables()
+        except KeyboardInterrupt:
+            interrupted = True
+        self.write_tables(final=True)
+        if self.records:
+            self.write_plots()
+        return interrupted
+
+    def _run_pair(self, pair):
+        try:
+            digest_a = self.cache.get(pair.path_a)
+            digest_b = self.cache.get(pair.path_b, pinned=(pair.path_a,))
+            result = fingerprint.compare_digests(digest_a, digest_b, self.device, self.null, progress=self.progress)
+        except (CheckpointError, ComparisonError) as err:
+            self.skipped.append({"pair": pair.name, "suite": pair.suite, "reason": str(err)})
+            return
+        result["model_a"]["name"], result["model_b"]["name"] = pair.name_a, pair.name_b
+        self.records.append({"pair": pair.name, "suite": pair.suite, "label": pair.label, "category": pair.category, **result})
+
+    # ------------------------------------------------------------------ outputs
+    def metrics(self):
+        labelled = [r for r in self.records if r["label"] in ("derived", "independent")]
+        truth = [int(r["label"] == "derived") for r in labelled]
+        found = {}
+        for key in ("final", "qk_circuit"):
+            values = [r["scores"][key] for r in labelled]
+            if labelled and None not in values:
+                found[key] = evaluation.detection_metrics(values, truth)
+        return {k: v for k, v in found.items() if v}
+
+    def null_stats(self):
+        independent = [r for r in self.records if r["label"] == "independent"]
+        stats = evaluation.null_statistics([r["scores"]["final"] for r in independent])
+        if stats is None:
+            return None
+        circuit = evaluation.null_statistics([r["scores"]["qk_circuit"] for r in independent])
+        return {**stats, "qk_circuit": circuit, "source": f"independent pairs of suite run '{self.name}'"}
+
+    def write_tables(self, final=False):
+        summary = {
+            "tool": "awm", "version": report.TOOL_VERSION, "run": self.name, "reference": self.null,
+            "complete": final and len(self.records) + len(self.skipped) == len(self.pairs),
+            "pairs": self.records, "skipped": self.skipped,
+            "metrics": {k: {m: v for m, v in d.items() if m not in ("fpr", "tpr")} for k, d in self.metrics().items()},
+            "model_reads": {os.path.basename(p): n for p, n in self.cache.loads.items()},
+        }
+        report.write_json_atomic(os.path.join(self.results_dir, "scores.json"), summary)
+        write_text_atomic(os.path.join(self.results_dir, "scores.csv"), csv_table(self.records))
+        write_text_atomic(os.path.join(self.results_dir, "table.md"), markdown_table(self.records, self.skipped, summary["metrics"], self.null))
+        stats = self.null_stats()
+        if stats:
+            report.write_json_atomic(os.path.join(self.results_dir, "null_stats.json"), stats)
+
+    def write_plots(self):
+        folder = os.path.join(self.results_dir, "layers")
+        os.makedirs(folder, exist_ok=True)
+        for record in self.records:
+            plots.layer_curves(record, os.path.join(folder, safe_name(record["pair"])))
+        models = {n for r in self.records for n in (r["model_a"]["name"], r["model_b"]["name"])}
+        if len(models) >= HEATMAP_MIN_MODELS:
+            plots.score_heatmap(self.records, os.path.join(self.results_dir, "heatmap"))
+        curves = self.metrics()
+        if curves:
+            plots.roc_figure({("AWM score" if k == "final" else "QK-circuit score"): v for k, v in curves.items()},
+                             os.path.join(self.results_dir, "roc"))
+
+
+def safe_name(text):
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+CSV_COLUMNS = ("pair", "suite", "category", "label", "wq", "wk", "final", "z_score", "qk_circuit", "verdict")
+
+
+def csv_table(records):
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for r in records:
+        writer.writerow([r["pair"], r["suite"], r["category"], r["label"], *(r["scores"][k] for k in ("wq", "wk", "final", "z_score", "qk_circuit")), r["verdict"]])
+    return buffer.getvalue()
+
+
+def markdown_table(records, skipped, metrics, null):
+    cell = lambda v, fmt="{:.2f}": "n/a" if v is None else fmt.format(v)
+    lines = ["| Pair | Category | Wq (%) | Wk (%) | Wq·Wk (%) | Z | QK-circuit (%) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in records:
+        s = r["scores"]
+        lines.append(f"| {r['pair']} | {r['category'] or ''} | {cell(s['wq'])} | {cell(s['wk'])} | {cell(s['final'])} | "
+                     f"{cell(s['z_score'], '{:.1f}')} | {cell(s['qk_circuit'])} |")
+    lines.append(f"\nZ: |score - {null['mean']:.3f}| / {null['std']:.3f} ({null['name']} reference: {null['source']}).")
+    for key, m in metrics.items():
+        lines.append(f"\n{'AWM score' if key == 'final' else 'QK-circuit score'}: AUC {m['auc']:.3f}, pAUC (FPR <= {m['pauc_max_fpr']}) "
+                     f"{m['pauc']:.3f}, TPR@{m['at_fpr']:.0%}FPR {m['tpr_at_fpr']:.3f} ({m['positives']} derived, {m['negatives']} independent).")
+    if skipped:
+        lines.append("\nSkipped:")
+        lines += [f"- {s['pair']}: {s['reason']}" for s in skipped]
+    return "\n".join(lines) + "\n"
+
+
+def write_text_atomic(path, text):
+    import tempfile
+
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        out.write(text)
+    os.replace(temporary, path)
+
+
+def run_from_args(args, device, null):
+    name, pairs = resolve(args.config, args.checkpoint_dir)
+    results_dir = os.path.abspath(args.results_dir or os.path.join("results", safe_name(name)))
+    run = SuiteRun(name, pairs, device, null, results_dir, default_budget(args.cache_gb), progress=not args.quiet)
+    interrupted = run.run()
+    print(f"{name}: {len(run.records)} of {len(pairs)} pairs scored, {len(run.skipped)} skipped -> {results_dir}")
+    for record in run.records:
+        s = record["scores"]
+        print(f"  {record['pair']:60s} {s['final']:7.2f} %  |Z| {s['z_score']:7.1f}  QK-circuit {s['qk_circuit']:7.2f} %  {record['verdict']}")
+    for skipped in run.skipped:
+        print(f"  skipped {skipped['pair']}: {skipped['reason']}")
+    for key, m in run.metrics().items():
+        print(f"  {'AWM' if key == 'final' else 'QK-circuit'}: AUC {m['auc']:.3f}  pAUC {m['pauc']:.3f}  TPR@1%FPR {m['tpr_at_fpr']:.3f}")
+    if interrupted:
+        print("interrupted: finished pairs are saved")
+        return 130
+    return 0 if run.records else 1
