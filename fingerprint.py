@@ -21,7 +21,7 @@ FLOAT32 = 4
 class LayerKernels:
     query: torch.Tensor      # W_q^T W_q  (hidden x hidden)
     key: torch.Tensor        # W_k^T W_k
-    circuit: torch.Tensor    # sum over heads of W_q,h^T W_k,g(h), norm gains folded in
+    circuit: torch.Tensor    # sum over heads of W_q,h^T W_k,g(h), norm gains folded in (None: not computed)
 
 
 def _row_gain(gain, rows, head_dim):
@@ -61,7 +61,7 @@ def qk_circuit(w_q, w_k, heads, input_gain=None, q_gain=None, k_gain=None):
 class ModelDigest:
     """Everything a comparison needs from one model, read once."""
 
-    def __init__(self, checkpoint, device, keep_layers=False):
+    def __init__(self, checkpoint, device, keep_layers=False, with_circuit=True):
         started = time.perf_counter()
         self.checkpoint = checkpoint
         self.device = device
@@ -71,17 +71,18 @@ class ModelDigest:
         self.num_layers = checkpoint.num_layers
         self.hidden_size = checkpoint.hidden_size
         self._kept = {} if keep_layers else None
+        self.with_circuit = with_circuit
         self.layer_reads = 0
         self.read_seconds = time.perf_counter() - started
         self.compute_seconds = 0.0
 
     @staticmethod
-    def layer_bytes(checkpoint):
-        return 3 * checkpoint.num_layers * checkpoint.hidden_size ** 2 * FLOAT32
+    def layer_bytes(checkpoint, with_circuit=True):
+        return (2 + with_circuit) * checkpoint.num_layers * checkpoint.hidden_size ** 2 * FLOAT32
 
     def size_bytes(self):
         """Memory this digest holds: the embedding, plus the layer kernels when kept."""
-        kept = self.layer_bytes(self.checkpoint) if self._kept is not None else 0
+        kept = self.layer_bytes(self.checkpoint, self.with_circuit) if self._kept is not None else 0
         return self.embedding.numel() * self.embedding.element_size() + kept
 
     def layer(self, index):
@@ -89,17 +90,17 @@ class ModelDigest:
             return self._kept[index]
         started = time.perf_counter()
         ckpt = self.checkpoint
-        w_q, w_k = ckpt.query_key(index)
+        w_q, w_k = ckpt.query_key(index, self.device)
         family = ckpt.family.family
         gains = (
             ckpt.attention_input_gain(index),
             ckpt.optional_vector(family.q_norm, index, family.norm_offset),
             ckpt.optional_vector(family.k_norm, index, family.norm_offset),
-        )
+        ) if self.with_circuit else None
         self.layer_reads += 1
         read_done = time.perf_counter()
-        w_q, w_k = w_q.to(self.device), w_k.to(self.device)
-        kernels = LayerKernels(sm.gram(w_q), sm.gram(w_k), qk_circuit(w_q, w_k, ckpt.heads, *gains))
+        circuit = qk_circuit(w_q, w_k, ckpt.heads, *gains) if self.with_circuit else None
+        kernels = LayerKernels(sm.gram(w_q), sm.gram(w_k), circuit)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.read_seconds += read_done - started
@@ -118,6 +119,7 @@ class Alignment:
     aligned: bool
     mean_abs_cosine: float
     note: str = ""
+    timings: dict = None
 
 
 def shared_token_ids(base_vocab, target_vocab):
@@ -137,15 +139,20 @@ def align(base, target, device):
             raise ComparisonError(f"cannot align hidden dimensions: {why} and the hidden sizes differ ({base.hidden_size} vs {target.hidden_size})")
         identity = torch.arange(target.hidden_size)
         return Alignment(identity, torch.ones(target.hidden_size), 0, False, float("nan"),
-                         f"UNALIGNED: {why}; dims compared in stored order")
+                         f"UNALIGNED: {why}; dims compared in stored order", {"cosine_s": 0.0, "lap_s": 0.0})
     target_rows = lambda start, stop: target.embedding[target_ids[start:stop]]
     base_rows = lambda start, stop: base.embedding[base_ids[start:stop]]
+    started = time.perf_counter()
     cosine = sm.column_cosine(target_rows, base_rows, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    cosine_done = time.perf_counter()
     base_index, sign, quality = sm.align_hidden(cosine)
+    timings = {"cosine_s": round(cosine_done - started, 3), "lap_s": round(time.perf_counter() - cosine_done, 3)}
     note = ""
     if len(base_ids) < target.hidden_size:
         note = f"only {len(base_ids)} shared tokens for {target.hidden_size} hidden dims: the alignment is underdetermined"
-    return Alignment(base_index, sign, len(base_ids), True, quality, note)
+    return Alignment(base_index, sign, len(base_ids), True, quality, note, timings)
 
 
 # ----------------------------------------------------------------------------- layer scores
@@ -155,9 +162,11 @@ METRICS = ("wq", "wk", "qk_circuit")
 def _unit_kernels(kernels, alignment=None):
     """Unit U-centered W_q, W_k and circuit kernels, re-indexed into target dims for the base."""
     matrices = (kernels.query, kernels.key, kernels.circuit)
-    if alignment is not None:
-        matrices = [sm.reindex_kernel(m, alignment.base_index, alignment.sign) for m in matrices]
-    return [sm.unit_u_centered(m) for m in matrices]
+    if alignment is None:
+        return [None if m is None else sm.unit_u_centered(m) for m in matrices]
+    # Re-indexing makes fresh matrices, which may then be centered in place.
+    return [None if m is None else sm.unit_u_centered(sm.reindex_kernel(m, alignment.base_index, alignment.sign), in_place=True)
+            for m in matrices]
 
 
 def layer_similarities(base, target, alignment, progress=True):
@@ -210,11 +219,11 @@ def score_layers(sims):
 # ----------------------------------------------------------------------------- the pair
 def compare(digest_a, digest_b, device, progress=True):
     """Full AWM comparison of two digests; returns a plain dict (see README, JSON schema)."""
-    started = time.perf_counter()
     a_is_base = digest_a.hidden_size >= digest_b.hidden_size
     base, target = (digest_a, digest_b) if a_is_base else (digest_b, digest_a)
     alignment = align(base, target, device)
-    aligned_at = time.perf_counter()
+    layer_work = lambda: sum(d.read_seconds + d.compute_seconds for d in (digest_a, digest_b))
+    aligned_at, work_before = time.perf_counter(), layer_work()
     sims = layer_similarities(base, target, alignment, progress)
     scores, paper_map, circuit_map = score_layers(sims)
     undefined = int(np.isnan(np.array([sims[0][i, j] for i, j in paper_map] + [sims[1][i, j] for i, j in paper_map])).sum())
@@ -249,7 +258,8 @@ def compare(digest_a, digest_b, device, progress=True):
         "scores": {name: _finite(value) for name, value in scores.items()},
         "evidence": evidence,
         "layers": layers,
-        "timings": {"alignment_s": round(aligned_at - started, 3), "layers_s": round(finished - aligned_at, 3)},
+        # Reading and Gram products are timed by the digests; what remains is alignment and CKA.
+        "timings": {**alignment.timings, "cka_s": round(finished - aligned_at - (layer_work() - work_before), 3)},
     }
 
 
@@ -257,10 +267,10 @@ def _finite(value):
     return float(value) if value is not None and np.isfinite(value) else None
 
 
-def digest_path(path, device, keep_layers=False):
+def digest_path(path, device, keep_layers=False, with_circuit=True):
     from model_reader import ModelCheckpoint
 
-    return ModelDigest(ModelCheckpoint(path), device, keep_layers)
+    return ModelDigest(ModelCheckpoint(path), device, keep_layers, with_circuit)
 
 
 def compare_digests(digest_a, digest_b, device, null, progress=True):

@@ -51,6 +51,8 @@ def build_parser():
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: all cores)")
     parser.add_argument("--cache_gb", type=float, default=None, metavar="GB",
                         help="memory for per-model layer kernels reused across a suite's pairs (default: 40%% of RAM)")
+    parser.add_argument("--paper_only", action="store_true",
+                        help="skip the QK-circuit score: only the paper's products, about 40%% less CPU time")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     return parser
@@ -89,7 +91,7 @@ def run_pair(args, device, null):
 
     started = time.perf_counter()
     progress = not args.quiet
-    digests = [fingerprint.digest_path(p, device) for p in args.model_paths]
+    digests = [fingerprint.digest_path(p, device, with_circuit=not args.paper_only) for p in args.model_paths]
     result = fingerprint.compare_digests(*digests, device, null, progress)
     result["timings"]["total_s"] = round(time.perf_counter() - started, 3)
     print("\n".join(report.summary_lines(result)))

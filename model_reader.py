@@ -21,6 +21,7 @@ MAX_OUT_OF_RANGE_FRACTION = 0.01
 MAX_OUT_OF_RANGE_TOKENS = 64
 GGUF_SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 EMBEDDING_BLOCK_ROWS = 8192
+CPU = torch.device("cpu")
 
 
 def _read_json(path, what):
@@ -190,28 +191,33 @@ class ModelCheckpoint:
         self.vocab = kept
 
     # ------------------------------------------------------------------ tensors
-    def _read(self, name):
-        return files.check_finite(self.store.read(name).to(torch.float32), self.store.tensors[name].path, name)
+    def _read(self, name, device=CPU):
+        """One tensor as float32 on `device`; the stored precision crosses to the GPU, not float32."""
+        tensor = self.store.read(name).to(device).to(torch.float32)
+        return files.check_finite(tensor, self.store.tensors[name].path, name)
 
     def read_embedding(self):
         """The whole input embedding in its stored precision (bf16/fp16 stay half size), read in blocks."""
         name = self.family.embedding
-        blocks = []
+        path = self.store.tensors[name].path
+        embedding = None
         for start in range(0, self.vocab_rows, EMBEDDING_BLOCK_ROWS):
             block = self.store.read_rows(name, start, min(start + EMBEDDING_BLOCK_ROWS, self.vocab_rows))
             if not block.is_floating_point():
-                raise CheckpointError(self.store.tensors[name].path, f"embedding '{name}' is not floating point ({block.dtype})")
-            blocks.append(files.check_finite(block, self.store.tensors[name].path, name))
-        return torch.cat(blocks) if len(blocks) > 1 else blocks[0]
+                raise CheckpointError(path, f"embedding '{name}' is not floating point ({block.dtype})")
+            if embedding is None:
+                embedding = torch.empty(self.vocab_rows, self.hidden_size, dtype=block.dtype)
+            embedding[start:start + len(block)] = files.check_finite(block, path, name)
+        return embedding
 
-    def query_key(self, layer):
+    def query_key(self, layer, device=CPU):
         """(W_q, W_k) of one layer as float32 (out_features, hidden) matrices, whole heads in rows."""
         family = self.family.family
         layout = arch.LAYOUTS[family.layout_name(self.config)]
         q_name = self.family.name(family.query, layer)
         if q_name not in self.store.tensors:
             raise CheckpointError(self.path, f"tensor '{q_name}' is missing")
-        stored = self._read(q_name)
+        stored = self._read(q_name, device)
         try:
             w_q, w_k = layout(stored, self.heads)
         except RuntimeError:
@@ -220,7 +226,7 @@ class ModelCheckpoint:
             k_name = self.family.name(family.key, layer)
             if k_name not in self.store.tensors:
                 raise CheckpointError(self.path, f"tensor '{k_name}' is missing")
-            w_k = self._read(k_name)
+            w_k = self._read(k_name, device)
         heads = self.heads
         for name, w, n in ((q_name, w_q, heads.n_head), (q_name, w_k, heads.n_kv)):
             if w.dim() != 2 or w.shape != (n * heads.head_dim, self.hidden_size):

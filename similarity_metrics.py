@@ -9,46 +9,76 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 COSINE_CHUNK_ROWS = 16384     # shared tokens per block of the embedding cosine
+GRAM_BLOCK = 512              # column block of the symmetric Gram product
 EPS = 1e-12
 
 
 def gram(weight):
-    """Linear kernel over hidden dims: K[i, j] = <column i, column j> of W."""
-    return weight.t() @ weight
+    """Linear kernel over hidden dims: K[i, j] = <column i, column j> of W.
+
+    K is symmetric, so only the block upper triangle is multiplied and mirrored: about half
+    the flops of W^T W, with bit-identical entries.
+    """
+    hidden = weight.shape[1]
+    if hidden <= 2 * GRAM_BLOCK:
+        return weight.t() @ weight
+    kernel = torch.empty(hidden, hidden, dtype=weight.dtype, device=weight.device)
+    for start in range(0, hidden, GRAM_BLOCK):
+        stop = min(start + GRAM_BLOCK, hidden)
+        rows = weight[:, start:stop].t() @ weight[:, start:]
+        kernel[start:stop, start:] = rows
+        kernel[stop:, start:stop] = rows[:, stop - start:].t()
+    return kernel
 
 
-def u_center(kernel):
-    """U-centering (Szekely & Rizzo 2014) of an n x n matrix, n >= 4.
+def u_center_(matrix):
+    """U-centering (Szekely & Rizzo 2014) of an n x n matrix, n >= 4, in place.
 
     <U(K), U(L)> / (n (n - 3)) is exactly the unbiased HSIC estimator of Song et al. (2012),
     so unbiased CKA is the cosine between U-centered kernels. Rows and columns are centered
-    separately, which also makes this defined for non-symmetric matrices (the QK circuit).
+    separately, which also defines it for non-symmetric matrices (the QK circuit). In place,
+    because fresh hidden x hidden buffers cost more than the arithmetic on them.
     """
-    n = kernel.shape[0]
-    off_diagonal = kernel.clone()
-    off_diagonal.diagonal().zero_()
-    row_sums = off_diagonal.sum(dim=1, keepdim=True)
-    col_sums = off_diagonal.sum(dim=0, keepdim=True)
+    n = matrix.shape[0]
+    matrix.diagonal().zero_()
+    row_sums = matrix.sum(dim=1, keepdim=True)
+    col_sums = matrix.sum(dim=0, keepdim=True)
     total = row_sums.sum()
-    centered = off_diagonal - row_sums / (n - 2) - col_sums / (n - 2) + total / ((n - 1) * (n - 2))
-    centered.diagonal().zero_()
-    return centered
+    matrix.sub_(row_sums / (n - 2)).sub_(col_sums / (n - 2)).add_(total / ((n - 1) * (n - 2)))
+    matrix.diagonal().zero_()
+    return matrix
 
 
-def unit_u_centered(kernel):
+def u_center(kernel):
+    return u_center_(kernel.clone())
+
+
+def dot64(a, b, block_rows=256):
+    """<a, b> accumulated in float64, block by block: a float32 dot over 16M entries would
+    lose about four digits, and converting whole matrices costs two fresh buffers."""
+    total = 0.0
+    for start in range(0, a.shape[0], block_rows):
+        total += torch.dot(a[start:start + block_rows].reshape(-1).double(),
+                           b[start:start + block_rows].reshape(-1).double()).item()
+    return total
+
+
+def unit_u_centered(kernel, in_place=False):
     """U(K) / ||U(K)||, or None when U(K) is zero (CKA is then undefined)."""
     if kernel.shape[0] < 4:
         return None
-    centered = u_center(kernel)
-    norm = torch.linalg.vector_norm(centered.double()).item()
-    return None if norm <= EPS or not np.isfinite(norm) else centered / norm
+    centered = u_center_(kernel if in_place else kernel.clone())
+    norm = dot64(centered, centered) ** 0.5
+    if norm <= EPS or not np.isfinite(norm):
+        return None
+    return centered.div_(norm)
 
 
 def unit_inner(unit_a, unit_b):
     """Cosine between two unit U-centered kernels; NaN where either is undefined."""
     if unit_a is None or unit_b is None:
         return float("nan")
-    return float((unit_a.reshape(-1).double() @ unit_b.reshape(-1).double()).item())
+    return dot64(unit_a, unit_b)
 
 
 def unbiased_hsic(kernel_k, kernel_l):
@@ -92,16 +122,15 @@ def column_cosine(rows_a, rows_b, device, chunk_rows=COSINE_CHUNK_ROWS):
         block_b = block_b.to(device=device, dtype=torch.float32)
         if cross is None:
             cross = torch.zeros(block_a.shape[1], block_b.shape[1], dtype=torch.float32, device=device)
-            norms_a = torch.zeros(block_a.shape[1], dtype=torch.float64, device=device)
-            norms_b = torch.zeros(block_b.shape[1], dtype=torch.float64, device=device)
+            norms_a = torch.zeros(block_a.shape[1], dtype=torch.float32, device=device)
+            norms_b = torch.zeros(block_b.shape[1], dtype=torch.float32, device=device)
         cross += block_a.t() @ block_b
-        norms_a += (block_a.double() ** 2).sum(0)
-        norms_b += (block_b.double() ** 2).sum(0)
+        norms_a += (block_a * block_a).sum(0)
+        norms_b += (block_b * block_b).sum(0)
         start += chunk_rows
     if cross is None:
         raise ValueError("no shared rows")
-    scale = torch.outer(norms_a.sqrt().clamp_min(EPS), norms_b.sqrt().clamp_min(EPS))
-    return (cross.double() / scale).float()
+    return cross / torch.outer(norms_a.sqrt().clamp_min(EPS), norms_b.sqrt().clamp_min(EPS))
 
 
 def align_hidden(cosine):
@@ -123,7 +152,8 @@ def reindex_kernel(kernel, base_index, sign):
     """Express a base model's hidden x hidden matrix in the target's dims: s_i s_j K[p_i, p_j]."""
     base_index = base_index.to(kernel.device)
     sign = sign.to(device=kernel.device, dtype=kernel.dtype)
-    return kernel[base_index][:, base_index] * torch.outer(sign, sign)
+    selected = kernel.index_select(0, base_index).index_select(1, base_index)
+    return selected.mul_(sign[:, None]).mul_(sign[None, :])
 
 
 def match_layers(similarity):

@@ -126,8 +126,8 @@ class DigestCache:
     reuse one reading and one set of Gram products. Failures are remembered, not retried.
     """
 
-    def __init__(self, device, budget_bytes):
-        self.device, self.budget = device, budget_bytes
+    def __init__(self, device, budget_bytes, with_circuit=True):
+        self.device, self.budget, self.with_circuit = device, budget_bytes, with_circuit
         self.entries = OrderedDict()
         self.failures = {}
         self.loads = Counter()
@@ -142,8 +142,8 @@ class DigestCache:
             from model_reader import ModelCheckpoint
 
             checkpoint = ModelCheckpoint(path)
-            keep = fingerprint.ModelDigest.layer_bytes(checkpoint) <= self.budget / 3
-            digest = fingerprint.ModelDigest(checkpoint, self.device, keep_layers=keep)
+            keep = fingerprint.ModelDigest.layer_bytes(checkpoint, self.with_circuit) <= self.budget / 3
+            digest = fingerprint.ModelDigest(checkpoint, self.device, keep, self.with_circuit)
         except (CheckpointError, ComparisonError) as err:
             self.failures[path] = err
             raise
@@ -179,10 +179,10 @@ def reuse_order(pairs):
 
 # ----------------------------------------------------------------------------- running
 class SuiteRun:
-    def __init__(self, name, pairs, device, null, results_dir, budget, progress=True):
+    def __init__(self, name, pairs, device, null, results_dir, budget, progress=True, with_circuit=True):
         self.name, self.pairs, self.device, self.null = name, pairs, device, null
         self.results_dir, self.progress = results_dir, progress
-        self.cache = DigestCache(device, budget)
+        self.cache = DigestCache(device, budget, with_circuit)
         self.records, self.skipped = [], []
 
     def run(self):
@@ -303,12 +303,13 @@ def write_text_atomic(path, text):
 def run_from_args(args, device, null):
     name, pairs = resolve(args.config, args.checkpoint_dir)
     results_dir = os.path.abspath(args.results_dir or os.path.join("results", safe_name(name)))
-    run = SuiteRun(name, pairs, device, null, results_dir, default_budget(args.cache_gb), progress=not args.quiet)
+    run = SuiteRun(name, pairs, device, null, results_dir, default_budget(args.cache_gb), not args.quiet, not args.paper_only)
     interrupted = run.run()
     print(f"{name}: {len(run.records)} of {len(pairs)} pairs scored, {len(run.skipped)} skipped -> {results_dir}")
     for record in run.records:
         s = record["scores"]
-        print(f"  {record['pair']:60s} {s['final']:7.2f} %  |Z| {s['z_score']:7.1f}  QK-circuit {s['qk_circuit']:7.2f} %  {record['verdict']}")
+        circuit = "n/a" if s["qk_circuit"] is None else f"{s['qk_circuit']:7.2f} %"
+        print(f"  {record['pair']:60s} {s['final']:7.2f} %  |Z| {s['z_score']:7.1f}  QK-circuit {circuit}  {record['verdict']}")
     for skipped in run.skipped:
         print(f"  skipped {skipped['pair']}: {skipped['reason']}")
     for key, m in run.metrics().items():

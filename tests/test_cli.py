@@ -68,3 +68,12 @@ def test_help_explains_the_score_and_shows_examples():
     done = run_cli("--help")
     assert done.returncode == 0
     assert "independent" in done.stdout.lower() and "--model_paths" in done.stdout and "examples:" in done.stdout
+
+
+def test_paper_only_skips_the_circuit_score(model_pair, tmp_path):
+    output = tmp_path / "paper.json"
+    done = run_cli("--model_paths", str(model_pair / "a"), str(model_pair / "b"), "--paper_only", "--quiet", "--output", str(output))
+    assert done.returncode == 0, done.stderr
+    data = json.loads(output.read_text())
+    assert data["scores"]["qk_circuit"] is None and data["scores"]["final"] >= 99.9
+    assert data["verdict"] == "derived" and "QK-circuit score   undefined" in done.stdout

@@ -116,3 +116,16 @@ def test_layer_matching_identity_for_equal_depth_and_lap_otherwise():
     assert sm.match_layers(equal) == [(0, 0), (1, 1)]            # the paper: layer i with i
     uneven = np.array([[0.9, 0.1, 0.2], [0.1, 0.2, 0.8]])
     assert sm.match_layers(uneven) == [(0, 0), (1, 2)]
+
+
+def test_blocked_gram_equals_the_plain_product():
+    generator = torch.Generator().manual_seed(6)
+    weight = torch.randn(300, 1300, generator=generator)      # wider than two Gram blocks, uneven tail
+    assert torch.allclose(sm.gram(weight), weight.t() @ weight, rtol=1e-5, atol=1e-3)
+    assert torch.equal(sm.gram(weight), sm.gram(weight).t())
+
+
+def test_dot64_is_exact_where_float32_accumulation_is_not():
+    a = torch.full((2048, 2048), 0.1) + torch.randn(2048, 2048, generator=torch.Generator().manual_seed(7)) * 1e-4
+    expected = float((a.double() * a.double()).sum())
+    assert sm.dot64(a, a) == pytest.approx(expected, rel=1e-12)
