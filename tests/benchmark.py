@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zlib
 
 import torch
 
@@ -95,7 +96,7 @@ class SyntheticModel:
         self.sign = torch.where(torch.rand(hidden, generator=generator) < 0.5, -1.0, 1.0)
 
     def raw(self, name, shape):
-        generator = torch.Generator().manual_seed(hash((self.seed, name)) % 2 ** 31)
+        generator = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{name}".encode()))
         if name.endswith("layernorm.weight"):
             return 1 + 0.1 * torch.randn(shape, generator=generator)
         return 0.02 * torch.randn(shape, generator=generator)
