@@ -206,7 +206,7 @@ def _mean(values):
 def score_layers(sims):
     """Paper scores on the paper's layer map, and the circuit score on its own map."""
     q, k, circuit = sims
-    paper_map = sm.match_layers(np.nanmean(np.stack([q, k]), axis=0) if q.shape[0] != q.shape[1] else q)
+    paper_map = sm.match_layers((q + k) / 2)
     circuit_map = sm.match_layers(circuit)
     wq = _mean(q[i, j] for i, j in paper_map)
     wk = _mean(k[i, j] for i, j in paper_map)
@@ -226,16 +226,11 @@ def compare(digest_a, digest_b, device, progress=True):
     aligned_at, work_before = time.perf_counter(), layer_work()
     sims = layer_similarities(base, target, alignment, progress)
     scores, paper_map, circuit_map = score_layers(sims)
-    undefined = int(np.isnan(np.array([sims[0][i, j] for i, j in paper_map] + [sims[1][i, j] for i, j in paper_map])).sum())
     # Report layers as (layer of A, layer of B) whatever side was the base.
-    orient = (lambda i, j: (i, j)) if a_is_base else (lambda i, j: (j, i))
-    circuit_of = {orient(i, j): sims[2][i, j] for i, j in circuit_map}
-    layers = [
-        {"layer_a": orient(i, j)[0], "layer_b": orient(i, j)[1],
-         "wq": _finite(sims[0][i, j]), "wk": _finite(sims[1][i, j]),
-         "qk_circuit": _finite(sims[2][i, j])}
-        for i, j in paper_map
-    ]
+    orient = (lambda i, j: [i, j]) if a_is_base else (lambda i, j: [j, i])
+    layers = [dict(zip(("layer_a", "layer_b"), orient(i, j)), **{m: _finite(sims[n][i, j]) for n, m in enumerate(METRICS)})
+              for i, j in paper_map]
+    same_depth = digest_a.num_layers == digest_b.num_layers
     evidence = {
         "base_model": "a" if a_is_base else "b",
         "shared_tokens": alignment.shared_tokens,
@@ -246,13 +241,14 @@ def compare(digest_a, digest_b, device, progress=True):
         "mean_abs_cosine": _finite(alignment.mean_abs_cosine),
         "layers_a": digest_a.num_layers,
         "layers_b": digest_b.num_layers,
-        "layer_map": None if digest_a.num_layers == digest_b.num_layers else [list(orient(i, j)) for i, j in paper_map],
-        "qk_circuit_layer_map": None if digest_a.num_layers == digest_b.num_layers else sorted(list(k) for k in circuit_of),
-        "undefined_layer_scores": undefined,
-        "notes": [n for n in (alignment.note,) if n],
+        "layer_map": None if same_depth else [orient(i, j) for i, j in paper_map],
+        "qk_circuit_layer_map": None if same_depth else [orient(i, j) for i, j in circuit_map],
+        "undefined_layer_scores": sum(layer[m] is None for layer in layers for m in ("wq", "wk")),
+        "notes": [alignment.note] if alignment.note else [],
     }
-    if undefined:
-        evidence["notes"].append(f"CKA undefined for {undefined} layer matrices (a zero or constant matrix); scores average the defined ones")
+    if evidence["undefined_layer_scores"]:
+        evidence["notes"].append(f"CKA undefined for {evidence['undefined_layer_scores']} layer matrices "
+                                 "(a zero or constant matrix); scores average the defined ones")
     finished = time.perf_counter()
     return {
         "scores": {name: _finite(value) for name, value in scores.items()},
