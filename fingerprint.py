@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 import similarity_metrics as sm
-from errors import CheckpointError, ComparisonError
+from errors import ComparisonError
 
 FLOAT32 = 4
 

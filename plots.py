@@ -1,5 +1,4 @@
 """Figures of a suite run: per-layer curves, a score heatmap, the ROC curve (PNG and PDF)."""
-import os
 
 import matplotlib
 

@@ -12,7 +12,6 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 import psutil
-import torch
 from tqdm import tqdm
 
 import configs

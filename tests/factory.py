@@ -134,7 +134,7 @@ def write_gguf(path, tensors, heads, kv_heads, tokens, attn_type="Q8_0", embed_t
                split_max_tensors=0):
     """Write a llama-architecture GGUF of a factory model, quantized as llama.cpp would."""
     import gguf
-    import numpy as np
+
 
     hidden = tensors["model.embed_tokens.weight"].shape[1]
     layers = sum(1 for n in tensors if n.endswith("q_proj.weight"))

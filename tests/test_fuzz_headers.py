@@ -10,7 +10,6 @@ import tempfile
 
 import hypothesis.strategies as st
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from safetensors.torch import save_file
 

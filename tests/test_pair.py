@@ -9,7 +9,7 @@ import torch
 import factory
 import fingerprint
 import report
-from errors import CheckpointError, ComparisonError
+from errors import ComparisonError
 from model_reader import ModelCheckpoint
 
 CPU = torch.device("cpu")

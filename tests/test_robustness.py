@@ -1,12 +1,10 @@
 """Bad, hostile and degenerate inputs: one clear line naming the file, non-zero exit, no score."""
 import json
-import os
 import shutil
 import struct
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 import factory
 import main
@@ -197,6 +195,6 @@ def test_hidden_size_larger_than_the_token_overlap_is_flagged(tmp_path, capsys):
 
 def test_single_layer_model(tmp_path, capsys):
     a = tmp_path / "one"
-    tensors = factory.make_llama(str(a), layers=1, vocab=300)
+    factory.make_llama(str(a), layers=1, vocab=300)
     assert main.main(["--model_paths", str(a), str(a), "--quiet"]) == 0
     assert "1 vs 1" in capsys.readouterr().out

@@ -99,3 +99,11 @@ def test_independent_model_of_same_architecture_scores_near_zero(smol):
     state = demo.independent(smol["config"])
     scores = score_against_original(smol, state, "independent")
     assert abs(scores["final"]) < 2.0 and abs(scores["qk_circuit"]) < 2.0
+
+
+def test_demo_end_to_end(smol, capsys):
+    assert demo.run(CPU, progress=False, out_dir=str(smol["root"] / "demo")) == 0
+    out = capsys.readouterr().out
+    blocks = {label: out.split(f"({label})")[1].split("\n\n")[0] for label in ("disguised", "independent", "heavily disguised")}
+    assert "-> DERIVED" in blocks["disguised"] and "-> INDEPENDENT" in blocks["independent"]
+    assert "-> DERIVED" in blocks["heavily disguised"]
