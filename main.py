@@ -91,7 +91,7 @@ def run_pair(args, device, null):
 
     started = time.perf_counter()
     progress = not args.quiet
-    digests = [fingerprint.digest_path(p, device, with_circuit=not args.paper_only) for p in args.model_paths]
+    digests = [fingerprint.digest_path(p, device, with_circuit=not args.paper_only, progress=progress) for p in args.model_paths]
     result = fingerprint.compare_digests(*digests, device, null, progress)
     result["timings"]["total_s"] = round(time.perf_counter() - started, 3)
     print("\n".join(report.summary_lines(result)))

@@ -9,6 +9,7 @@ import os
 import re
 
 import torch
+from tqdm import tqdm
 
 import architectures as arch
 import checkpoint_files as files
@@ -196,12 +197,13 @@ class ModelCheckpoint:
         tensor = self.store.read(name).to(device).to(torch.float32)
         return files.check_finite(tensor, self.store.tensors[name].path, name)
 
-    def read_embedding(self):
+    def read_embedding(self, progress=False):
         """The whole input embedding in its stored precision (bf16/fp16 stay half size), read in blocks."""
         name = self.family.embedding
         path = self.store.tensors[name].path
         embedding = None
-        for start in range(0, self.vocab_rows, EMBEDDING_BLOCK_ROWS):
+        starts = range(0, self.vocab_rows, EMBEDDING_BLOCK_ROWS)
+        for start in tqdm(starts, desc=f"embedding {os.path.basename(self.path)}", leave=False, disable=None if progress else True):
             block = self.store.read_rows(name, start, min(start + EMBEDDING_BLOCK_ROWS, self.vocab_rows))
             if not block.is_floating_point():
                 raise CheckpointError(path, f"embedding '{name}' is not floating point ({block.dtype})")

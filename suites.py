@@ -125,8 +125,8 @@ class DigestCache:
     reuse one reading and one set of Gram products. Failures are remembered, not retried.
     """
 
-    def __init__(self, device, budget_bytes, with_circuit=True):
-        self.device, self.budget, self.with_circuit = device, budget_bytes, with_circuit
+    def __init__(self, device, budget_bytes, with_circuit=True, progress=False):
+        self.device, self.budget, self.with_circuit, self.progress = device, budget_bytes, with_circuit, progress
         self.entries = OrderedDict()
         self.failures = {}
         self.loads = Counter()
@@ -142,7 +142,7 @@ class DigestCache:
 
             checkpoint = ModelCheckpoint(path)
             keep = fingerprint.ModelDigest.layer_bytes(checkpoint, self.with_circuit) <= self.budget / 3
-            digest = fingerprint.ModelDigest(checkpoint, self.device, keep, self.with_circuit)
+            digest = fingerprint.ModelDigest(checkpoint, self.device, keep, self.with_circuit, self.progress)
         except (CheckpointError, ComparisonError) as err:
             self.failures[path] = err
             raise
@@ -181,7 +181,7 @@ class SuiteRun:
     def __init__(self, name, pairs, device, null, results_dir, budget, progress=True, with_circuit=True):
         self.name, self.pairs, self.device, self.null = name, pairs, device, null
         self.results_dir, self.progress = results_dir, progress
-        self.cache = DigestCache(device, budget, with_circuit)
+        self.cache = DigestCache(device, budget, with_circuit, progress)
         self.records, self.skipped = [], []
 
     def run(self):

@@ -178,6 +178,19 @@ def straightforward_check(report_data, path_a, path_b, layers_to_check=(0, -1)):
     return worst
 
 
+def peak_rss_mb():
+    """This process's own high-water resident memory. ru_maxrss is not used: Linux carries it
+    across fork and exec, so a child would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def measure(path_a, path_b, device_name, threads, paper_only=False):
     import fingerprint
     import report
@@ -188,7 +201,7 @@ def measure(path_a, path_b, device_name, threads, paper_only=False):
     digests = [fingerprint.digest_path(p, device, with_circuit=not paper_only) for p in (path_a, path_b)]
     data = fingerprint.compare_digests(*digests, device, report.PAPER_NULL, progress=False)
     total = time.perf_counter() - started
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     deviation = straightforward_check(data, path_a, path_b)
     return {"total_s": round(total, 2), **data["timings"], "peak_rss_mb": round(peak_mb), "scores": data["scores"],
             "max_abs_deviation_from_direct_pct": deviation}
