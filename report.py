@@ -19,6 +19,9 @@ PAPER_NULL = {
 # independent-pair mean is called derived. 6 sigma is ~2.06 % with the paper's reference,
 # below the paper's hardest positive (Llama-3.2-1B vs Llama-3.1-8B, ~3.8 %).
 DERIVED_Z = 6.0
+# A QK-circuit score this many points above the AWM score is worth pointing out: function-
+# preserving reparametrizations lower the paper's score and leave the circuit's alone.
+DISGUISE_GAP = 25.0
 
 
 def z_score(score_percent, null):
@@ -35,7 +38,10 @@ def verdict(scores, null):
     paper_derived = final - null["mean"] >= DERIVED_Z * null["std"]
     circuit_derived = circuit is not None and circuit - null["mean"] >= DERIVED_Z * null["std"]
     if paper_derived:
-        return "derived", f"AWM score {final:.2f} % is {z_score(final, null):.0f} sigma above independent pairs"
+        reason = f"AWM score {final:.2f} % is {z_score(final, null):.0f} sigma above independent pairs"
+        if circuit is not None and circuit - final >= DISGUISE_GAP:
+            reason += f"; the QK-circuit score ({circuit:.1f} %) is far higher, as after a reparametrizing disguise"
+        return "derived", reason
     if circuit_derived:
         return "derived (disguised)", ("the stored weights look unrelated but what the attention computes matches: "
                                        "the weights were reparametrized")
