@@ -85,7 +85,7 @@ _LLAMA_TYPES = (
     "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "olmo", "olmoe",
     "minicpm", "internlm", "llama_moe", "pangu_moe", "yi", "deepseek", "starcoder2", "stablelm",
     "granite", "granitemoe", "phi", "cohere", "qwen2_vl", "qwen2_5_vl", "qwen2_vl_text", "qwen2_5_vl_text",
-    "qwen2_audio", "qwen2_audio_encoder", "vicuna", "llava", "llava_next", "video_llava", "llava_onevision",
+    "qwen2_audio", "vicuna", "llava", "llava_next", "video_llava", "llava_onevision",
 )
 _SELF_ATTN = "layers.{i}.self_attn."
 

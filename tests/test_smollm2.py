@@ -14,7 +14,6 @@ import transformers
 import demo
 import fingerprint
 import report
-from safetensors.torch import save_file
 
 CPU = torch.device("cpu")
 PROMPT = torch.tensor([[1, 504, 3458, 282, 4376, 314, 30, 2372, 28, 253, 2]])
@@ -42,10 +41,8 @@ def logits(state, config):
 def score_against_original(smol, state, name):
     """Write only what AWM reads (embedding, W_q, W_k, norm gains) and compare with the GGUF."""
     directory = str(smol["root"] / name)
-    os.makedirs(directory, exist_ok=True)
     kept = {k: v.contiguous() for k, v in state.items() if k.endswith(READ_BY_AWM)}
     demo.write_hf_model(directory, kept, smol["config"], smol["tokenizer"])
-    save_file(kept, os.path.join(directory, "model.safetensors"))
     suspect = fingerprint.digest_path(directory, CPU)
     return fingerprint.compare_digests(smol["digest"], suspect, CPU, report.PAPER_NULL, progress=False)["scores"]
 
