@@ -120,18 +120,21 @@ def summary_lines(report):
     return lines
 
 
-def write_json_atomic(path, data):
-    """Write to a temporary file in the same folder, then rename: never a half-written report."""
+def write_text_atomic(path, text):
+    """Write to a temporary file in the same folder, then rename: never a half-written file."""
     path = os.path.abspath(path)
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=2, allow_nan=False)
-            out.write("\n")
+            out.write(text)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+def write_json_atomic(path, data):
+    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=False) + "\n")

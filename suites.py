@@ -237,8 +237,8 @@ class SuiteRun:
             "model_reads": {os.path.basename(p): n for p, n in self.cache.loads.items()},
         }
         report.write_json_atomic(os.path.join(self.results_dir, "scores.json"), summary)
-        write_text_atomic(os.path.join(self.results_dir, "scores.csv"), csv_table(self.records))
-        write_text_atomic(os.path.join(self.results_dir, "table.md"), markdown_table(self.records, self.skipped, summary["metrics"], self.null))
+        report.write_text_atomic(os.path.join(self.results_dir, "scores.csv"), csv_table(self.records))
+        report.write_text_atomic(os.path.join(self.results_dir, "table.md"), markdown_table(self.records, self.skipped, summary["metrics"], self.null))
         stats = self.null_stats()
         if stats:
             report.write_json_atomic(os.path.join(self.results_dir, "null_stats.json"), stats)
@@ -288,15 +288,6 @@ def markdown_table(records, skipped, metrics, null):
         lines.append("\nSkipped:")
         lines += [f"- {s['pair']}: {s['reason']}" for s in skipped]
     return "\n".join(lines) + "\n"
-
-
-def write_text_atomic(path, text):
-    import tempfile
-
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        out.write(text)
-    os.replace(temporary, path)
 
 
 def run_from_args(args, device, null):
