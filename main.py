@@ -45,7 +45,7 @@ def build_parser():
     parser.add_argument("--output", metavar="FILE", help="write the pair's full report (per-layer scores, metadata) as JSON")
     parser.add_argument("--results_dir", metavar="DIR", help="suite outputs (default: results/<suite>)")
     parser.add_argument("--checkpoint_dir", metavar="DIR",
-                        help="where suite models live (default: $AWM_CHECKPOINT_DIR or ./checkpoints)")
+                        help="where suite models live (default: $AWM_CHECKPOINT_DIR, else checkpoints/ beside main.py)")
     parser.add_argument("--null_stats", metavar="FILE",
                         help="JSON with mean/std (percent) of your own independent pairs, for the Z-score")
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: all cores)")
