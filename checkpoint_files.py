@@ -130,9 +130,6 @@ class SafetensorsStore:
     def read_rows(self, name, start, stop):
         return self._read(name, (start, stop))
 
-    def dtype_name(self, name):
-        return self.tensors[name].dtype
-
 
 # ----------------------------------------------------------------------------- PyTorch .bin
 def _load_bin(path):
@@ -174,9 +171,6 @@ class TorchBinStore:
 
     def read_rows(self, name, start, stop):
         return self._state(self.tensors[name].path)[name][start:stop].clone()
-
-    def dtype_name(self, name):
-        return self.tensors[name].dtype
 
 
 # ----------------------------------------------------------------------------- GGUF
@@ -259,9 +253,9 @@ class GGUFStore:
         try:
             values = gguf.quants.dequantize(np.asarray(data), tensor.tensor_type)
         except NotImplementedError:
-            raise CheckpointError(tensor_path(self, name), f"tensor '{name}' uses quant type {tensor.tensor_type.name}, which the gguf package cannot dequantize") from None
+            raise CheckpointError(self.tensors[name].path, f"tensor '{name}' uses quant type {tensor.tensor_type.name}, which the gguf package cannot dequantize") from None
         except Exception as err:
-            raise CheckpointError(tensor_path(self, name), f"tensor '{name}' cannot be dequantized ({err.__class__.__name__})") from None
+            raise CheckpointError(self.tensors[name].path, f"tensor '{name}' cannot be dequantized ({err.__class__.__name__})") from None
         shape = self.tensors[name].shape
         rows = values.shape[0] if len(shape) > 1 else None
         values = values.reshape((rows,) + shape[1:] if rows else shape)
@@ -272,9 +266,6 @@ class GGUFStore:
 
     def read_rows(self, name, start, stop):
         return self._dequantize(name, self._raw[name].data[start:stop])
-
-    def dtype_name(self, name):
-        return self.tensors[name].dtype
 
 
 def tensor_path(store, name):

@@ -115,6 +115,7 @@ class ModelCheckpoint:
         config = arch.text_config(raw)
         self.model_type = str(config.get("model_type") or raw.get("model_type") or "unknown")
         self.wrapper_type = str(raw.get("model_type") or "")
+        self.architecture = self.model_type
         self.config = config
         self.vocab, self.vocab_source = vocabulary.load_directory_vocab(self.path)
         hidden, layers = arch.config_value(config, "hidden"), arch.config_value(config, "layers")
@@ -130,8 +131,7 @@ class ModelCheckpoint:
         gguf_arch = str(files.gguf_field(reader, "general.architecture", "unknown"))
         meta = lambda key, default=None: files.gguf_field(reader, f"{gguf_arch}.{key}", default)
         first = lambda value: value[0] if isinstance(value, list) and value else value
-        self.model_type = "gguf"
-        self.gguf_architecture = gguf_arch
+        self.model_type, self.wrapper_type, self.architecture = "gguf", "", gguf_arch
         self.config = {"model_type": gguf_arch}
         hidden, layers = meta("embedding_length"), meta("block_count")
         n_head = first(meta("attention.head_count"))
@@ -157,8 +157,7 @@ class ModelCheckpoint:
         self.heads = arch.Heads(n_head, n_kv, head_dim or hidden // n_head)
 
     def _bind_family(self):
-        types = (self.model_type, getattr(self, "wrapper_type", ""))
-        self.family = arch.resolve_family(types, self.store.tensors, self.path)
+        self.family = arch.resolve_family((self.model_type, self.wrapper_type), self.store.tensors, self.path)
         embedding = self.store.tensors[self.family.embedding]
         if len(embedding.shape) != 2:
             raise CheckpointError(embedding.path, f"embedding '{embedding.name}' is not a matrix (shape {embedding.shape})")
@@ -224,13 +223,14 @@ class ModelCheckpoint:
             w_q, w_k = layout(stored, self.heads)
         except RuntimeError:
             raise CheckpointError(self.store.tensors[q_name].path, f"tensor '{q_name}' of shape {tuple(stored.shape)} does not fit {self.heads.n_head} heads / {self.heads.n_kv} kv heads of size {self.heads.head_dim}") from None
+        k_name = q_name                      # fused: K comes out of the same tensor
         if w_k is None:
             k_name = self.family.name(family.key, layer)
             if k_name not in self.store.tensors:
                 raise CheckpointError(self.path, f"tensor '{k_name}' is missing")
             w_k = self._read(k_name, device)
         heads = self.heads
-        for name, w, n in ((q_name, w_q, heads.n_head), (q_name, w_k, heads.n_kv)):
+        for name, w, n in ((q_name, w_q, heads.n_head), (k_name, w_k, heads.n_kv)):
             if w.dim() != 2 or w.shape != (n * heads.head_dim, self.hidden_size):
                 raise CheckpointError(self.store.tensors[name].path, f"attention tensor '{name}' has shape {tuple(w.shape)}, but the config implies "
                                                                      f"({n} heads x {heads.head_dim}, {self.hidden_size})")
@@ -259,7 +259,7 @@ class ModelCheckpoint:
         return {
             "path": self.path,
             "format": self.store.format_name,
-            "architecture": getattr(self, "gguf_architecture", self.model_type),
+            "architecture": self.architecture,
             "family": self.family.family.name,
             "hidden_size": self.hidden_size,
             "num_layers": self.num_layers,
@@ -270,5 +270,5 @@ class ModelCheckpoint:
             "tokenizer": self.vocab_source,
             "tokenizer_tokens": len(self.vocab) if self.vocab else 0,
             "dropped_token_ids": self.dropped_token_ids,
-            "dtype": self.store.dtype_name(q_name),
+            "dtype": self.store.tensors[q_name].dtype,
         }
