@@ -35,23 +35,24 @@ def _row_gain(gain, rows, head_dim):
     return None
 
 
+def _fold_gains(weight, output_gain, input_gain, head_dim):
+    """diag(output gain) W diag(input gain): the projection as the model effectively applies it."""
+    row_gain = _row_gain(output_gain, weight.shape[0], head_dim)
+    if row_gain is not None:
+        weight = weight * row_gain.to(weight)[:, None]
+    if input_gain is not None and input_gain.numel() == weight.shape[1]:
+        weight = weight * input_gain.to(weight)[None, :]
+    return weight
+
+
 def qk_circuit(w_q, w_k, heads, input_gain=None, q_gain=None, k_gain=None):
     """M = sum_h (G_q,h W_q,h D)^T (G_k W_k,g(h) D), the bilinear form q.k of every head at
     offset 0, with D the attention-input norm gain and G the per-head q/k norm gains.
 
     Query heads of one key/value group share W_k, so they are summed before the product.
     """
-    for gain, is_query in ((q_gain, True), (k_gain, False)):
-        weight = w_q if is_query else w_k
-        row_gain = _row_gain(gain, weight.shape[0], heads.head_dim)
-        if row_gain is not None:
-            weight = weight * row_gain.to(weight)[:, None]
-        if input_gain is not None and input_gain.numel() == weight.shape[1]:
-            weight = weight * input_gain.to(weight)[None, :]
-        if is_query:
-            w_q = weight
-        else:
-            w_k = weight
+    w_q = _fold_gains(w_q, q_gain, input_gain, heads.head_dim)
+    w_k = _fold_gains(w_k, k_gain, input_gain, heads.head_dim)
     group = heads.n_head // heads.n_kv
     hidden = w_q.shape[1]
     summed_q = w_q.reshape(heads.n_kv, group, -1, hidden).sum(1).reshape(-1, hidden)
