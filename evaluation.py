@@ -53,3 +53,23 @@ def null_statistics(scores):
     if len(values) < 2:
         return None
     return {"mean": float(values.mean()), "std": float(values.std(ddof=1)), "n": int(len(values))}
+
+
+VERDICTS = ("derived", "derived (disguised)", "inconclusive", "independent", "undefined")
+DERIVED_CALLS = ("derived", "derived (disguised)")
+
+
+def verdict_confusion(records):
+    """Counts of each verdict per true label, with the rates people ask about: how often an
+    independent pair is called derived, and how often a derived pair is recognised."""
+    table = {label: {call: 0 for call in VERDICTS} for label in ("derived", "independent")}
+    for record in records:
+        if record.get("label") in table:
+            table[record["label"]][record["verdict"]] += 1
+    rate = lambda row, calls: (sum(row[c] for c in calls) / sum(row.values())) if sum(row.values()) else None
+    return {
+        "counts": table,
+        "false_positive_rate": rate(table["independent"], DERIVED_CALLS),
+        "true_positive_rate": rate(table["derived"], DERIVED_CALLS),
+        "independent_called_independent": rate(table["independent"], ("independent",)),
+    }

@@ -112,6 +112,22 @@ class ModelDigest:
 
 
 # ----------------------------------------------------------------------------- alignment
+# Principal axes of each embedding that the residual cosine and residual scores remove: the
+# mean vector plus this many axes (at most 1/16 of the dims) take out what the columns of
+# anisotropic embeddings share. Measured on scratch-trained models vs SmolLM2: with 8 axes a
+# few outlier dims still correlate with everything; with 16 nothing does. A derived pair
+# loses only ~k/d of each column's energy.
+COMMON_AXES = 16
+
+
+# Fewer shared tokens than this leave the correspondence test without power: not run.
+MIN_TEST_TOKENS = 64
+
+
+def common_axes(hidden):
+    return max(1, min(COMMON_AXES, hidden // 16))
+
+
 @dataclass
 class Alignment:
     base_index: torch.Tensor
@@ -121,6 +137,9 @@ class Alignment:
     mean_abs_cosine: float
     note: str = ""
     timings: dict = None
+    correspondence: sm.CorrespondenceTest = None
+    base_common: torch.Tensor = None      # orthonormal common directions, base coordinates
+    target_common: torch.Tensor = None    # the same for the target
 
 
 def shared_token_ids(base_vocab, target_vocab):
@@ -129,8 +148,13 @@ def shared_token_ids(base_vocab, target_vocab):
     return ids[:, 0], ids[:, 1]
 
 
+def _rows(digest, ids):
+    return lambda start, stop: digest.embedding[ids[start:stop]]
+
+
 def align(base, target, device):
-    """Match each hidden dim of the target to a base dim (and sign) on the shared tokens."""
+    """Match each hidden dim of the target to a base dim (and sign) on the shared tokens, and
+    test whether the matched dims genuinely correspond (see similarity_metrics)."""
     base_ids = target_ids = None
     if base.vocab and target.vocab:
         base_ids, target_ids = shared_token_ids(base.vocab, target.vocab)
@@ -141,33 +165,61 @@ def align(base, target, device):
         identity = torch.arange(target.hidden_size)
         return Alignment(identity, torch.ones(target.hidden_size), 0, False, float("nan"),
                          f"UNALIGNED: {why}; dims compared in stored order", {"cosine_s": 0.0, "lap_s": 0.0})
-    target_rows = lambda start, stop: target.embedding[target_ids[start:stop]]
-    base_rows = lambda start, stop: base.embedding[base_ids[start:stop]]
     started = time.perf_counter()
-    cosine = sm.column_cosine(target_rows, base_rows, device)
+    # Two interleaved halves of the shared tokens: the test finds partners on one and checks
+    # them on the other; the alignment itself uses their sum, i.e. every shared token.
+    halves = [(target_ids[h::2], base_ids[h::2]) for h in (0, 1)]
+    half_products = [sm.column_products(_rows(target, t), _rows(base, b), device) for t, b in halves]
+    products = half_products[0] + half_products[1]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     cosine_done = time.perf_counter()
-    base_index, sign, quality = sm.align_hidden(cosine)
-    timings = {"cosine_s": round(cosine_done - started, 3), "lap_s": round(time.perf_counter() - cosine_done, 3)}
+    base_index, sign, quality = sm.align_hidden(sm.cosine_from_products(products))
+    lap_done = time.perf_counter()
+    test, base_common, target_common = _correspondence(base, target, base_ids, target_ids, halves, half_products, products, base_index)
+    timings = {"cosine_s": round(cosine_done - started, 3), "lap_s": round(lap_done - cosine_done, 3),
+               "correspondence_s": round(time.perf_counter() - lap_done, 3)}
     note = ""
     if len(base_ids) < target.hidden_size:
         note = f"only {len(base_ids)} shared tokens for {target.hidden_size} hidden dims: the alignment is underdetermined"
-    return Alignment(base_index, sign, len(base_ids), True, quality, note, timings)
+    return Alignment(base_index, sign, len(base_ids), True, quality, note, timings, test, base_common, target_common)
+
+
+def _correspondence(base, target, base_ids, target_ids, halves, half_products, products, base_index):
+    """The correspondence test and each model's common directions (for residual kernels)."""
+    axes = [sm.principal_axes(_rows(digest, ids), sums, products.rows, common_axes(digest.hidden_size))
+            for digest, ids, sums in ((target, target_ids, products.sum_a), (base, base_ids, products.sum_b))]
+    residuals = [sm.residual_cosine(p, sm.common_directions(_rows(target, t), p.sum_a, p.rows, axes[0]),
+                                    sm.common_directions(_rows(base, b), p.sum_b, p.rows, axes[1]))
+                 for p, (t, b) in zip(half_products, halves)]
+    test = sm.correspondence_test(*residuals, base_index) if len(base_ids) >= MIN_TEST_TOKENS else None
+    return (test, sm.projector_basis(products.sum_b / products.rows, axes[1]),
+            sm.projector_basis(products.sum_a / products.rows, axes[0]))
 
 
 # ----------------------------------------------------------------------------- layer scores
-METRICS = ("wq", "wk", "qk_circuit")
+# Residual metrics: the same CKAs after each model's common embedding directions are
+# projected out of its kernels (see README, "How the verdict is reached").
+METRICS = ("wq", "wk", "qk_circuit", "wq_residual", "wk_residual", "qk_circuit_residual")
 
 
-def _unit_kernels(kernels, alignment=None):
-    """Unit U-centered W_q, W_k and circuit kernels, re-indexed into target dims for the base."""
+def _unit_kernels(kernels, alignment, is_base):
+    """Unit U-centered kernels, plain then residual; the base's are re-indexed into target dims."""
     matrices = (kernels.query, kernels.key, kernels.circuit)
-    if alignment is None:
-        return [None if m is None else sm.unit_u_centered(m) for m in matrices]
-    # Re-indexing makes fresh matrices, which may then be centered in place.
-    return [None if m is None else sm.unit_u_centered(sm.reindex_kernel(m, alignment.base_index, alignment.sign), in_place=True)
-            for m in matrices]
+    common = alignment.base_common if is_base else alignment.target_common
+
+    def prepare(matrix, residual):
+        if matrix is None or (residual and common is None):
+            return None
+        if residual:
+            matrix = sm.project_out(matrix.clone(), common)
+        if is_base and alignment.aligned:
+            matrix = sm.reindex_kernel(matrix, alignment.base_index, alignment.sign)
+        elif not residual:
+            matrix = matrix.clone()     # the digest may keep this kernel for other pairs
+        return sm.unit_u_centered(matrix, in_place=True)
+
+    return [prepare(m, False) for m in matrices] + [prepare(m, True) for m in matrices]
 
 
 def layer_similarities(base, target, alignment, progress=True):
@@ -180,16 +232,16 @@ def layer_similarities(base, target, alignment, progress=True):
     bar = dict(disable=None if progress else True, leave=False, unit="layer")
     if base.num_layers == target.num_layers:
         for i in tqdm(range(base.num_layers), desc="layers", **bar):
-            base_units = _unit_kernels(base.layer(i), alignment)
-            target_units = _unit_kernels(target.layer(i))
+            base_units = _unit_kernels(base.layer(i), alignment, is_base=True)
+            target_units = _unit_kernels(target.layer(i), alignment, is_base=False)
             sims[:, i, i] = [sm.unit_inner(b, t) for b, t in zip(base_units, target_units)]
         return sims
     base_is_shallow = base.num_layers < target.num_layers
     shallow, deep = (base, target) if base_is_shallow else (target, base)
-    kept = [_unit_kernels(shallow.layer(i), alignment if base_is_shallow else None)
+    kept = [_unit_kernels(shallow.layer(i), alignment, is_base=base_is_shallow)
             for i in tqdm(range(shallow.num_layers), desc="layers (shallower model)", **bar)]
     for j in tqdm(range(deep.num_layers), desc="layers (deeper model)", **bar):
-        deep_units = _unit_kernels(deep.layer(j), None if base_is_shallow else alignment)
+        deep_units = _unit_kernels(deep.layer(j), alignment, is_base=not base_is_shallow)
         for i, shallow_units in enumerate(kept):
             values = [sm.unit_inner(s, d) for s, d in zip(shallow_units, deep_units)]
             if base_is_shallow:
@@ -204,17 +256,21 @@ def _mean(values):
     return float(np.mean(values)) if values else float("nan")
 
 
-def score_layers(sims):
-    """Paper scores on the paper's layer map, and the circuit score on its own map."""
-    q, k, circuit = sims
-    paper_map = sm.match_layers((q + k) / 2)
-    circuit_map = sm.match_layers(circuit)
+def _scores_on_maps(q, k, circuit, paper_map, circuit_map):
     wq = _mean(q[i, j] for i, j in paper_map)
     wk = _mean(k[i, j] for i, j in paper_map)
-    return {
-        "wq": wq, "wk": wk, "final": _mean([wq, wk]),
-        "qk_circuit": _mean(circuit[i, j] for i, j in circuit_map),
-    }, paper_map, circuit_map
+    return {"wq": wq, "wk": wk, "final": _mean([wq, wk]), "qk_circuit": _mean(circuit[i, j] for i, j in circuit_map)}
+
+
+def score_layers(sims):
+    """Paper scores on the paper's layer map, the circuit score on its own map; the residual
+    scores on the same maps, so they differ from the plain ones only by what was projected out."""
+    q, k, circuit = sims[:3]
+    paper_map = sm.match_layers((q + k) / 2)
+    circuit_map = sm.match_layers(circuit)
+    scores = _scores_on_maps(q, k, circuit, paper_map, circuit_map)
+    residual = _scores_on_maps(*sims[3:], paper_map, circuit_map)
+    return scores, residual, paper_map, circuit_map
 
 
 # ----------------------------------------------------------------------------- the pair
@@ -226,10 +282,10 @@ def compare(digest_a, digest_b, device, progress=True):
     layer_work = lambda: sum(d.read_seconds + d.compute_seconds for d in (digest_a, digest_b))
     aligned_at, work_before = time.perf_counter(), layer_work()
     sims = layer_similarities(base, target, alignment, progress)
-    scores, paper_map, circuit_map = score_layers(sims)
+    scores, residual, paper_map, circuit_map = score_layers(sims)
     # Report layers as (layer of A, layer of B) whatever side was the base.
     orient = (lambda i, j: [i, j]) if a_is_base else (lambda i, j: [j, i])
-    layers = [dict(zip(("layer_a", "layer_b"), orient(i, j)), **{m: _finite(sims[n][i, j]) for n, m in enumerate(METRICS)})
+    layers = [dict(zip(("layer_a", "layer_b"), orient(i, j)), **{m: _finite(sims[n][i, j]) for n, m in enumerate(METRICS[:3])})
               for i, j in paper_map]
     same_depth = digest_a.num_layers == digest_b.num_layers
     evidence = {
@@ -240,6 +296,7 @@ def compare(digest_a, digest_b, device, progress=True):
         "base_hidden_dims": base.hidden_size,
         "sign_flips": int((alignment.sign < 0).sum()),
         "mean_abs_cosine": _finite(alignment.mean_abs_cosine),
+        "correspondence": _correspondence_record(alignment.correspondence),
         "layers_a": digest_a.num_layers,
         "layers_b": digest_b.num_layers,
         "layer_map": None if same_depth else [orient(i, j) for i, j in paper_map],
@@ -253,6 +310,7 @@ def compare(digest_a, digest_b, device, progress=True):
     finished = time.perf_counter()
     return {
         "scores": {name: _finite(value) for name, value in scores.items()},
+        "residual_scores": {name: _finite(value) for name, value in residual.items()},
         "evidence": evidence,
         "layers": layers,
         # Reading and Gram products are timed by the digests; what remains is alignment and CKA.
@@ -260,14 +318,23 @@ def compare(digest_a, digest_b, device, progress=True):
     }
 
 
+def _correspondence_record(test):
+    if test is None:
+        return None
+    return {"matched_dims": test.matched_dims, "target_dims": test.target_dims,
+            "fraction": round(test.fraction, 4), "p_value": float(f"{test.p_value:.3g}"),
+            "threshold_sigmas": round(test.threshold_sigmas, 2),
+            "median_matched_sigmas": round(test.median_matched_sigmas, 2)}
+
+
 def _finite(value):
     return float(value) if value is not None and np.isfinite(value) else None
 
 
-def digest_path(path, device, keep_layers=False, with_circuit=True, progress=False):
+def digest_path(path, device, keep_layers=False, with_circuit=True, progress=False, vocab_match="bytes"):
     from model_reader import ModelCheckpoint
 
-    return ModelDigest(ModelCheckpoint(path), device, keep_layers, with_circuit, progress)
+    return ModelDigest(ModelCheckpoint(path, vocab_match), device, keep_layers, with_circuit, progress)
 
 
 def compare_digests(digest_a, digest_b, device, null, progress=True):

@@ -53,6 +53,9 @@ def build_parser():
                         help="memory for per-model layer kernels reused across a suite's pairs (default: 40%% of RAM)")
     parser.add_argument("--paper_only", action="store_true",
                         help="skip the QK-circuit score: only the paper's products, about 40%% less CPU time")
+    parser.add_argument("--vocab_match", choices=("bytes", "spelling"), default="bytes",
+                        help="shared tokens: those standing for the same bytes (default; 'Ġthe' = '▁the'), or "
+                             "identical vocabulary spellings, as the published implementation does (its exact numbers)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     return parser
@@ -91,7 +94,8 @@ def run_pair(args, device, null):
 
     started = time.perf_counter()
     progress = not args.quiet
-    digests = [fingerprint.digest_path(p, device, with_circuit=not args.paper_only, progress=progress) for p in args.model_paths]
+    digests = [fingerprint.digest_path(p, device, with_circuit=not args.paper_only, progress=progress, vocab_match=args.vocab_match)
+               for p in args.model_paths]
     result = fingerprint.compare_digests(*digests, device, null, progress)
     result["timings"]["total_s"] = round(time.perf_counter() - started, 3)
     print("\n".join(report.summary_lines(result)))

@@ -86,7 +86,8 @@ def find_weight_files(directory):
 class ModelCheckpoint:
     """Lazy view of one model. Construction reads headers, config and tokenizer only."""
 
-    def __init__(self, path):
+    def __init__(self, path, vocab_match="bytes"):
+        self.vocab_match = vocab_match
         self.path = os.path.abspath(os.path.expanduser(str(path)))
         if not os.path.exists(self.path):
             raise CheckpointError(self.path, "does not exist")
@@ -117,7 +118,7 @@ class ModelCheckpoint:
         self.wrapper_type = str(raw.get("model_type") or "")
         self.architecture = self.model_type
         self.config = config
-        self.vocab, self.vocab_source = vocabulary.load_directory_vocab(self.path)
+        self.vocab, self.vocab_source = vocabulary.load_directory_vocab(self.path, self.vocab_match)
         hidden, layers = arch.config_value(config, "hidden"), arch.config_value(config, "layers")
         n_head = arch.config_value(config, "heads")
         if not (hidden and layers and n_head):
@@ -145,7 +146,7 @@ class ModelCheckpoint:
         else:
             types = files.gguf_field(reader, "tokenizer.ggml.token_type")
             model = files.gguf_field(reader, "tokenizer.ggml.model")
-            self.vocab = vocabulary.from_gguf_metadata(tokens, types, model)
+            self.vocab = vocabulary.from_gguf_metadata(tokens, types, model, self.vocab_match)
             self.vocab_source = "GGUF metadata"
         self._geometry(hidden, layers, n_head, n_kv, head_dim)
 
@@ -268,6 +269,7 @@ class ModelCheckpoint:
             "head_dim": self.heads.head_dim,
             "vocab_size": self.vocab_rows,
             "tokenizer": self.vocab_source,
+            "vocab_match": self.vocab_match,
             "tokenizer_tokens": len(self.vocab) if self.vocab else 0,
             "dropped_token_ids": self.dropped_token_ids,
             "dtype": self.store.tensors[q_name].dtype,

@@ -30,28 +30,76 @@ def z_score(score_percent, null):
     return abs(score_percent - null["mean"]) / null["std"]
 
 
-def verdict(scores, null):
-    """A one-word call plus why; the circuit score catches reparametrized (disguised) copies."""
+# The embedding-correspondence test must reach this p-value before a score can count as
+# evidence of derivation: below it, the LAP alignment the scores rest on may pair dims that
+# only share a common direction (see README, "How the verdict is reached").
+CORRESPONDENCE_P = 1e-3
+
+
+def _above(value, null):
+    return value is not None and value - null["mean"] >= DERIVED_Z * null["std"]
+
+
+def _dims(test):
+    return f"{test['matched_dims']} of {test['target_dims']} dims, p <= {test['p_value']:.2g}"
+
+
+def verdict(scores, residual, correspondence, null):
+    """derived / derived (disguised) / independent / inconclusive, with a plain reason.
+
+    A score counts only when the alignment under it is real: the embeddings' dims must
+    correspond one to one beyond the directions every column shares. Without that, a high
+    score is what anisotropic embeddings give any pair, and the residual scores decide.
+    """
     final, circuit = scores.get("final"), scores.get("qk_circuit")
     if final is None:
         return "undefined", "the AWM score is undefined for these weights"
-    paper_derived = final - null["mean"] >= DERIVED_Z * null["std"]
-    circuit_derived = circuit is not None and circuit - null["mean"] >= DERIVED_Z * null["std"]
-    if paper_derived:
-        reason = f"AWM score {final:.2f} % is {z_score(final, null):.0f} sigma above independent pairs"
-        if circuit is not None and circuit - final >= DISGUISE_GAP:
-            reason += f"; the QK-circuit score ({circuit:.1f} %) is far higher, as after a reparametrizing disguise"
-        return "derived", reason
-    if circuit_derived:
-        return "derived (disguised)", ("the stored weights look unrelated but what the attention computes matches: "
-                                       "the weights were reparametrized")
-    return "independent", "both scores lie within the range of independently trained models"
+    if correspondence is None:
+        return _unaligned_verdict(final, circuit, null)
+    z = z_score(final, null)
+    if correspondence["p_value"] <= CORRESPONDENCE_P:
+        shared = f"the embedding dimensions correspond one to one ({_dims(correspondence)})"
+        if _above(final, null):
+            reason = f"{shared} and the AWM score {final:.2f} % is {z:.0f} sigma above independent pairs"
+            if circuit is not None and circuit - final >= DISGUISE_GAP:
+                reason += f"; the QK-circuit score ({circuit:.1f} %) is far higher, as after a reparametrizing disguise"
+            return "derived", reason
+        if _above(circuit, null):
+            return "derived (disguised)", (f"{shared}; the stored attention weights look unrelated but what attention "
+                                           "computes matches: the weights were reparametrized")
+        return "inconclusive", (f"{shared}, but neither score rises above independent pairs: only the embedding "
+                                "was inherited, or the attention weights were retrained beyond what the scores can see")
+    none = f"the embeddings show no one-to-one dimension correspondence (p = {correspondence['p_value']:.2g})"
+    if not (_above(residual.get("final"), null) or _above(residual.get("qk_circuit"), null)):
+        if _above(final, null) or _above(circuit, null):
+            return "independent", (f"{none}; the AWM score of {final:.2f} % comes from directions that all embedding "
+                                   f"columns share (without them: {_fmt_plain(residual.get('final'))} %), not from inherited weights")
+        return "independent", f"{none}, and both scores lie within the range of independently trained models"
+    return "inconclusive", (f"{none}, yet the scores stay above independent pairs without the shared directions "
+                            f"(AWM {_fmt_plain(residual.get('final'))} %, QK circuit {_fmt_plain(residual.get('qk_circuit'))} %): "
+                            "related training, not evidence of derivation")
+
+
+def _unaligned_verdict(final, circuit, null):
+    """No shared vocabulary: dims are compared in stored order, so no alignment can inflate
+    the scores, and the paper's rule applies as it stands."""
+    caveat = " (dims compared in stored order: no shared vocabulary to align or test them)"
+    if _above(final, null):
+        return "derived", f"AWM score {final:.2f} % is {z_score(final, null):.0f} sigma above independent pairs{caveat}"
+    if _above(circuit, null):
+        return "derived (disguised)", f"the QK-circuit score {circuit:.2f} % is far above independent pairs{caveat}"
+    return "inconclusive", f"both scores lie within the range of independent models, but without an alignment a permuted copy would look the same{caveat}"
+
+
+def _fmt_plain(value):
+    return "undefined" if value is None else f"{value:.2f}"
 
 
 def to_percent(result):
     """Scores are computed as fractions and reported in percent, rounded to 1e-4 %."""
     pct = lambda v: None if v is None else round(100.0 * v, 4)
     result["scores"] = {k: pct(v) for k, v in result["scores"].items()}
+    result["residual_scores"] = {k: pct(v) for k, v in result["residual_scores"].items()}
     for layer in result["layers"]:
         for key in ("wq", "wk", "qk_circuit"):
             layer[key] = pct(layer[key])
@@ -61,13 +109,14 @@ def to_percent(result):
 def pair_report(result, meta_a, meta_b, null, timings):
     """Assemble the stable JSON record of one pair."""
     scores = result["scores"]
-    call, reason = verdict(scores, null)
+    call, reason = verdict(scores, result["residual_scores"], result["evidence"]["correspondence"], null)
     return {
         "tool": "awm",
         "version": TOOL_VERSION,
         "model_a": meta_a,
         "model_b": meta_b,
         "scores": {**scores, "z_score": _round(z_score(scores["final"], null))},
+        "residual_scores": result["residual_scores"],
         "verdict": call,
         "verdict_reason": reason,
         "reference": null,
@@ -88,6 +137,13 @@ def _fmt(value, unit=" %"):
 def _describe(meta):
     return (f"{meta['architecture']}, hidden {meta['hidden_size']}, {meta['num_layers']} layers, "
             f"{meta['num_heads']}/{meta['num_kv_heads']} heads, vocab {meta['vocab_size']:,}, {meta['dtype']}")
+
+
+def _correspondence_line(test):
+    if test is None:
+        return "not tested (no shared vocabulary)"
+    return (f"{test['matched_dims']}/{test['target_dims']} dims match one to one beyond shared directions "
+            f"(p {'<=' if test['matched_dims'] else '='} {test['p_value']:.2g}; median {test['median_matched_sigmas']:.1f} sigma)")
 
 
 def summary_lines(report):
@@ -114,6 +170,9 @@ def summary_lines(report):
         f"  AWM score (Wq*Wk)  {_fmt(sc['final'])}   |Z| = {'n/a' if z is None else f'{z:.1f}'} against {ref['name']} "
         f"independent pairs (mean {ref['mean']:.3f} %, std {ref['std']:.3f} %)",
         f"  QK-circuit score   {_fmt(sc['qk_circuit'])}   (disguise-robust: norm-gain folding, RoPE-pair scaling)",
+        f"  correspondence     {_correspondence_line(ev.get('correspondence'))}",
+        f"  without shared     AWM {_fmt(report['residual_scores']['final'])}   QK circuit {_fmt(report['residual_scores']['qk_circuit'])}"
+        "   (the embeddings' common directions projected out)",
         f"  verdict            {report['verdict'].upper()}: {report['verdict_reason']}",
     ]
     lines += [f"  note               {note}" for note in ev["notes"]]

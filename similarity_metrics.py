@@ -4,13 +4,16 @@ Conventions: a weight matrix W is (out_features, hidden). AWM's samples are the 
 dimensions and its features the output rows, so the linear kernel of W is the Gram matrix
 K = W^T W over hidden dims. All functions take and return torch tensors on any device.
 """
+from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
+from scipy.stats import t as student_t
 
 COSINE_CHUNK_ROWS = 16384     # shared tokens per block of the embedding cosine
 GRAM_BLOCK = 512              # column block of the symmetric Gram product
 EPS = 1e-12
+CORRESPONDENCE_ALPHA = 1e-4   # per-dim false-match probability of the correspondence test
 
 
 def gram(weight):
@@ -106,31 +109,185 @@ def cka_of_weights(weight_x, weight_y):
 
 
 # ----------------------------------------------------------------------------- alignment
-def column_cosine(rows_a, rows_b, device, chunk_rows=COSINE_CHUNK_ROWS):
-    """Cosine between every column of A and every column of B over the same rows.
+@dataclass
+class ColumnProducts:
+    """Sums over the shared tokens of two embeddings, enough for raw and residual cosines."""
+    cross: torch.Tensor      # (d_a, d_b): sum over tokens of a[t, i] * b[t, j]
+    sum_a: torch.Tensor
+    sum_b: torch.Tensor
+    sumsq_a: torch.Tensor
+    sumsq_b: torch.Tensor
+    rows: int
+
+    def __add__(self, other):
+        """The products over both sets of tokens."""
+        return ColumnProducts(self.cross + other.cross, self.sum_a + other.sum_a, self.sum_b + other.sum_b,
+                              self.sumsq_a + other.sumsq_a, self.sumsq_b + other.sumsq_b, self.rows + other.rows)
+
+
+def column_products(rows_a, rows_b, device, chunk_rows=COSINE_CHUNK_ROWS):
+    """Accumulate the column statistics of A and B over the same rows, block by block.
 
     rows_a / rows_b are callables (start, stop) -> float tensor of those shared-token rows,
-    so the product is accumulated block by block and never holds two float32 embeddings.
+    so the product never holds two float32 embeddings.
     """
-    cross = norms_a = norms_b = None
-    start = 0
+    totals, start = None, 0
     while True:
         block_a, block_b = rows_a(start, start + chunk_rows), rows_b(start, start + chunk_rows)
         if block_a.shape[0] == 0:
             break
         block_a = block_a.to(device=device, dtype=torch.float32)
         block_b = block_b.to(device=device, dtype=torch.float32)
-        if cross is None:
-            cross = torch.zeros(block_a.shape[1], block_b.shape[1], dtype=torch.float32, device=device)
-            norms_a = torch.zeros(block_a.shape[1], dtype=torch.float32, device=device)
-            norms_b = torch.zeros(block_b.shape[1], dtype=torch.float32, device=device)
-        cross += block_a.t() @ block_b
-        norms_a += (block_a * block_a).sum(0)
-        norms_b += (block_b * block_b).sum(0)
-        start += chunk_rows
-    if cross is None:
+        parts = (block_a.t() @ block_b, block_a.sum(0), block_b.sum(0), (block_a * block_a).sum(0), (block_b * block_b).sum(0))
+        totals = list(parts) if totals is None else [t.add_(p) for t, p in zip(totals, parts)]
+        start += block_a.shape[0]
+    if totals is None:
         raise ValueError("no shared rows")
-    return cross / torch.outer(norms_a.sqrt().clamp_min(EPS), norms_b.sqrt().clamp_min(EPS))
+    return ColumnProducts(*totals, rows=start)
+
+
+def cosine_from_products(products):
+    """The paper's cosine between raw (uncentered) embedding columns."""
+    norms_a = products.sumsq_a.sqrt().clamp_min(EPS)
+    norms_b = products.sumsq_b.sqrt().clamp_min(EPS)
+    return products.cross / torch.outer(norms_a, norms_b)
+
+
+def column_cosine(rows_a, rows_b, device, chunk_rows=COSINE_CHUNK_ROWS):
+    """Cosine between every column of A and every column of B over the same rows."""
+    return cosine_from_products(column_products(rows_a, rows_b, device, chunk_rows))
+
+
+# ----------------------------------------------------------------------------- common directions
+@dataclass
+class CommonDirections:
+    """A model's mean embedding vector and top principal axes over some shared tokens.
+
+    basis: (hidden, k) orthonormal principal axes of the centered embedding; covariance_basis:
+    Cov @ basis for the same tokens, so residual column norms need no extra pass.
+    """
+    mean: torch.Tensor
+    basis: torch.Tensor
+    covariance_basis: torch.Tensor
+
+
+def covariance_times(rows, column_sums, total, matrix, chunk_rows=COSINE_CHUNK_ROWS):
+    """Cov @ M = X^T (X M) - n mu (mu^T M), one pass over row blocks: the embedding is never
+    centered or copied whole."""
+    mean = column_sums / total
+    product, start = torch.zeros(matrix.shape, device=matrix.device), 0
+    while (block := rows(start, start + chunk_rows)).shape[0]:
+        block = block.to(device=matrix.device, dtype=torch.float32)
+        product += block.t() @ (block @ matrix)
+        start += block.shape[0]
+    return product - total * mean[:, None] * (mean @ matrix)[None, :]
+
+
+def principal_axes(rows, column_sums, total, count, iterations=2, oversample=8):
+    """Top `count` principal axes of the centered rows by blocked subspace iteration. They
+    only need to span the dominant directions, so a few passes suffice."""
+    hidden = column_sums.shape[0]
+    generator = torch.Generator().manual_seed(0)
+    width = min(hidden, count + oversample)
+    q = torch.linalg.qr(torch.randn(hidden, width, generator=generator).to(column_sums.device))[0]
+    for _ in range(iterations):
+        q = torch.linalg.qr(covariance_times(rows, column_sums, total, q))[0]
+    values, vectors = torch.linalg.eigh(q.t() @ covariance_times(rows, column_sums, total, q))
+    return q @ vectors[:, values.argsort(descending=True)[:count]]
+
+
+def common_directions(rows, column_sums, total, basis):
+    """The common directions of one set of rows, with Cov @ basis exact for those rows."""
+    return CommonDirections(column_sums / total, basis, covariance_times(rows, column_sums, total, basis))
+
+
+def projector_basis(mean, basis):
+    """Orthonormal basis of span{mean, principal axes}: what residual kernels project out."""
+    stacked = torch.cat([mean[:, None], basis], dim=1)
+    q, r = torch.linalg.qr(stacked)
+    keep = r.diagonal().abs() > 1e-6 * r.diagonal().abs().max().clamp_min(EPS)
+    return q[:, keep]
+
+
+def residual_cosine(products, directions_a, directions_b):
+    """Cosine between embedding columns after centering them over the shared tokens and
+    removing each model's top principal axes: what is left once the directions that every
+    column shares are gone. Computed from the raw products in O(d^2 k)."""
+    n = products.rows
+    mean_a, mean_b = products.sum_a / n, products.sum_b / n
+    centered = products.cross - n * torch.outer(mean_a, mean_b)
+    va, vb = directions_a.basis, directions_b.basis
+    left = centered - va @ (va.t() @ centered)
+    residual = left - (left @ vb) @ vb.t()
+    return residual / torch.outer(_residual_norms(products.sumsq_a, mean_a, n, directions_a),
+                                  _residual_norms(products.sumsq_b, mean_b, n, directions_b))
+
+
+def _residual_norms(sumsq, mean, n, directions):
+    """||X_c (I - V V^T) e_i|| from the diagonal of Cov, V and Cov V (no pass over tokens)."""
+    v, cv = directions.basis, directions.covariance_basis
+    variance = sumsq - n * mean * mean
+    squared = variance - 2 * (v * cv).sum(1) + ((v @ (v.t() @ cv)) * v).sum(1)
+    return squared.clamp_min(0).sqrt().clamp_min(EPS)
+
+
+def project_out(kernel, basis):
+    """(I - B B^T) K (I - B B^T) for an orthonormal basis B of a few columns, in place."""
+    basis = basis.to(device=kernel.device, dtype=kernel.dtype)
+    kernel.addmm_(basis, basis.t() @ kernel, alpha=-1.0)
+    kernel.addmm_(kernel @ basis, basis.t(), alpha=-1.0)
+    return kernel
+
+
+# ----------------------------------------------------------------------------- correspondence test
+@dataclass
+class CorrespondenceTest:
+    matched_dims: int          # target dims whose aligned partner is confirmed on held-out tokens
+    target_dims: int
+    p_value: float             # upper bound, valid under any dependence between dims
+    threshold_sigmas: float
+    median_matched_sigmas: float
+
+    @property
+    def fraction(self):
+        return self.matched_dims / self.target_dims
+
+
+def correspondence_test(residual_found, residual_held_out, base_index, alpha_per_dim=CORRESPONDENCE_ALPHA):
+    """Do the aligned dims genuinely correspond, beyond the directions all columns share?
+
+    The shared tokens are split in two. On the first half each target dim picks its best
+    residual partner; on the second half that partner's residual cosine, signed as found, is
+    compared with the noise of the second half's other entries. Under "no correspondence" the
+    pick carries no information about held-out tokens, so the held-out value is plain noise:
+    no selection bias and no correction for the number of candidates. Noise variance depends
+    on row and column (trained models have outlier dims): var_ij = row_i * column_j / overall,
+    mean squares of the entries that were not picked. A dim is confirmed when its held-out
+    z exceeds the one-sided alpha bound and its partner is the one the method's alignment
+    chose. With K confirmed of d, Markov's inequality gives P(K' >= K) <= d * alpha / K
+    under any dependence between dims.
+    """
+    found, held_out = residual_found.double().cpu(), residual_held_out.double().cpu()
+    target_dims, base_dims = found.shape
+    rows = torch.arange(target_dims)
+    partner = found.abs().argmax(dim=1)
+    value = held_out[rows, partner] * torch.sign(found[rows, partner])
+    noise = held_out.square()
+    noise[rows, partner] = 0.0
+    picked_in_column = torch.zeros(base_dims, dtype=torch.float64).index_add_(0, partner, torch.ones(target_dims, dtype=torch.float64))
+    row_ms = noise.sum(1) / (base_dims - 1)
+    column_ms = noise.sum(0) / (target_dims - picked_in_column).clamp_min(1)
+    overall_ms = noise.sum() / (target_dims * (base_dims - 1))
+    scale = (row_ms * column_ms[partner] / overall_ms.clamp_min(EPS)).sqrt().clamp_min(EPS)
+    # The scale is itself estimated from ~d entries per row and per column: a Student t bound
+    # with those degrees of freedom keeps the level at alpha for small models too.
+    degrees = 1.0 / (1.0 / (base_dims - 1) + 1.0 / max(target_dims - 1, 1))
+    threshold = float(student_t.ppf(1 - alpha_per_dim, degrees))
+    sigmas = value / scale
+    confirmed = (sigmas > threshold) & (partner == base_index.cpu())
+    count = int(confirmed.sum())
+    p_value = min(1.0, target_dims * alpha_per_dim / count) if count else 1.0
+    return CorrespondenceTest(count, target_dims, p_value, threshold, float(sigmas.median()))
 
 
 def align_hidden(cosine):

@@ -125,8 +125,9 @@ class DigestCache:
     reuse one reading and one set of Gram products. Failures are remembered, not retried.
     """
 
-    def __init__(self, device, budget_bytes, with_circuit=True, progress=False):
+    def __init__(self, device, budget_bytes, with_circuit=True, progress=False, vocab_match="bytes"):
         self.device, self.budget, self.with_circuit, self.progress = device, budget_bytes, with_circuit, progress
+        self.vocab_match = vocab_match
         self.entries = OrderedDict()
         self.failures = {}
         self.loads = Counter()
@@ -140,7 +141,7 @@ class DigestCache:
         try:
             from model_reader import ModelCheckpoint
 
-            checkpoint = ModelCheckpoint(path)
+            checkpoint = ModelCheckpoint(path, self.vocab_match)
             keep = fingerprint.ModelDigest.layer_bytes(checkpoint, self.with_circuit) <= self.budget / 3
             digest = fingerprint.ModelDigest(checkpoint, self.device, keep, self.with_circuit, self.progress)
         except (CheckpointError, ComparisonError) as err:
@@ -178,10 +179,10 @@ def reuse_order(pairs):
 
 # ----------------------------------------------------------------------------- running
 class SuiteRun:
-    def __init__(self, name, pairs, device, null, results_dir, budget, progress=True, with_circuit=True):
+    def __init__(self, name, pairs, device, null, results_dir, budget, progress=True, with_circuit=True, vocab_match="bytes"):
         self.name, self.pairs, self.device, self.null = name, pairs, device, null
         self.results_dir, self.progress = results_dir, progress
-        self.cache = DigestCache(device, budget, with_circuit, progress)
+        self.cache = DigestCache(device, budget, with_circuit, progress, vocab_match)
         self.records, self.skipped = [], []
 
     def run(self):
@@ -234,11 +235,13 @@ class SuiteRun:
             "complete": final and len(self.records) + len(self.skipped) == len(self.pairs),
             "pairs": self.records, "skipped": self.skipped,
             "metrics": {k: {m: v for m, v in d.items() if m not in ("fpr", "tpr")} for k, d in self.metrics().items()},
+            "verdict_confusion": evaluation.verdict_confusion(self.records),
             "model_reads": {os.path.basename(p): n for p, n in self.cache.loads.items()},
         }
         report.write_json_atomic(os.path.join(self.results_dir, "scores.json"), summary)
         report.write_text_atomic(os.path.join(self.results_dir, "scores.csv"), csv_table(self.records))
-        report.write_text_atomic(os.path.join(self.results_dir, "table.md"), markdown_table(self.records, self.skipped, summary["metrics"], self.null))
+        report.write_text_atomic(os.path.join(self.results_dir, "table.md"),
+                                 markdown_table(self.records, self.skipped, summary["metrics"], self.null, summary["verdict_confusion"]))
         stats = self.null_stats()
         if stats:
             report.write_json_atomic(os.path.join(self.results_dir, "null_stats.json"), stats)
@@ -273,7 +276,19 @@ def csv_table(records):
     return buffer.getvalue()
 
 
-def markdown_table(records, skipped, metrics, null):
+def confusion_markdown(confusion):
+    """The verdicts against the suite's labels, as a Markdown table with the two rates."""
+    calls = evaluation.VERDICTS[:-1]
+    lines = ["| true label | " + " | ".join(calls) + " |", "|---|" + "---:|" * len(calls)]
+    for label, row in confusion["counts"].items():
+        lines.append(f"| {label} | " + " | ".join(str(row[c]) for c in calls) + " |")
+    rate = lambda v: "n/a" if v is None else f"{v:.3f}"
+    lines.append(f"\nVerdict: independent pairs called derived {rate(confusion['false_positive_rate'])}, "
+                 f"derived pairs recognised {rate(confusion['true_positive_rate'])}.")
+    return "\n".join(lines)
+
+
+def markdown_table(records, skipped, metrics, null, confusion=None):
     cell = lambda v, fmt="{:.2f}": "n/a" if v is None else fmt.format(v)
     lines = ["| Pair | Category | Wq (%) | Wk (%) | Wq·Wk (%) | Z | QK-circuit (%) |", "|---|---|---:|---:|---:|---:|---:|"]
     for r in records:
@@ -284,6 +299,8 @@ def markdown_table(records, skipped, metrics, null):
     for key, m in metrics.items():
         lines.append(f"\n{'AWM score' if key == 'final' else 'QK-circuit score'}: AUC {m['auc']:.3f}, pAUC (FPR <= {m['pauc_max_fpr']}) "
                      f"{m['pauc']:.3f}, TPR@{m['at_fpr']:.0%}FPR {m['tpr_at_fpr']:.3f} ({m['positives']} derived, {m['negatives']} independent).")
+    if confusion and any(sum(row.values()) for row in confusion["counts"].values()):
+        lines += ["", confusion_markdown(confusion)]
     if skipped:
         lines.append("\nSkipped:")
         lines += [f"- {s['pair']}: {s['reason']}" for s in skipped]
@@ -293,7 +310,8 @@ def markdown_table(records, skipped, metrics, null):
 def run_from_args(args, device, null):
     name, pairs = resolve(args.config, args.checkpoint_dir)
     results_dir = os.path.abspath(args.results_dir or os.path.join("results", safe_name(name)))
-    run = SuiteRun(name, pairs, device, null, results_dir, default_budget(args.cache_gb), not args.quiet, not args.paper_only)
+    run = SuiteRun(name, pairs, device, null, results_dir, default_budget(args.cache_gb), not args.quiet, not args.paper_only,
+                   args.vocab_match)
     interrupted = run.run()
     print(f"{name}: {len(run.records)} of {len(pairs)} pairs scored, {len(run.skipped)} skipped -> {results_dir}")
     for record in run.records:
@@ -304,6 +322,10 @@ def run_from_args(args, device, null):
         print(f"  skipped {skipped['pair']}: {skipped['reason']}")
     for key, m in run.metrics().items():
         print(f"  {'AWM' if key == 'final' else 'QK-circuit'}: AUC {m['auc']:.3f}  pAUC {m['pauc']:.3f}  TPR@1%FPR {m['tpr_at_fpr']:.3f}")
+    confusion = evaluation.verdict_confusion(run.records)
+    if confusion["false_positive_rate"] is not None or confusion["true_positive_rate"] is not None:
+        counts = lambda label: ", ".join(f"{n} {call}" for call, n in confusion["counts"][label].items() if n)
+        print(f"  verdicts: derived pairs -> {counts('derived') or 'none'}; independent pairs -> {counts('independent') or 'none'}")
     if interrupted:
         print("interrupted: finished pairs are saved")
         return 130

@@ -67,7 +67,17 @@ def _mentions(node, type_name):
     return False
 
 
-def from_tokenizer_json(path):
+def spelled_key(token):
+    """The published implementation's rule: a token is its vocabulary spelling, nothing more."""
+    return token
+
+
+# How tokens are matched across tokenizers: by the bytes they stand for (default), or by the
+# spelling in the vocabulary file, as the published implementation does (exact parity).
+VOCAB_MATCHES = ("bytes", "spelling")
+
+
+def from_tokenizer_json(path, match="bytes"):
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
@@ -77,6 +87,8 @@ def from_tokenizer_json(path):
         raise CheckpointError(path, f"tokenizer.json does not parse ({err.__class__.__name__})") from None
     byte_level = _mentions(data.get("decoder"), "ByteLevel") or _mentions(data.get("pre_tokenizer"), "ByteLevel")
     to_key = byte_level_key if byte_level else metaspace_key if model.get("type") != "WordPiece" else plain_key
+    if match == "spelling":
+        to_key = spelled_key
     special = {t.get("content"): t.get("id") for t in data.get("added_tokens") or [] if isinstance(t, dict) and t.get("special")}
     vocab = {}
     if isinstance(raw_vocab, dict):
@@ -91,12 +103,12 @@ def from_tokenizer_json(path):
     for entry in data.get("added_tokens") or []:
         if isinstance(entry, dict) and isinstance(entry.get("content"), str):
             content = entry["content"]
-            _add(vocab, content if entry.get("special") else content.encode("utf-8"), entry.get("id"))
+            _add(vocab, content if entry.get("special") or match == "spelling" else content.encode("utf-8"), entry.get("id"))
     return vocab
 
 
 # ----------------------------------------------------------------------------- sentencepiece
-def from_sentencepiece(path):
+def from_sentencepiece(path, match="bytes"):
     import sentencepiece
 
     processor = sentencepiece.SentencePieceProcessor()
@@ -107,7 +119,7 @@ def from_sentencepiece(path):
     vocab = {}
     for token_id in range(processor.GetPieceSize()):
         piece = processor.IdToPiece(token_id)
-        if processor.IsControl(token_id) or processor.IsUnknown(token_id):
+        if processor.IsControl(token_id) or processor.IsUnknown(token_id) or match == "spelling":
             _add(vocab, piece, token_id)
         else:
             _add(vocab, metaspace_key(piece), token_id)
@@ -115,8 +127,9 @@ def from_sentencepiece(path):
 
 
 # ----------------------------------------------------------------------------- tiktoken
-def from_tiktoken(path):
-    """Qwen-1 style: one 'base64-bytes id' pair per line; keys are the raw bytes."""
+def from_tiktoken(path, match="bytes"):
+    """Qwen-1 style: one 'base64-bytes id' pair per line; keys are the raw bytes (which are
+    also the spelling: its tokenizer's vocabulary is keyed by bytes)."""
     vocab = {}
     try:
         with open(path, "rb") as handle:
@@ -130,14 +143,14 @@ def from_tiktoken(path):
     return vocab
 
 
-def from_vocab_json(path):
+def from_vocab_json(path, match="bytes"):
     """GPT-2 era checkpoints: vocab.json maps byte-level tokens to ids."""
     try:
         with open(path, encoding="utf-8") as handle:
             raw = json.load(handle)
         vocab = {}
         for token, token_id in raw.items():
-            _add(vocab, byte_level_key(token), token_id)
+            _add(vocab, token if match == "spelling" else byte_level_key(token), token_id)
         return vocab
     except (OSError, ValueError, AttributeError) as err:
         raise CheckpointError(path, f"vocab.json does not parse ({err.__class__.__name__})") from None
@@ -148,8 +161,8 @@ GGUF_CONTROL_TYPES = {2, 3}   # unknown, control
 GGUF_TOKENIZER_KEYS = {"gpt2": byte_level_key, "llama": metaspace_key}
 
 
-def from_gguf_metadata(tokens, token_types, tokenizer_model):
-    to_key = GGUF_TOKENIZER_KEYS.get(tokenizer_model, plain_key)
+def from_gguf_metadata(tokens, token_types, tokenizer_model, match="bytes"):
+    to_key = spelled_key if match == "spelling" else GGUF_TOKENIZER_KEYS.get(tokenizer_model, plain_key)
     types = token_types if token_types is not None and len(token_types) == len(tokens) else [1] * len(tokens)
     vocab = {}
     for token_id, (token, kind) in enumerate(zip(tokens, types)):
@@ -167,10 +180,10 @@ VOCAB_FILES = (
 )
 
 
-def load_directory_vocab(directory):
+def load_directory_vocab(directory, match="bytes"):
     """Return (vocab, source file name), or (None, None) when the directory has no tokenizer."""
     for name, parser in VOCAB_FILES:
         path = os.path.join(directory, name)
         if os.path.isfile(path):
-            return parser(path), name
+            return parser(path, match), name
     return None, None

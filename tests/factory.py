@@ -81,6 +81,25 @@ def make_llama(directory, hidden=64, layers=4, heads=4, kv_heads=2, vocab=300, s
     return tensors
 
 
+def anisotropic_llama_tensors(hidden=128, layers=4, heads=4, kv_heads=2, vocab=3000, seed=0, strength=3.0):
+    """Independent weights with the anisotropy of trained small models: every embedding column
+    carries one token-space profile shared by all models (think token frequency), with its own
+    coefficient, and every W_q / W_k reads that coefficient direction strongly. Two such models
+    have no dimension correspondence, yet their LAP-aligned CKA is far above zero."""
+    profile = torch.randn(vocab, generator=torch.Generator().manual_seed(12345))
+    generator = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=generator)
+    coefficients = rand(hidden)
+    tensors = {"model.embed_tokens.weight": strength * torch.outer(profile, coefficients) + rand(vocab, hidden)}
+    head_dim = hidden // heads
+    for i in range(layers):
+        prefix = f"model.layers.{i}."
+        for name, rows in (("q_proj", heads * head_dim), ("k_proj", kv_heads * head_dim)):
+            tensors[prefix + f"self_attn.{name}.weight"] = strength * torch.outer(rand(rows), coefficients) / hidden ** 0.5 + rand(rows, hidden) / hidden ** 0.5
+        tensors[prefix + "input_layernorm.weight"] = 1 + 0.1 * rand(hidden)
+    return tensors
+
+
 # ----------------------------------------------------------------------------- disguises
 def permute_sign_scale(tensors, seed=1, scale=3.0):
     """Permute, sign-flip and rescale the hidden dims consistently in embedding and W_q/W_k."""
