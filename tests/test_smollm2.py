@@ -11,6 +11,7 @@ import pytest
 import torch
 import transformers
 
+import calibration_zoo
 import demo
 import fingerprint
 import report
@@ -44,7 +45,7 @@ def score_against_original(smol, state, name):
     kept = {k: v.contiguous() for k, v in state.items() if k.endswith(READ_BY_AWM)}
     demo.write_hf_model(directory, kept, smol["config"], smol["tokenizer"])
     suspect = fingerprint.digest_path(directory, CPU)
-    return fingerprint.compare_digests(smol["digest"], suspect, CPU, report.PAPER_NULL, progress=False)["scores"]
+    return fingerprint.compare_digests(smol["digest"], suspect, CPU, report.PAPER_NULL, progress=False)
 
 
 def test_reader_and_conversion_match_transformers_gguf_loader(smol):
@@ -84,8 +85,11 @@ def test_disguised_copy_is_the_same_function_and_scores_derived(smol, name):
     state, config = transform(smol["state"], smol["config"])
     expected = logits(smol["state"], smol["config"])
     assert torch.allclose(logits(state, config), expected, atol=1e-3, rtol=1e-3)
-    scores = score_against_original(smol, state, name.split(":")[0].replace(" ", "_"))
+    result = score_against_original(smol, state, name.split(":")[0].replace(" ", "_"))
+    scores = result["scores"]
     assert scores["qk_circuit"] >= 99.0
+    assert result["verdict"] in ("derived", "derived (disguised)")
+    assert result["evidence"]["correspondence"]["fraction"] == 1.0
     if paper_min is not None:
         assert scores["final"] >= paper_min
     if paper_max is not None:   # the disguise really bites the paper's score
@@ -94,8 +98,29 @@ def test_disguised_copy_is_the_same_function_and_scores_derived(smol, name):
 
 def test_independent_model_of_same_architecture_scores_near_zero(smol):
     state = demo.independent(smol["config"])
-    scores = score_against_original(smol, state, "independent")
+    result = score_against_original(smol, state, "independent")
+    scores = result["scores"]
     assert abs(scores["final"]) < 2.0 and abs(scores["qk_circuit"]) < 2.0
+    assert result["verdict"] == "independent" and result["evidence"]["correspondence"]["matched_dims"] <= 2
+
+
+def test_real_weakest_positive_inherited_embedding_mostly_redrawn_attention_is_derived(smol):
+    """Like the paper's hardest positive (~3.8 %): attention 80 % re-drawn, embedding kept."""
+    state = calibration_zoo.weak_positive(smol["state"], smol["config"]["num_hidden_layers"], keep=0.2)
+    result = score_against_original(smol, state, "weak_positive")
+    assert 1.5 < result["scores"]["final"] < 10.0
+    assert result["verdict"] == "derived"
+
+
+def test_real_width_pruned_copy_is_derived_with_its_dims_found(smol):
+    keep = torch.randperm(576, generator=torch.Generator().manual_seed(8))[:448].sort().values
+    state = calibration_zoo.prune_hidden(smol["state"], keep)
+    directory = str(smol["root"] / "width_pruned")
+    demo.write_hf_model(directory, {k: v for k, v in state.items() if k.endswith(READ_BY_AWM)},
+                        {**smol["config"], "hidden_size": 448, "head_dim": 64}, smol["tokenizer"])
+    result = fingerprint.compare_digests(smol["digest"], fingerprint.digest_path(directory, CPU), CPU, report.PAPER_NULL, progress=False)
+    assert result["evidence"]["correspondence"]["matched_dims"] == 448
+    assert result["scores"]["final"] > 99.0 and result["verdict"] == "derived"
 
 
 def test_demo_end_to_end(smol, capsys):
