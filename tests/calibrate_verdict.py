@@ -32,11 +32,12 @@ SCRATCH = list(calibration_zoo.SCRATCH)
 FRESH = ["fresh-init-tiny", "fresh-init-smollm2"]
 DERIVED = [  # (parent, child, what was done)
     ("scratch-code-s1", "s1-finetune-text", "fine-tuned on another corpus"),
+    ("scratch-code-s1", "s1-cpt-hard", "continued pre-training on another corpus, 300 steps at a high rate"),
     ("scratch-code-s1", "s1-width-pruned", "hidden 256 -> 192, healed"),
     ("scratch-code-s1", "s1-depth-pruned", "4 -> 3 layers, healed"),
     ("smollm2", "smollm2-finetune", "fine-tuned"),
     ("smollm2", "smollm2-cpt-hard", "continued pre-training at a high learning rate"),
-    ("smollm2", "smollm2-width-pruned", "hidden 576 -> 448, healed"),
+    ("smollm2", "smollm2-width-pruned", "hidden 576 -> 432, healed"),
     ("smollm2", "smollm2-depth-pruned", "30 -> 20 layers"),
     ("smollm2", "smollm2-moe", "upcycled to a 4-expert MoE"),
     ("smollm2", "smollm2-weak-positive", "embedding kept, attention 80 % re-drawn"),

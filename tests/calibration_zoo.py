@@ -235,6 +235,7 @@ class Zoo:
         built["fresh-init-smollm2"] = self.make("fresh-init-smollm2", lambda: (demo.independent(self.smol_config, seed=12), self.smol_config))
         # Derived from the scratch model s1.
         built["s1-finetune-text"] = self.tuned("s1-finetune-text", s1_state, s1_config, "text", 80, 3e-4, 21)
+        built["s1-cpt-hard"] = self.tuned("s1-cpt-hard", s1_state, s1_config, "text", 300, 3e-3, 24)
         keep = s1_state["model.embed_tokens.weight"].norm(dim=0).argsort(descending=True)[:192].sort().values
         narrow = {**s1_config, "hidden_size": 192, "head_dim": 64}
         built["s1-width-pruned"] = self.tuned("s1-width-pruned", prune_hidden(s1_state, keep), narrow, "code", 60, 5e-4, 22)
@@ -243,10 +244,10 @@ class Zoo:
         # Derived from SmolLM2.
         smol, config = self.smol_state, self.smol_config
         built["smollm2-finetune"] = self.tuned("smollm2-finetune", smol, config, "code", 30, 5e-5, 31)
-        built["smollm2-cpt-hard"] = self.tuned("smollm2-cpt-hard", smol, config, "text", 60, 2e-3, 32)
-        keep = smol["model.embed_tokens.weight"].norm(dim=0).argsort(descending=True)[:448].sort().values
-        narrow = {**config, "hidden_size": 448, "head_dim": 64}
-        built["smollm2-width-pruned"] = self.tuned("smollm2-width-pruned", prune_hidden(smol, keep), narrow, "text", 30, 1e-4, 33)
+        built["smollm2-cpt-hard"] = self.tuned("smollm2-cpt-hard", smol, config, "text", 30, 3e-3, 32)
+        keep = smol["model.embed_tokens.weight"].norm(dim=0).argsort(descending=True)[:432].sort().values
+        narrow = {**config, "hidden_size": 432, "head_dim": 64}
+        built["smollm2-width-pruned"] = self.tuned("smollm2-width-pruned", prune_hidden(smol, keep), narrow, "text", 15, 1e-4, 33)
         shallow_state, depth = drop_layers(smol, set(range(10, 20)))
         built["smollm2-depth-pruned"] = self.make("smollm2-depth-pruned", lambda: (shallow_state, {**config, "num_hidden_layers": depth}))
         built["smollm2-moe"] = self.make_moe("smollm2-moe")
