@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import report
 import similarity_metrics as sm
 from errors import ComparisonError
 
@@ -122,6 +123,7 @@ COMMON_AXES = 16
 
 # Fewer shared tokens than this leave the correspondence test without power: not run.
 MIN_TEST_TOKENS = 64
+AXES_SAMPLE_TOKENS = 16384
 
 
 def common_axes(hidden):
@@ -166,35 +168,41 @@ def align(base, target, device):
         return Alignment(identity, torch.ones(target.hidden_size), 0, False, float("nan"),
                          f"UNALIGNED: {why}; dims compared in stored order", {"cosine_s": 0.0, "lap_s": 0.0})
     started = time.perf_counter()
+    axes = [_principal_axes(digest, ids, device) for digest, ids in ((target, target_ids), (base, base_ids))]
     # Two interleaved halves of the shared tokens: the test finds partners on one and checks
     # them on the other; the alignment itself uses their sum, i.e. every shared token.
     halves = [(target_ids[h::2], base_ids[h::2]) for h in (0, 1)]
-    half_products = [sm.column_products(_rows(target, t), _rows(base, b), device) for t, b in halves]
+    half_products = [sm.column_products(_rows(target, t), _rows(base, b), device, *axes) for t, b in halves]
     products = half_products[0] + half_products[1]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     cosine_done = time.perf_counter()
     base_index, sign, quality = sm.align_hidden(sm.cosine_from_products(products))
     lap_done = time.perf_counter()
-    test, base_common, target_common = _correspondence(base, target, base_ids, target_ids, halves, half_products, products, base_index)
+    test = None
+    if len(base_ids) >= MIN_TEST_TOKENS:
+        residuals = [sm.residual_cosine(p, sm.common_directions(p, "a", axes[0]), sm.common_directions(p, "b", axes[1]))
+                     for p in half_products]
+        test = sm.correspondence_test(*residuals, base_index)
     timings = {"cosine_s": round(cosine_done - started, 3), "lap_s": round(lap_done - cosine_done, 3),
                "correspondence_s": round(time.perf_counter() - lap_done, 3)}
     note = ""
     if len(base_ids) < target.hidden_size:
         note = f"only {len(base_ids)} shared tokens for {target.hidden_size} hidden dims: the alignment is underdetermined"
-    return Alignment(base_index, sign, len(base_ids), True, quality, note, timings, test, base_common, target_common)
+    return Alignment(base_index, sign, len(base_ids), True, quality, note, timings, test,
+                     base_common=sm.projector_basis(products.sum_b / products.rows, axes[1]),
+                     target_common=sm.projector_basis(products.sum_a / products.rows, axes[0]))
 
 
-def _correspondence(base, target, base_ids, target_ids, halves, half_products, products, base_index):
-    """The correspondence test and each model's common directions (for residual kernels)."""
-    axes = [sm.principal_axes(_rows(digest, ids), sums, products.rows, common_axes(digest.hidden_size))
-            for digest, ids, sums in ((target, target_ids, products.sum_a), (base, base_ids, products.sum_b))]
-    residuals = [sm.residual_cosine(p, sm.common_directions(_rows(target, t), p.sum_a, p.rows, axes[0]),
-                                    sm.common_directions(_rows(base, b), p.sum_b, p.rows, axes[1]))
-                 for p, (t, b) in zip(half_products, halves)]
-    test = sm.correspondence_test(*residuals, base_index) if len(base_ids) >= MIN_TEST_TOKENS else None
-    return (test, sm.projector_basis(products.sum_b / products.rows, axes[1]),
-            sm.projector_basis(products.sum_a / products.rows, axes[0]))
+def _principal_axes(digest, ids, device):
+    """The embedding's top principal axes from an even sample of at most AXES_SAMPLE_TOKENS
+    shared tokens: the dominant directions need no more, and the full passes stay one."""
+    sample = ids[::max(1, len(ids) // AXES_SAMPLE_TOKENS)]
+    rows = _rows(digest, sample)
+    sums = torch.zeros(digest.hidden_size, device=device)
+    for start in range(0, len(sample), sm.COSINE_CHUNK_ROWS):
+        sums += rows(start, start + sm.COSINE_CHUNK_ROWS).to(device=device, dtype=torch.float32).sum(0)
+    return sm.principal_axes(rows, sums, len(sample), common_axes(digest.hidden_size))
 
 
 # ----------------------------------------------------------------------------- layer scores
@@ -203,8 +211,9 @@ def _correspondence(base, target, base_ids, target_ids, halves, half_products, p
 METRICS = ("wq", "wk", "qk_circuit", "wq_residual", "wk_residual", "qk_circuit_residual")
 
 
-def _unit_kernels(kernels, alignment, is_base):
-    """Unit U-centered kernels, plain then residual; the base's are re-indexed into target dims."""
+def _unit_kernels(kernels, alignment, is_base, residual):
+    """Unit U-centered kernels, plain then (if asked) residual; the base's are re-indexed
+    into target dims."""
     matrices = (kernels.query, kernels.key, kernels.circuit)
     common = alignment.base_common if is_base else alignment.target_common
 
@@ -219,10 +228,10 @@ def _unit_kernels(kernels, alignment, is_base):
             matrix = matrix.clone()     # the digest may keep this kernel for other pairs
         return sm.unit_u_centered(matrix, in_place=True)
 
-    return [prepare(m, False) for m in matrices] + [prepare(m, True) for m in matrices]
+    return [prepare(m, False) for m in matrices] + [prepare(m, residual) if residual else None for m in matrices]
 
 
-def layer_similarities(base, target, alignment, progress=True):
+def layer_similarities(base, target, alignment, progress=True, residual=True):
     """Similarity arrays (3, base layers, target layers); NaN where a pair was not computed.
 
     Equal depth compares layer i with layer i only. Different depth needs every pair: the
@@ -232,16 +241,16 @@ def layer_similarities(base, target, alignment, progress=True):
     bar = dict(disable=None if progress else True, leave=False, unit="layer")
     if base.num_layers == target.num_layers:
         for i in tqdm(range(base.num_layers), desc="layers", **bar):
-            base_units = _unit_kernels(base.layer(i), alignment, is_base=True)
-            target_units = _unit_kernels(target.layer(i), alignment, is_base=False)
+            base_units = _unit_kernels(base.layer(i), alignment, True, residual)
+            target_units = _unit_kernels(target.layer(i), alignment, False, residual)
             sims[:, i, i] = [sm.unit_inner(b, t) for b, t in zip(base_units, target_units)]
         return sims
     base_is_shallow = base.num_layers < target.num_layers
     shallow, deep = (base, target) if base_is_shallow else (target, base)
-    kept = [_unit_kernels(shallow.layer(i), alignment, is_base=base_is_shallow)
+    kept = [_unit_kernels(shallow.layer(i), alignment, base_is_shallow, residual)
             for i in tqdm(range(shallow.num_layers), desc="layers (shallower model)", **bar)]
     for j in tqdm(range(deep.num_layers), desc="layers (deeper model)", **bar):
-        deep_units = _unit_kernels(deep.layer(j), alignment, is_base=not base_is_shallow)
+        deep_units = _unit_kernels(deep.layer(j), alignment, not base_is_shallow, residual)
         for i, shallow_units in enumerate(kept):
             values = [sm.unit_inner(s, d) for s, d in zip(shallow_units, deep_units)]
             if base_is_shallow:
@@ -274,14 +283,23 @@ def score_layers(sims):
 
 
 # ----------------------------------------------------------------------------- the pair
-def compare(digest_a, digest_b, device, progress=True):
+def needs_residual(alignment, residual="auto"):
+    """Residual scores decide the verdict only when the embeddings show no correspondence;
+    "auto" computes them just then (they cost a second CKA per kernel), "always" everywhere."""
+    if residual == "always":
+        return alignment.base_common is not None
+    test = alignment.correspondence
+    return test is not None and test.p_value > report.CORRESPONDENCE_P
+
+
+def compare(digest_a, digest_b, device, progress=True, residual="auto"):
     """Full AWM comparison of two digests; returns a plain dict (see README, JSON schema)."""
     a_is_base = digest_a.hidden_size >= digest_b.hidden_size
     base, target = (digest_a, digest_b) if a_is_base else (digest_b, digest_a)
     alignment = align(base, target, device)
     layer_work = lambda: sum(d.read_seconds + d.compute_seconds for d in (digest_a, digest_b))
     aligned_at, work_before = time.perf_counter(), layer_work()
-    sims = layer_similarities(base, target, alignment, progress)
+    sims = layer_similarities(base, target, alignment, progress, needs_residual(alignment, residual))
     scores, residual, paper_map, circuit_map = score_layers(sims)
     # Report layers as (layer of A, layer of B) whatever side was the base.
     orient = (lambda i, j: [i, j]) if a_is_base else (lambda i, j: [j, i])
@@ -337,11 +355,9 @@ def digest_path(path, device, keep_layers=False, with_circuit=True, progress=Fal
     return ModelDigest(ModelCheckpoint(path, vocab_match), device, keep_layers, with_circuit, progress)
 
 
-def compare_digests(digest_a, digest_b, device, null, progress=True):
+def compare_digests(digest_a, digest_b, device, null, progress=True, residual="auto"):
     """Compare two digests and assemble the JSON-ready report (scores in percent)."""
-    import report
-
-    result = report.to_percent(compare(digest_a, digest_b, device, progress))
+    result = report.to_percent(compare(digest_a, digest_b, device, progress, residual))
     timings = {
         "read_s": round(digest_a.read_seconds + digest_b.read_seconds, 3),
         "gram_s": round(digest_a.compute_seconds + digest_b.compute_seconds, 3),

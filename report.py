@@ -139,6 +139,13 @@ def _describe(meta):
             f"{meta['num_heads']}/{meta['num_kv_heads']} heads, vocab {meta['vocab_size']:,}, {meta['dtype']}")
 
 
+def _residual_line(residual):
+    if residual["final"] is None and residual["qk_circuit"] is None:
+        return "not computed (only needed when the embeddings show no correspondence)"
+    return (f"AWM {_fmt(residual['final'])}   QK circuit {_fmt(residual['qk_circuit'])}"
+            "   (the embeddings' common directions projected out)")
+
+
 def _correspondence_line(test):
     if test is None:
         return "not tested (no shared vocabulary)"
@@ -171,8 +178,7 @@ def summary_lines(report):
         f"independent pairs (mean {ref['mean']:.3f} %, std {ref['std']:.3f} %)",
         f"  QK-circuit score   {_fmt(sc['qk_circuit'])}   (disguise-robust: norm-gain folding, RoPE-pair scaling)",
         f"  correspondence     {_correspondence_line(ev.get('correspondence'))}",
-        f"  without shared     AWM {_fmt(report['residual_scores']['final'])}   QK circuit {_fmt(report['residual_scores']['qk_circuit'])}"
-        "   (the embeddings' common directions projected out)",
+        f"  without shared     {_residual_line(report['residual_scores'])}",
         f"  verdict            {report['verdict'].upper()}: {report['verdict_reason']}",
     ]
     lines += [f"  note               {note}" for note in ev["notes"]]

@@ -117,19 +117,22 @@ class ColumnProducts:
     sum_b: torch.Tensor
     sumsq_a: torch.Tensor
     sumsq_b: torch.Tensor
+    gram_basis_a: torch.Tensor    # A^T A @ basis_a (uncentered), for the residual cosines
+    gram_basis_b: torch.Tensor
     rows: int
 
     def __add__(self, other):
         """The products over both sets of tokens."""
-        return ColumnProducts(self.cross + other.cross, self.sum_a + other.sum_a, self.sum_b + other.sum_b,
-                              self.sumsq_a + other.sumsq_a, self.sumsq_b + other.sumsq_b, self.rows + other.rows)
+        fields = ("cross", "sum_a", "sum_b", "sumsq_a", "sumsq_b", "gram_basis_a", "gram_basis_b", "rows")
+        return ColumnProducts(*(getattr(self, f) + getattr(other, f) for f in fields))
 
 
-def column_products(rows_a, rows_b, device, chunk_rows=COSINE_CHUNK_ROWS):
+def column_products(rows_a, rows_b, device, basis_a, basis_b, chunk_rows=COSINE_CHUNK_ROWS):
     """Accumulate the column statistics of A and B over the same rows, block by block.
 
     rows_a / rows_b are callables (start, stop) -> float tensor of those shared-token rows,
-    so the product never holds two float32 embeddings.
+    so the product never holds two float32 embeddings. basis_a / basis_b (hidden x k) ride
+    along: A^T (A basis) costs a thin product on rows that are already loaded.
     """
     totals, start = None, 0
     while True:
@@ -138,7 +141,8 @@ def column_products(rows_a, rows_b, device, chunk_rows=COSINE_CHUNK_ROWS):
             break
         block_a = block_a.to(device=device, dtype=torch.float32)
         block_b = block_b.to(device=device, dtype=torch.float32)
-        parts = (block_a.t() @ block_b, block_a.sum(0), block_b.sum(0), (block_a * block_a).sum(0), (block_b * block_b).sum(0))
+        parts = (block_a.t() @ block_b, block_a.sum(0), block_b.sum(0), (block_a * block_a).sum(0), (block_b * block_b).sum(0),
+                 block_a.t() @ (block_a @ basis_a), block_b.t() @ (block_b @ basis_b))
         totals = list(parts) if totals is None else [t.add_(p) for t, p in zip(totals, parts)]
         start += block_a.shape[0]
     if totals is None:
@@ -155,7 +159,9 @@ def cosine_from_products(products):
 
 def column_cosine(rows_a, rows_b, device, chunk_rows=COSINE_CHUNK_ROWS):
     """Cosine between every column of A and every column of B over the same rows."""
-    return cosine_from_products(column_products(rows_a, rows_b, device, chunk_rows))
+    first_a, first_b = rows_a(0, 1), rows_b(0, 1)
+    no_basis = lambda first: torch.zeros(first.shape[1], 0, device=device)
+    return cosine_from_products(column_products(rows_a, rows_b, device, no_basis(first_a), no_basis(first_b), chunk_rows))
 
 
 # ----------------------------------------------------------------------------- common directions
@@ -196,9 +202,11 @@ def principal_axes(rows, column_sums, total, count, iterations=2, oversample=8):
     return q @ vectors[:, values.argsort(descending=True)[:count]]
 
 
-def common_directions(rows, column_sums, total, basis):
-    """The common directions of one set of rows, with Cov @ basis exact for those rows."""
-    return CommonDirections(column_sums / total, basis, covariance_times(rows, column_sums, total, basis))
+def common_directions(products, side, basis):
+    """Mean, basis and exact Cov @ basis of side 'a' or 'b' of a ColumnProducts' rows."""
+    sums, gram_basis = (products.sum_a, products.gram_basis_a) if side == "a" else (products.sum_b, products.gram_basis_b)
+    mean = sums / products.rows
+    return CommonDirections(mean, basis, gram_basis - products.rows * mean[:, None] * (mean @ basis)[None, :])
 
 
 def projector_basis(mean, basis):

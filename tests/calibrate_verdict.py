@@ -76,7 +76,7 @@ def score_all(paths):
 
     rows = []
     for a, b, why, label in labelled_pairs():
-        result = fingerprint.compare_digests(digest(a), digest(b), CPU, report.PAPER_NULL, progress=False)
+        result = fingerprint.compare_digests(digest(a), digest(b), CPU, report.PAPER_NULL, progress=False, residual="always")
         test = result["evidence"]["correspondence"]
         rows.append({"a": a, "b": b, "what": why, "label": label, "verdict": result["verdict"],
                      "final": result["scores"]["final"], "qk_circuit": result["scores"]["qk_circuit"],

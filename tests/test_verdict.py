@@ -33,12 +33,11 @@ def direct_residual_cosine(a, b, basis_a, basis_b):
 def test_residual_cosine_from_products_equals_the_direct_computation():
     generator = torch.Generator().manual_seed(0)
     a, b = torch.randn(500, 24, generator=generator) + 2.0, torch.randn(500, 32, generator=generator)
-    products = sm.column_products(rows_of(a[:230]), rows_of(b[:230]), CPU, chunk_rows=50) + \
-        sm.column_products(rows_of(a[230:]), rows_of(b[230:]), CPU, chunk_rows=64)
-    axes_a = sm.principal_axes(rows_of(a), products.sum_a, products.rows, 3)
-    axes_b = sm.principal_axes(rows_of(b), products.sum_b, products.rows, 4)
-    residual = sm.residual_cosine(products, sm.common_directions(rows_of(a), products.sum_a, products.rows, axes_a),
-                                  sm.common_directions(rows_of(b), products.sum_b, products.rows, axes_b))
+    axes_a = sm.principal_axes(rows_of(a), a.sum(0), len(a), 3)
+    axes_b = sm.principal_axes(rows_of(b), b.sum(0), len(b), 4)
+    products = sm.column_products(rows_of(a[:230]), rows_of(b[:230]), CPU, axes_a, axes_b, chunk_rows=50) + \
+        sm.column_products(rows_of(a[230:]), rows_of(b[230:]), CPU, axes_a, axes_b, chunk_rows=64)
+    residual = sm.residual_cosine(products, sm.common_directions(products, "a", axes_a), sm.common_directions(products, "b", axes_b))
     torch.testing.assert_close(residual.double(), direct_residual_cosine(a, b, axes_a, axes_b), atol=2e-5, rtol=0)
 
 
@@ -91,13 +90,13 @@ def test_correspondence_test_finds_a_weak_planted_permutation_and_only_where_the
     assert sm.correspondence_test(found, held_out, wrong).matched_dims == 0
 
 
-def compare_tensors(tmp_path, tensors_a, tensors_b, hidden, vocab, hidden_b=None):
+def compare_tensors(tmp_path, tensors_a, tensors_b, hidden, vocab, hidden_b=None, residual="auto"):
     paths = []
     for name, tensors, width in (("a", tensors_a, hidden), ("b", tensors_b, hidden_b or hidden)):
         paths.append(factory.write_safetensors_model(str(tmp_path / name), tensors, factory.llama_config(width, 4, 4, 2, vocab),
                                                      factory.byte_level_tokens(vocab)))
     digests = [fingerprint.digest_path(p, CPU) for p in paths]
-    return fingerprint.compare_digests(*digests, CPU, report.PAPER_NULL, progress=False)
+    return fingerprint.compare_digests(*digests, CPU, report.PAPER_NULL, progress=False, residual=residual)
 
 
 def test_anisotropic_independent_models_score_high_yet_are_called_independent(tmp_path):
@@ -115,8 +114,11 @@ def test_anisotropic_derived_model_keeps_its_correspondence_and_is_called_derive
     tuned = {k: v + 0.3 * v.std() * torch.randn(v.shape, generator=generator) for k, v in tensors.items()}
     result = compare_tensors(tmp_path, tensors, factory.permute_sign_scale(tuned), 128, 3000)
     assert result["evidence"]["correspondence"]["fraction"] > 0.9
-    assert result["residual_scores"]["final"] > 20          # far above independent pairs
     assert result["verdict"] == "derived"
+    assert result["residual_scores"]["final"] is None       # not needed by the verdict: not computed
+    again = compare_tensors(tmp_path, tensors, factory.permute_sign_scale(tuned), 128, 3000, residual="always")
+    assert again["residual_scores"]["final"] > 20           # far above independent pairs
+    assert again["scores"] == result["scores"]
 
 
 def test_weakest_positive_with_inherited_embedding_and_mostly_redrawn_attention_is_derived(tmp_path):
