@@ -19,6 +19,14 @@ what the score means:
   The QK-circuit score compares what attention computes (sum over heads of W_q^T W_k with
   norm gains folded in); it survives disguises that break the paper's score.
 
+what the verdict means:
+  derived / derived (disguised) needs two things: the embeddings' hidden dims correspond
+  one to one beyond the directions all columns share (a test on held-out tokens, p <= 1e-3),
+  and a score 6 sigma above independent pairs. Without the correspondence, high scores are
+  what anisotropic embeddings give unrelated models: "independent" when the scores without
+  those shared directions are at the null, else "inconclusive". "inconclusive" is also the
+  answer when the embedding is inherited but the attention weights are not.
+
 examples:
   python main.py --demo
   python main.py --model_paths checkpoints/Llama-2-7b-hf checkpoints/vicuna-7b-v1.5
