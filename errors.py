@@ -1,7 +1,11 @@
-"""The one exception type the tool raises for bad input: it names the file and the problem."""
+"""The exceptions the tool raises for bad input: each names what is wrong in one line."""
 
 
-class CheckpointError(Exception):
+class AwmError(Exception):
+    """Base of every error awm reports to its user; ``str(err)`` is the one-line message."""
+
+
+class CheckpointError(AwmError):
     """A checkpoint (or config, tokenizer, suite file) that cannot be used.
 
     ``str(err)`` is the one-line message shown to the user: ``<path>: <problem>``.
@@ -13,5 +17,9 @@ class CheckpointError(Exception):
         super().__init__(f"{self.path}: {problem}")
 
 
-class ComparisonError(Exception):
+class ComparisonError(AwmError):
     """Two readable models that cannot be compared (e.g. no shared tokens and unequal widths)."""
+
+
+class DeviceError(AwmError):
+    """The requested device cannot be used (e.g. --device cuda without a usable GPU)."""

@@ -6,7 +6,6 @@ Run `python main.py --help` for the options and examples.
 import argparse
 import os
 import sys
-import time
 
 HELP_EPILOG = """\
 what the score means:
@@ -37,8 +36,9 @@ examples:
 
 
 def build_parser():
+    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "awm"
     parser = argparse.ArgumentParser(
-        prog="python main.py", description="AWM weight-matrix fingerprint: is model B derived from model A?",
+        prog="python main.py" if invoked.endswith(".py") else invoked, description="AWM weight-matrix fingerprint: is model B derived from model A?",
         epilog=HELP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--model_paths", nargs=2, metavar=("A", "B"),
@@ -69,43 +69,12 @@ def build_parser():
     return parser
 
 
-def resolve_device(choice):
-    import torch
-
-    if choice == "cpu":
-        return torch.device("cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device cuda: CUDA is not available (torch {torch.__version__}, "
-                         f"built {'with' if torch.version.cuda else 'without'} CUDA; no usable GPU found)")
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def set_threads(count):
-    import torch
-
-    torch.set_num_threads(max(1, count or os.cpu_count() or 1))
-
-
-def load_null(path):
-    import report
-
-    if not path:
-        return report.PAPER_NULL
-    import suites
-
-    return suites.read_null_stats(path)
-
-
 def run_pair(args, device, null):
-    import fingerprint
+    import awm
     import report
 
-    started = time.perf_counter()
-    progress = not args.quiet
-    digests = [fingerprint.digest_path(p, device, with_circuit=not args.paper_only, progress=progress, vocab_match=args.vocab_match)
-               for p in args.model_paths]
-    result = fingerprint.compare_digests(*digests, device, null, progress)
-    result["timings"]["total_s"] = round(time.perf_counter() - started, 3)
+    result = awm.compare_record(*args.model_paths, device=device, null=null, paper_only=args.paper_only,
+                                vocab_match=args.vocab_match, progress=not args.quiet)
     print("\n".join(report.summary_lines(result)))
     if args.output:
         report.write_json_atomic(args.output, result)
@@ -119,9 +88,11 @@ def dispatch(args):
 
         print(configs.describe_suites())
         return 0
-    set_threads(args.threads)
-    device = resolve_device(args.device)
-    null = load_null(args.null_stats)
+    import awm
+
+    awm.set_threads(args.threads)
+    device = awm.resolve_device(args.device)
+    null = awm.load_null(args.null_stats)
     if args.demo:
         import demo
 
@@ -135,11 +106,11 @@ def dispatch(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from errors import CheckpointError, ComparisonError
+    from errors import AwmError
 
     try:
         return dispatch(args)
-    except (CheckpointError, ComparisonError) as err:
+    except AwmError as err:
         if args.debug:
             raise
         print(f"error: {err}", file=sys.stderr)

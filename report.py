@@ -4,7 +4,7 @@ import math
 import os
 import tempfile
 
-TOOL_VERSION = "0.1.0"
+TOOL_VERSION = "0.2.0"
 
 # The paper's reference for independent models: 90 pairs of independently pre-trained 7B and
 # 13B base models scored 0.375 % on average with a standard deviation of about 0.28 % (the

@@ -307,12 +307,19 @@ def markdown_table(records, skipped, metrics, null, confusion=None):
     return "\n".join(lines) + "\n"
 
 
+def run_suite(specs, device, null, results_dir=None, checkpoint_dir=None, cache_gb=None, progress=False,
+              with_circuit=True, vocab_match="bytes"):
+    """Resolve suites, score every pair, write the outputs; returns (run, interrupted)."""
+    name, pairs = resolve(specs, checkpoint_dir)
+    results_dir = os.path.abspath(results_dir or os.path.join("results", safe_name(name)))
+    run = SuiteRun(name, pairs, device, null, results_dir, default_budget(cache_gb), progress, with_circuit, vocab_match)
+    return run, run.run()
+
+
 def run_from_args(args, device, null):
-    name, pairs = resolve(args.config, args.checkpoint_dir)
-    results_dir = os.path.abspath(args.results_dir or os.path.join("results", safe_name(name)))
-    run = SuiteRun(name, pairs, device, null, results_dir, default_budget(args.cache_gb), not args.quiet, not args.paper_only,
-                   args.vocab_match)
-    interrupted = run.run()
+    run, interrupted = run_suite(args.config, device, null, args.results_dir, args.checkpoint_dir, args.cache_gb,
+                                 not args.quiet, not args.paper_only, args.vocab_match)
+    name, pairs, results_dir = run.name, run.pairs, run.results_dir
     print(f"{name}: {len(run.records)} of {len(pairs)} pairs scored, {len(run.skipped)} skipped -> {results_dir}")
     for record in run.records:
         s = record["scores"]

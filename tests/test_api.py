@@ -1,0 +1,69 @@
+"""The Python API: the same records as the command line, typed; errors as exceptions."""
+import json
+
+import pytest
+
+import awm
+import factory
+import main
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("api")
+    tensors = factory.make_llama(str(root / "base"), vocab=300)
+    factory.write_safetensors_model(str(root / "copy"), factory.permute_sign_scale(tensors),
+                                    factory.llama_config(64, 4, 4, 2, 300), factory.byte_level_tokens(300))
+    factory.make_llama(str(root / "other"), vocab=300, seed=31)
+    return root
+
+
+def without_timings(record):
+    return {k: v for k, v in record.items() if k != "timings"}
+
+
+def test_compare_returns_exactly_the_cli_record(pair, tmp_path, capsys):
+    out = tmp_path / "cli.json"
+    assert main.main(["--model_paths", str(pair / "base"), str(pair / "copy"), "--quiet", "--output", str(out)]) == 0
+    capsys.readouterr()
+    report = awm.compare(pair / "base", pair / "copy", device="cpu")
+    assert capsys.readouterr() == ("", "")                       # silent by default
+    cli = json.loads(out.read_text())
+    api = json.loads(json.dumps(report.to_dict()))
+    assert without_timings(api) == without_timings(cli)
+    assert set(api["timings"]) == set(cli["timings"])
+
+
+def test_report_fields_are_typed_with_the_json_names(pair):
+    report = awm.compare(str(pair / "base"), str(pair / "copy"), device="cpu")
+    assert report.verdict == "derived" and report.scores.final >= 99.9
+    assert isinstance(report.scores, awm.Scores) and isinstance(report.layers[0], awm.LayerScores)
+    assert report.layers[0].wq == report.to_dict()["layers"][0]["wq"]
+    assert report.residual_scores.final is None                  # not needed: the embeddings correspond
+    other = awm.compare(str(pair / "base"), str(pair / "other"), device="cpu", paper_only=True)
+    assert other.verdict == "independent" and other.scores.qk_circuit is None
+
+
+def test_bad_input_raises_the_tools_exception_with_the_cli_message(pair, tmp_path, capsys):
+    missing = str(tmp_path / "nope")
+    with pytest.raises(awm.CheckpointError) as caught:
+        awm.compare(str(pair / "base"), missing)
+    assert main.main(["--model_paths", str(pair / "base"), missing, "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {caught.value}"
+    assert isinstance(caught.value, awm.AwmError)
+
+
+def test_unusable_device_is_an_exception_not_an_exit(pair):
+    with pytest.raises(awm.DeviceError):
+        awm.compare(str(pair / "base"), str(pair / "copy"), device="tpu")
+
+
+def test_run_suite_returns_what_it_writes(pair, tmp_path):
+    spec = tmp_path / "s.json"
+    spec.write_text(json.dumps({"name": "api", "pairs": [
+        {"a": str(pair / "base"), "b": str(pair / "copy"), "label": "derived"},
+        {"a": str(pair / "base"), "b": str(pair / "other"), "label": "independent"}]}))
+    result = awm.run_suite(spec, results_dir=tmp_path / "out", device="cpu")
+    written = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert [r.verdict for r in result.reports] == [p["verdict"] for p in written["pairs"]] == ["derived", "independent"]
+    assert result.verdict_confusion == written["verdict_confusion"] and not result.interrupted
