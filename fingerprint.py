@@ -119,11 +119,10 @@ class ModelDigest:
 # few outlier dims still correlate with everything; with 16 nothing does. A derived pair
 # loses only ~k/d of each column's energy.
 COMMON_AXES = 16
-
-
+# The axes come from an even sample of this many shared tokens: dominant directions need no more.
+AXES_SAMPLE_TOKENS = 16384
 # Fewer shared tokens than this leave the correspondence test without power: not run.
 MIN_TEST_TOKENS = 64
-AXES_SAMPLE_TOKENS = 16384
 
 
 def common_axes(hidden):
@@ -195,8 +194,8 @@ def align(base, target, device):
 
 
 def _principal_axes(digest, ids, device):
-    """The embedding's top principal axes from an even sample of at most AXES_SAMPLE_TOKENS
-    shared tokens: the dominant directions need no more, and the full passes stay one."""
+    """The embedding's top principal axes from an even sample of the shared tokens, so the
+    only pass over all of them stays the cosine's."""
     sample = ids[::max(1, len(ids) // AXES_SAMPLE_TOKENS)]
     rows = _rows(digest, sample)
     sums = torch.zeros(digest.hidden_size, device=device)
@@ -232,7 +231,8 @@ def _unit_kernels(kernels, alignment, is_base, residual):
 
 
 def layer_similarities(base, target, alignment, progress=True, residual=True):
-    """Similarity arrays (3, base layers, target layers); NaN where a pair was not computed.
+    """Similarity arrays (len(METRICS), base layers, target layers); NaN where a pair or a
+    metric was not computed (residual metrics only when `residual`).
 
     Equal depth compares layer i with layer i only. Different depth needs every pair: the
     shallower model's unit kernels are kept while the deeper model streams past them.
@@ -300,7 +300,7 @@ def compare(digest_a, digest_b, device, progress=True, residual="auto"):
     layer_work = lambda: sum(d.read_seconds + d.compute_seconds for d in (digest_a, digest_b))
     aligned_at, work_before = time.perf_counter(), layer_work()
     sims = layer_similarities(base, target, alignment, progress, needs_residual(alignment, residual))
-    scores, residual, paper_map, circuit_map = score_layers(sims)
+    scores, residual_scores, paper_map, circuit_map = score_layers(sims)
     # Report layers as (layer of A, layer of B) whatever side was the base.
     orient = (lambda i, j: [i, j]) if a_is_base else (lambda i, j: [j, i])
     layers = [dict(zip(("layer_a", "layer_b"), orient(i, j)), **{m: _finite(sims[n][i, j]) for n, m in enumerate(METRICS[:3])})
@@ -328,7 +328,7 @@ def compare(digest_a, digest_b, device, progress=True, residual="auto"):
     finished = time.perf_counter()
     return {
         "scores": {name: _finite(value) for name, value in scores.items()},
-        "residual_scores": {name: _finite(value) for name, value in residual.items()},
+        "residual_scores": {name: _finite(value) for name, value in residual_scores.items()},
         "evidence": evidence,
         "layers": layers,
         # Reading and Gram products are timed by the digests; what remains is alignment and CKA.

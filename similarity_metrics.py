@@ -127,13 +127,14 @@ class ColumnProducts:
         return ColumnProducts(*(getattr(self, f) + getattr(other, f) for f in fields))
 
 
-def column_products(rows_a, rows_b, device, basis_a, basis_b, chunk_rows=COSINE_CHUNK_ROWS):
+def column_products(rows_a, rows_b, device, basis_a=None, basis_b=None, chunk_rows=COSINE_CHUNK_ROWS):
     """Accumulate the column statistics of A and B over the same rows, block by block.
 
     rows_a / rows_b are callables (start, stop) -> float tensor of those shared-token rows,
     so the product never holds two float32 embeddings. basis_a / basis_b (hidden x k) ride
     along: A^T (A basis) costs a thin product on rows that are already loaded.
     """
+    thin = lambda block, basis: block.t() @ (block @ basis) if basis is not None else block.new_zeros(block.shape[1], 0)
     totals, start = None, 0
     while True:
         block_a, block_b = rows_a(start, start + chunk_rows), rows_b(start, start + chunk_rows)
@@ -142,7 +143,7 @@ def column_products(rows_a, rows_b, device, basis_a, basis_b, chunk_rows=COSINE_
         block_a = block_a.to(device=device, dtype=torch.float32)
         block_b = block_b.to(device=device, dtype=torch.float32)
         parts = (block_a.t() @ block_b, block_a.sum(0), block_b.sum(0), (block_a * block_a).sum(0), (block_b * block_b).sum(0),
-                 block_a.t() @ (block_a @ basis_a), block_b.t() @ (block_b @ basis_b))
+                 thin(block_a, basis_a), thin(block_b, basis_b))
         totals = list(parts) if totals is None else [t.add_(p) for t, p in zip(totals, parts)]
         start += block_a.shape[0]
     if totals is None:
@@ -159,20 +160,17 @@ def cosine_from_products(products):
 
 def column_cosine(rows_a, rows_b, device, chunk_rows=COSINE_CHUNK_ROWS):
     """Cosine between every column of A and every column of B over the same rows."""
-    first_a, first_b = rows_a(0, 1), rows_b(0, 1)
-    no_basis = lambda first: torch.zeros(first.shape[1], 0, device=device)
-    return cosine_from_products(column_products(rows_a, rows_b, device, no_basis(first_a), no_basis(first_b), chunk_rows))
+    return cosine_from_products(column_products(rows_a, rows_b, device, chunk_rows=chunk_rows))
 
 
 # ----------------------------------------------------------------------------- common directions
 @dataclass
 class CommonDirections:
-    """A model's mean embedding vector and top principal axes over some shared tokens.
+    """A model's top principal axes over some shared tokens.
 
     basis: (hidden, k) orthonormal principal axes of the centered embedding; covariance_basis:
     Cov @ basis for the same tokens, so residual column norms need no extra pass.
     """
-    mean: torch.Tensor
     basis: torch.Tensor
     covariance_basis: torch.Tensor
 
@@ -203,10 +201,10 @@ def principal_axes(rows, column_sums, total, count, iterations=2, oversample=8):
 
 
 def common_directions(products, side, basis):
-    """Mean, basis and exact Cov @ basis of side 'a' or 'b' of a ColumnProducts' rows."""
+    """The basis and its exact Cov @ basis over side 'a' or 'b' of a ColumnProducts' rows."""
     sums, gram_basis = (products.sum_a, products.gram_basis_a) if side == "a" else (products.sum_b, products.gram_basis_b)
     mean = sums / products.rows
-    return CommonDirections(mean, basis, gram_basis - products.rows * mean[:, None] * (mean @ basis)[None, :])
+    return CommonDirections(basis, gram_basis - products.rows * mean[:, None] * (mean @ basis)[None, :])
 
 
 def projector_basis(mean, basis):

@@ -100,6 +100,13 @@ def anisotropic_llama_tensors(hidden=128, layers=4, heads=4, kv_heads=2, vocab=3
     return tensors
 
 
+def make_llama_and_disguised_copy(base_dir, copy_dir, vocab=300):
+    """A small Llama and its permuted, sign-flipped, rescaled copy: a derived pair by construction."""
+    tensors = make_llama(base_dir, vocab=vocab)
+    write_safetensors_model(copy_dir, permute_sign_scale(tensors), llama_config(64, 4, 4, 2, vocab), byte_level_tokens(vocab))
+    return tensors
+
+
 # ----------------------------------------------------------------------------- disguises
 def permute_sign_scale(tensors, seed=1, scale=3.0):
     """Permute, sign-flip and rescale the hidden dims consistently in embedding and W_q/W_k."""

@@ -11,9 +11,7 @@ import main
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("api")
-    tensors = factory.make_llama(str(root / "base"), vocab=300)
-    factory.write_safetensors_model(str(root / "copy"), factory.permute_sign_scale(tensors),
-                                    factory.llama_config(64, 4, 4, 2, 300), factory.byte_level_tokens(300))
+    factory.make_llama_and_disguised_copy(str(root / "base"), str(root / "copy"))
     factory.make_llama(str(root / "other"), vocab=300, seed=31)
     return root
 

@@ -24,9 +24,7 @@ def run_cli(*args, cwd=ROOT):
 @pytest.fixture(scope="module")
 def model_pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    tensors = factory.make_llama(str(root / "a"), vocab=300)
-    factory.write_safetensors_model(str(root / "b"), factory.permute_sign_scale(tensors),
-                                    factory.llama_config(64, 4, 4, 2, 300), factory.byte_level_tokens(300))
+    factory.make_llama_and_disguised_copy(str(root / "a"), str(root / "b"))
     return root
 
 
