@@ -34,7 +34,8 @@ class Scores:
 @dataclass(frozen=True)
 class ResidualScores:
     """The scores with each model's common embedding directions projected out (percent);
-    None when not computed (only needed when the correspondence test fails)."""
+    None when not computed (only needed when the correspondence test fails and a score is
+    above the reference)."""
     wq: float
     wk: float
     final: float

@@ -210,29 +210,35 @@ def _principal_axes(digest, ids, device):
 METRICS = ("wq", "wk", "qk_circuit", "wq_residual", "wk_residual", "qk_circuit_residual")
 
 
-def _unit_kernels(kernels, alignment, is_base, residual):
-    """Unit U-centered kernels, plain then (if asked) residual; the base's are re-indexed
-    into target dims."""
+PLAIN, RESIDUAL = "plain", "residual"
+
+
+def _unit_kernels(kernels, alignment, is_base, groups):
+    """Unit U-centered kernels in METRICS order (None for a group not asked for); the base's
+    are re-indexed into target dims. A generator: each hidden x hidden unit exists only while
+    it is used, so a layer never holds all of them at once."""
     matrices = (kernels.query, kernels.key, kernels.circuit)
     common = alignment.base_common if is_base else alignment.target_common
 
-    def prepare(matrix, residual):
-        if matrix is None or (residual and common is None):
+    def prepare(matrix, is_residual):
+        if matrix is None or (is_residual and common is None):
             return None
-        if residual:
+        if is_residual:
             matrix = sm.project_out(matrix.clone(), common)
         if is_base and alignment.aligned:
             matrix = sm.reindex_kernel(matrix, alignment.base_index, alignment.sign)
-        elif not residual:
+        elif not is_residual:
             matrix = matrix.clone()     # the digest may keep this kernel for other pairs
         return sm.unit_u_centered(matrix, in_place=True)
 
-    return [prepare(m, False) for m in matrices] + [prepare(m, residual) if residual else None for m in matrices]
+    for group in (PLAIN, RESIDUAL):
+        for matrix in matrices:
+            yield prepare(matrix, group == RESIDUAL) if group in groups else None
 
 
-def layer_similarities(base, target, alignment, progress=True, residual=True):
+def layer_similarities(base, target, alignment, progress=True, groups=(PLAIN,)):
     """Similarity arrays (len(METRICS), base layers, target layers); NaN where a pair or a
-    metric was not computed (residual metrics only when `residual`).
+    metric was not computed (only the metric groups asked for are).
 
     Equal depth compares layer i with layer i only. Different depth needs every pair: the
     shallower model's unit kernels are kept while the deeper model streams past them.
@@ -241,16 +247,16 @@ def layer_similarities(base, target, alignment, progress=True, residual=True):
     bar = dict(disable=None if progress else True, leave=False, unit="layer")
     if base.num_layers == target.num_layers:
         for i in tqdm(range(base.num_layers), desc="layers", **bar):
-            base_units = _unit_kernels(base.layer(i), alignment, True, residual)
-            target_units = _unit_kernels(target.layer(i), alignment, False, residual)
+            base_units = _unit_kernels(base.layer(i), alignment, True, groups)
+            target_units = _unit_kernels(target.layer(i), alignment, False, groups)
             sims[:, i, i] = [sm.unit_inner(b, t) for b, t in zip(base_units, target_units)]
         return sims
     base_is_shallow = base.num_layers < target.num_layers
     shallow, deep = (base, target) if base_is_shallow else (target, base)
-    kept = [_unit_kernels(shallow.layer(i), alignment, base_is_shallow, residual)
+    kept = [list(_unit_kernels(shallow.layer(i), alignment, base_is_shallow, groups))
             for i in tqdm(range(shallow.num_layers), desc="layers (shallower model)", **bar)]
     for j in tqdm(range(deep.num_layers), desc="layers (deeper model)", **bar):
-        deep_units = _unit_kernels(deep.layer(j), alignment, not base_is_shallow, residual)
+        deep_units = list(_unit_kernels(deep.layer(j), alignment, not base_is_shallow, groups))
         for i, shallow_units in enumerate(kept):
             values = [sm.unit_inner(s, d) for s, d in zip(shallow_units, deep_units)]
             if base_is_shallow:
@@ -283,24 +289,32 @@ def score_layers(sims):
 
 
 # ----------------------------------------------------------------------------- the pair
-def needs_residual(alignment, residual="auto"):
-    """Residual scores decide the verdict only when the embeddings show no correspondence;
-    "auto" computes them just then (they cost a second CKA per kernel), "always" everywhere."""
-    if residual == "always":
-        return alignment.base_common is not None
+def needs_residual(alignment, scores, null):
+    """The verdict reads the residual scores only when the embeddings show no correspondence
+    and a plain score is above the reference: only then are they worth a second CKA pass."""
     test = alignment.correspondence
-    return test is not None and test.p_value > report.CORRESPONDENCE_P
+    above = any(report.above_reference(None if v is None or not np.isfinite(v) else 100.0 * v, null)
+                for v in (scores["final"], scores["qk_circuit"]))
+    return test is not None and test.p_value > report.CORRESPONDENCE_P and above
 
 
-def compare(digest_a, digest_b, device, progress=True, residual="auto"):
-    """Full AWM comparison of two digests; returns a plain dict (see README, JSON schema)."""
+def compare(digest_a, digest_b, device, progress=True, residual="auto", null=report.PAPER_NULL):
+    """Full AWM comparison of two digests; returns a plain dict (see README, JSON schema).
+
+    residual: "auto" computes the residual scores when the verdict needs them (a second pass
+    over the layers), "always" in the same pass as the plain ones.
+    """
     a_is_base = digest_a.hidden_size >= digest_b.hidden_size
     base, target = (digest_a, digest_b) if a_is_base else (digest_b, digest_a)
     alignment = align(base, target, device)
     layer_work = lambda: sum(d.read_seconds + d.compute_seconds for d in (digest_a, digest_b))
     aligned_at, work_before = time.perf_counter(), layer_work()
-    sims = layer_similarities(base, target, alignment, progress, needs_residual(alignment, residual))
+    always = residual == "always" and alignment.base_common is not None
+    sims = layer_similarities(base, target, alignment, progress, (PLAIN, RESIDUAL) if always else (PLAIN,))
     scores, residual_scores, paper_map, circuit_map = score_layers(sims)
+    if residual == "auto" and needs_residual(alignment, scores, null):
+        sims[3:] = layer_similarities(base, target, alignment, progress, (RESIDUAL,))[3:]
+        scores, residual_scores, paper_map, circuit_map = score_layers(sims)
     # Report layers as (layer of A, layer of B) whatever side was the base.
     orient = (lambda i, j: [i, j]) if a_is_base else (lambda i, j: [j, i])
     layers = [dict(zip(("layer_a", "layer_b"), orient(i, j)), **{m: _finite(sims[n][i, j]) for n, m in enumerate(METRICS[:3])})
@@ -357,7 +371,7 @@ def digest_path(path, device, keep_layers=False, with_circuit=True, progress=Fal
 
 def compare_digests(digest_a, digest_b, device, null, progress=True, residual="auto"):
     """Compare two digests and assemble the JSON-ready report (scores in percent)."""
-    result = report.to_percent(compare(digest_a, digest_b, device, progress, residual))
+    result = report.to_percent(compare(digest_a, digest_b, device, progress, residual, null))
     timings = {
         "read_s": round(digest_a.read_seconds + digest_b.read_seconds, 3),
         "gram_s": round(digest_a.compute_seconds + digest_b.compute_seconds, 3),

@@ -36,7 +36,8 @@ def z_score(score_percent, null):
 CORRESPONDENCE_P = 1e-3
 
 
-def _above(value, null):
+def above_reference(value, null):
+    """A score (percent) at least DERIVED_Z standard deviations above independent pairs."""
     return value is not None and value - null["mean"] >= DERIVED_Z * null["std"]
 
 
@@ -59,34 +60,34 @@ def verdict(scores, residual, correspondence, null):
     z = z_score(final, null)
     if correspondence["p_value"] <= CORRESPONDENCE_P:
         shared = f"the embedding dimensions correspond one to one ({_dims(correspondence)})"
-        if _above(final, null):
+        if above_reference(final, null):
             reason = f"{shared} and the AWM score {final:.2f} % is {z:.0f} sigma above independent pairs"
             if circuit is not None and circuit - final >= DISGUISE_GAP:
                 reason += f"; the QK-circuit score ({circuit:.1f} %) is far higher, as after a reparametrizing disguise"
             return "derived", reason
-        if _above(circuit, null):
+        if above_reference(circuit, null):
             return "derived (disguised)", (f"{shared}; the stored attention weights look unrelated but what attention "
                                            "computes matches: the weights were reparametrized")
         return "inconclusive", (f"{shared}, but neither score rises above independent pairs: only the embedding "
                                 "was inherited, or the attention weights were retrained beyond what the scores can see")
     none = f"the embeddings show no one-to-one dimension correspondence (p = {correspondence['p_value']:.2g})"
-    if not (_above(residual.get("final"), null) or _above(residual.get("qk_circuit"), null)):
-        if _above(final, null) or _above(circuit, null):
-            return "independent", (f"{none}; the AWM score of {final:.2f} % comes from directions that all embedding "
-                                   f"columns share (without them: {_fmt_plain(residual.get('final'))} %), not from inherited weights")
+    if not (above_reference(final, null) or above_reference(circuit, null)):
         return "independent", f"{none}, and both scores lie within the range of independently trained models"
+    if not (above_reference(residual.get("final"), null) or above_reference(residual.get("qk_circuit"), null)):
+        return "independent", (f"{none}; the AWM score of {final:.2f} % comes from directions that all embedding "
+                               f"columns share (without them: {_fmt_plain(residual.get('final'))} %), not from inherited weights")
     return "inconclusive", (f"{none}, yet the scores stay above independent pairs without the shared directions "
                             f"(AWM {_fmt_plain(residual.get('final'))} %, QK circuit {_fmt_plain(residual.get('qk_circuit'))} %): "
                             "related training, not evidence of derivation")
 
 
 def _unaligned_verdict(final, circuit, null):
-    """No shared vocabulary: dims are compared in stored order, so no alignment can inflate
-    the scores, and the paper's rule applies as it stands."""
-    caveat = " (dims compared in stored order: no shared vocabulary to align or test them)"
-    if _above(final, null):
+    """No correspondence test possible (no shared vocabulary: dims in stored order; or too
+    few shared tokens): the paper's rule applies as it stands."""
+    caveat = " (no correspondence test: no shared vocabulary, or too few shared tokens to test)"
+    if above_reference(final, null):
         return "derived", f"AWM score {final:.2f} % is {z_score(final, null):.0f} sigma above independent pairs{caveat}"
-    if _above(circuit, null):
+    if above_reference(circuit, null):
         return "derived (disguised)", f"the QK-circuit score {circuit:.2f} % is far above independent pairs{caveat}"
     return "inconclusive", f"both scores lie within the range of independent models, but without an alignment a permuted copy would look the same{caveat}"
 
@@ -141,7 +142,7 @@ def _describe(meta):
 
 def _residual_line(residual):
     if residual["final"] is None and residual["qk_circuit"] is None:
-        return "not computed (only needed when the embeddings show no correspondence)"
+        return "not computed (only needed when the embeddings show no correspondence and a score is high)"
     return (f"AWM {_fmt(residual['final'])}   QK circuit {_fmt(residual['qk_circuit'])}"
             "   (the embeddings' common directions projected out)")
 

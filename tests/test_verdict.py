@@ -106,6 +106,17 @@ def test_anisotropic_independent_models_score_high_yet_are_called_independent(tm
     assert abs(result["residual_scores"]["final"]) < 2.0
     assert result["verdict"] == "independent"
     assert "directions that all embedding columns share" in result["verdict_reason"]
+    # The second pass that "auto" runs gives what one pass with everything gives.
+    again = compare_tensors(tmp_path, factory.anisotropic_llama_tensors(seed=1), factory.anisotropic_llama_tensors(seed=2),
+                            128, 3000, residual="always")
+    assert again["residual_scores"] == result["residual_scores"] and again["scores"] == result["scores"]
+
+
+def test_residual_scores_are_skipped_when_the_plain_scores_are_already_at_the_null(tmp_path):
+    a = factory.random_llama_tensors(hidden=128, layers=4, heads=4, kv_heads=2, vocab=3000, seed=8)
+    b = factory.random_llama_tensors(hidden=128, layers=4, heads=4, kv_heads=2, vocab=3000, seed=9)
+    result = compare_tensors(tmp_path, a, b, 128, 3000)
+    assert result["verdict"] == "independent" and result["residual_scores"]["final"] is None
 
 
 def test_anisotropic_derived_model_keeps_its_correspondence_and_is_called_derived(tmp_path):
