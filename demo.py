@@ -186,8 +186,11 @@ def run(device, progress=True, out_dir=None):
                                              report.PAPER_NULL, progress)
         scores = result["scores"]
         print(f"\n  ({label}) {MEANING[label]}\n      {path}")
+        test = result["evidence"]["correspondence"]
         print(f"      AWM score {scores['final']:7.2f} %   |Z| {scores['z_score']:6.1f}   "
-              f"QK-circuit {scores['qk_circuit']:7.2f} %   -> {result['verdict'].upper()}")
-    print("\n  Derived copies score far above the independent-pair reference (0.375 % +- 0.28 %);"
-          "\n  the independent model stays near zero. Only the QK-circuit score survives the heavy disguise.")
+              f"QK-circuit {scores['qk_circuit']:7.2f} %   dims matched {test['matched_dims']}/{test['target_dims']}"
+              f"   -> {result['verdict'].upper()}")
+    print("\n  Derived copies score far above the independent-pair reference (0.375 % +- 0.28 %) and their"
+          "\n  embedding dims correspond one to one; the independent model stays near zero with no dim"
+          "\n  matched. Only the QK-circuit score survives the heavy disguise.")
     return 0
