@@ -197,11 +197,7 @@ def _principal_axes(digest, ids, device):
     """The embedding's top principal axes from an even sample of the shared tokens, so the
     only pass over all of them stays the cosine's."""
     sample = ids[::max(1, len(ids) // AXES_SAMPLE_TOKENS)]
-    rows = _rows(digest, sample)
-    sums = torch.zeros(digest.hidden_size, device=device)
-    for start in range(0, len(sample), sm.COSINE_CHUNK_ROWS):
-        sums += rows(start, start + sm.COSINE_CHUNK_ROWS).to(device=device, dtype=torch.float32).sum(0)
-    return sm.principal_axes(rows, sums, len(sample), common_axes(digest.hidden_size))
+    return sm.principal_axes(_rows(digest, sample), digest.hidden_size, common_axes(digest.hidden_size), device)
 
 
 # ----------------------------------------------------------------------------- layer scores

@@ -127,6 +127,14 @@ class ColumnProducts:
         return ColumnProducts(*(getattr(self, f) + getattr(other, f) for f in fields))
 
 
+def row_blocks(rows, device, chunk_rows=COSINE_CHUNK_ROWS):
+    """float32 blocks of rows(start, stop) on `device` until the rows run out."""
+    start = 0
+    while (block := rows(start, start + chunk_rows)).shape[0]:
+        yield block.to(device=device, dtype=torch.float32)
+        start += block.shape[0]
+
+
 def column_products(rows_a, rows_b, device, basis_a=None, basis_b=None, chunk_rows=COSINE_CHUNK_ROWS):
     """Accumulate the column statistics of A and B over the same rows, block by block.
 
@@ -135,20 +143,15 @@ def column_products(rows_a, rows_b, device, basis_a=None, basis_b=None, chunk_ro
     along: A^T (A basis) costs a thin product on rows that are already loaded.
     """
     thin = lambda block, basis: block.t() @ (block @ basis) if basis is not None else block.new_zeros(block.shape[1], 0)
-    totals, start = None, 0
-    while True:
-        block_a, block_b = rows_a(start, start + chunk_rows), rows_b(start, start + chunk_rows)
-        if block_a.shape[0] == 0:
-            break
-        block_a = block_a.to(device=device, dtype=torch.float32)
-        block_b = block_b.to(device=device, dtype=torch.float32)
+    totals, count = None, 0
+    for block_a, block_b in zip(row_blocks(rows_a, device, chunk_rows), row_blocks(rows_b, device, chunk_rows)):
         parts = (block_a.t() @ block_b, block_a.sum(0), block_b.sum(0), (block_a * block_a).sum(0), (block_b * block_b).sum(0),
                  thin(block_a, basis_a), thin(block_b, basis_b))
         totals = list(parts) if totals is None else [t.add_(p) for t, p in zip(totals, parts)]
-        start += block_a.shape[0]
+        count += block_a.shape[0]
     if totals is None:
         raise ValueError("no shared rows")
-    return ColumnProducts(*totals, rows=start)
+    return ColumnProducts(*totals, rows=count)
 
 
 def cosine_from_products(products):
@@ -156,11 +159,6 @@ def cosine_from_products(products):
     norms_a = products.sumsq_a.sqrt().clamp_min(EPS)
     norms_b = products.sumsq_b.sqrt().clamp_min(EPS)
     return products.cross / torch.outer(norms_a, norms_b)
-
-
-def column_cosine(rows_a, rows_b, device, chunk_rows=COSINE_CHUNK_ROWS):
-    """Cosine between every column of A and every column of B over the same rows."""
-    return cosine_from_products(column_products(rows_a, rows_b, device, chunk_rows=chunk_rows))
 
 
 # ----------------------------------------------------------------------------- common directions
@@ -175,28 +173,25 @@ class CommonDirections:
     covariance_basis: torch.Tensor
 
 
-def covariance_times(rows, column_sums, total, matrix, chunk_rows=COSINE_CHUNK_ROWS):
-    """Cov @ M = X^T (X M) - n mu (mu^T M), one pass over row blocks: the embedding is never
-    centered or copied whole."""
-    mean = column_sums / total
-    product, start = torch.zeros(matrix.shape, device=matrix.device), 0
-    while (block := rows(start, start + chunk_rows)).shape[0]:
-        block = block.to(device=matrix.device, dtype=torch.float32)
-        product += block.t() @ (block @ matrix)
-        start += block.shape[0]
-    return product - total * mean[:, None] * (mean @ matrix)[None, :]
+def principal_axes(rows, hidden, count, device, iterations=2, oversample=8):
+    """Top `count` principal axes of the centered rows by blocked subspace iteration, each
+    pass Cov @ Q = X^T (X Q) - n mu (mu^T Q): the rows are never centered or copied whole.
+    The axes only need to span the dominant directions, so a few passes suffice."""
+    total, sums = 0, torch.zeros(hidden, device=device)
+    for block in row_blocks(rows, device):
+        sums += block.sum(0)
+        total += block.shape[0]
+    mean = sums / total
 
+    def covariance_times(matrix):
+        product = sum(block.t() @ (block @ matrix) for block in row_blocks(rows, device))
+        return product - total * mean[:, None] * (mean @ matrix)[None, :]
 
-def principal_axes(rows, column_sums, total, count, iterations=2, oversample=8):
-    """Top `count` principal axes of the centered rows by blocked subspace iteration. They
-    only need to span the dominant directions, so a few passes suffice."""
-    hidden = column_sums.shape[0]
     generator = torch.Generator().manual_seed(0)
-    width = min(hidden, count + oversample)
-    q = torch.linalg.qr(torch.randn(hidden, width, generator=generator).to(column_sums.device))[0]
+    q = torch.linalg.qr(torch.randn(hidden, min(hidden, count + oversample), generator=generator).to(device))[0]
     for _ in range(iterations):
-        q = torch.linalg.qr(covariance_times(rows, column_sums, total, q))[0]
-    values, vectors = torch.linalg.eigh(q.t() @ covariance_times(rows, column_sums, total, q))
+        q = torch.linalg.qr(covariance_times(q))[0]
+    values, vectors = torch.linalg.eigh(q.t() @ covariance_times(q))
     return q @ vectors[:, values.argsort(descending=True)[:count]]
 
 

@@ -107,6 +107,7 @@ def train(model, stream, steps, lr, seed, label):
 
 
 def save(folder, state, config, tokenizer):
+    """A Hugging Face folder; Llama unless the config names another architecture."""
     config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], **config, "torch_dtype": "float32"}
     state = {k: v for k, v in state.items() if not (config.get("tie_word_embeddings") and k == "lm_head.weight")}
     demo.write_hf_model(folder, state, config, tokenizer)
@@ -250,17 +251,10 @@ class Zoo:
         built["smollm2-width-pruned"] = self.tuned("smollm2-width-pruned", prune_hidden(smol, keep), narrow, "text", 15, 1e-4, 33)
         shallow_state, depth = drop_layers(smol, set(range(10, 20)))
         built["smollm2-depth-pruned"] = self.make("smollm2-depth-pruned", lambda: (shallow_state, {**config, "num_hidden_layers": depth}))
-        built["smollm2-moe"] = self.make_moe("smollm2-moe")
+        moe = {**config, "model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "num_local_experts": 4, "num_experts_per_tok": 2}
+        built["smollm2-moe"] = self.make("smollm2-moe", lambda: (upcycle_to_moe(smol), moe))
         built["smollm2-weak-positive"] = self.make("smollm2-weak-positive", lambda: (weak_positive(smol, config["num_hidden_layers"]), config))
         return built
-
-    def make_moe(self, name):
-        folder = self.path(name)
-        if not os.path.isfile(os.path.join(folder, "model.safetensors")):
-            config = {"model_type": "mixtral", "architectures": ["MixtralForCausalLM"], **self.smol_config,
-                      "num_local_experts": 4, "num_experts_per_tok": 2, "torch_dtype": "float32"}
-            demo.write_hf_model(folder, upcycle_to_moe(self.smol_state), config, self.tokenizer)
-        return folder
 
 
 def main():

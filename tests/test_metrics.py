@@ -82,18 +82,18 @@ def test_alignment_recovers_permutation_and_signs():
     perm = torch.randperm(24, generator=generator)[:16]
     sign = torch.where(torch.rand(16, generator=generator) < 0.5, -1.0, 1.0)
     target = base[:, perm] * sign * 3.0
-    cosine = sm.column_cosine(lambda s, e: target[s:e], lambda s, e: base[s:e], torch.device("cpu"), chunk_rows=64)
+    cosine = sm.cosine_from_products(sm.column_products(lambda s, e: target[s:e], lambda s, e: base[s:e], torch.device("cpu"), chunk_rows=64))
     base_index, found_sign, quality = sm.align_hidden(cosine)
     assert torch.equal(base_index, perm)
     assert torch.equal(found_sign, sign)
     assert quality == pytest.approx(1.0, abs=1e-5)
 
 
-def test_column_cosine_matches_direct_formula_with_chunking():
+def test_embedding_cosine_matches_direct_formula_with_chunking():
     generator = torch.Generator().manual_seed(3)
     a, b = torch.randn(100, 5, generator=generator), torch.randn(100, 7, generator=generator)
     direct = torch.nn.functional.normalize(a, dim=0).T @ torch.nn.functional.normalize(b, dim=0)
-    chunked = sm.column_cosine(lambda s, e: a[s:e], lambda s, e: b[s:e], torch.device("cpu"), chunk_rows=7)
+    chunked = sm.cosine_from_products(sm.column_products(lambda s, e: a[s:e], lambda s, e: b[s:e], torch.device("cpu"), chunk_rows=7))
     assert torch.allclose(chunked, direct, atol=1e-6)
 
 
