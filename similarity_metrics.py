@@ -128,7 +128,8 @@ class ColumnProducts:
 
 
 def row_blocks(rows, device, chunk_rows=COSINE_CHUNK_ROWS):
-    """float32 blocks of rows(start, stop) on `device` until the rows run out."""
+    """float32 blocks of rows(start, stop) on `device` until the rows run out (for the
+    principal axes' token sample, usually a single block)."""
     start = 0
     while (block := rows(start, start + chunk_rows)).shape[0]:
         yield block.to(device=device, dtype=torch.float32)
@@ -143,8 +144,12 @@ def column_products(rows_a, rows_b, device, basis_a=None, basis_b=None, chunk_ro
     along: A^T (A basis) costs a thin product on rows that are already loaded.
     """
     thin = lambda block, basis: block.t() @ (block @ basis) if basis is not None else block.new_zeros(block.shape[1], 0)
+    # An explicit loop, not row_blocks: rebinding block_a / block_b frees each float32 block
+    # before the next is gathered (suspended generators would keep two alive per side).
     totals, count = None, 0
-    for block_a, block_b in zip(row_blocks(rows_a, device, chunk_rows), row_blocks(rows_b, device, chunk_rows)):
+    while (block_a := rows_a(count, count + chunk_rows)).shape[0]:
+        block_a = block_a.to(device=device, dtype=torch.float32)
+        block_b = rows_b(count, count + chunk_rows).to(device=device, dtype=torch.float32)
         parts = (block_a.t() @ block_b, block_a.sum(0), block_b.sum(0), (block_a * block_a).sum(0), (block_b * block_b).sum(0),
                  thin(block_a, basis_a), thin(block_b, basis_b))
         totals = list(parts) if totals is None else [t.add_(p) for t, p in zip(totals, parts)]
