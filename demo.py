@@ -75,8 +75,8 @@ def _unpermute_rope_rows(weight, n_heads):
 
 def gguf_to_llama(path):
     """Dequantize a llama-architecture GGUF into (state dict, config dict, tokenizer.json dict)."""
-    from model_reader import ModelCheckpoint
-    import checkpoint_files as files
+    from readers.model_reader import ModelCheckpoint
+    from readers import checkpoint_files as files
 
     checkpoint = ModelCheckpoint(path)
     store, heads = checkpoint.store, checkpoint.heads
@@ -105,7 +105,7 @@ def gguf_to_llama(path):
 
 def gguf_tokenizer_json(reader):
     """A byte-level BPE tokenizer.json rebuilt from the GGUF's vocabulary, merges and token types."""
-    import checkpoint_files as files
+    from readers import checkpoint_files as files
 
     tokens = files.gguf_field(reader, "tokenizer.ggml.tokens")
     types = files.gguf_field(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
@@ -130,7 +130,7 @@ def write_hf_model(directory, state, config, tokenizer):
 
 # ----------------------------------------------------------------------------- suspects
 def heads_of(config):
-    from architectures import Heads
+    from readers.architectures import Heads
 
     return Heads(config["num_attention_heads"], config["num_key_value_heads"],
                  config["hidden_size"] // config["num_attention_heads"])

@@ -38,7 +38,7 @@ def select_files(repo_files):
 
 def is_complete(folder):
     """True when the folder holds a config and readable weight files (every indexed shard)."""
-    from model_reader import find_weight_files
+    from readers.model_reader import find_weight_files
 
     if not os.path.isfile(os.path.join(folder, "config.json")):
         return False

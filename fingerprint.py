@@ -360,7 +360,7 @@ def _finite(value):
 
 
 def digest_path(path, device, keep_layers=False, with_circuit=True, progress=False, vocab_match="bytes"):
-    from model_reader import ModelCheckpoint
+    from readers.model_reader import ModelCheckpoint
 
     return ModelDigest(ModelCheckpoint(path, vocab_match), device, keep_layers, with_circuit, progress)
 

@@ -139,7 +139,7 @@ class DigestCache:
             self.entries.move_to_end(path)
             return self.entries[path]
         try:
-            from model_reader import ModelCheckpoint
+            from readers.model_reader import ModelCheckpoint
 
             checkpoint = ModelCheckpoint(path, self.vocab_match)
             keep = fingerprint.ModelDigest.layer_bytes(checkpoint, self.with_circuit) <= self.budget / 3

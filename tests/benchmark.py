@@ -160,7 +160,7 @@ def straightforward_check(report_data, path_a, path_b, layers_to_check=(0, -1)):
     """Recompute a few layers' CKA the plain way (float64 Song et al. formula on re-indexed weights)."""
     import fingerprint
     import similarity_metrics as sm
-    from model_reader import ModelCheckpoint
+    from readers.model_reader import ModelCheckpoint
 
     a, b = ModelCheckpoint(path_a), ModelCheckpoint(path_b)
     base, target = (a, b) if report_data["evidence"]["base_model"] == "a" else (b, a)

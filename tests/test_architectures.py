@@ -14,7 +14,7 @@ import torch
 import transformers as tf
 from safetensors.torch import save_file
 
-from model_reader import ModelCheckpoint
+from readers.model_reader import ModelCheckpoint
 
 SMALL = dict(vocab_size=96, max_position_embeddings=64)
 

@@ -10,9 +10,9 @@ import torch
 import factory
 import fingerprint
 import report
-import vocabulary
+from readers import vocabulary
 from errors import CheckpointError
-from model_reader import ModelCheckpoint
+from readers.model_reader import ModelCheckpoint
 
 CPU = torch.device("cpu")
 TOKENS = factory.byte_level_tokens(300)

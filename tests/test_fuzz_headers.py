@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from safetensors.torch import save_file
 
 import factory
-from checkpoint_files import GGUFStore, read_safetensors_header
+from readers.checkpoint_files import GGUFStore, read_safetensors_header
 from errors import CheckpointError
 
 FUZZ = settings(max_examples=250, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture], derandomize=True)

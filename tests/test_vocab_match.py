@@ -9,8 +9,8 @@ import transformers
 import factory
 import fingerprint
 import main
-import vocabulary
-from model_reader import ModelCheckpoint
+from readers import vocabulary
+from readers.model_reader import ModelCheckpoint
 
 CPU = torch.device("cpu")
 BPE_FIELDS = dict(dropout=None, unk_token=None, continuing_subword_prefix=None, end_of_word_suffix=None,

@@ -11,9 +11,9 @@ import re
 import torch
 from tqdm import tqdm
 
-import architectures as arch
-import checkpoint_files as files
-import vocabulary
+from readers import architectures as arch
+from readers import checkpoint_files as files
+from readers import vocabulary
 from errors import CheckpointError
 
 # Tokenizers sometimes list a few added tokens past an embedding that was not resized; such
