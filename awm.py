@@ -141,7 +141,7 @@ def compare_record(model_a, model_b, device, null, paper_only=False, vocab_match
 
 def compare(model_a, model_b, *, device="auto", threads=None, paper_only=False, vocab_match="bytes",
             null_stats=None, progress=False):
-    """Compare two models (directories, .gguf files) as `python main.py --model_paths A B`.
+    """Compare two models (directories, .gguf files, Hub repos) as `python main.py --model_paths A B`.
 
     device: "auto" | "cpu" | "cuda"; threads: CPU threads (default all); paper_only: skip the
     QK-circuit score; vocab_match: "bytes" | "spelling"; null_stats: reference for Z (None:
@@ -155,7 +155,7 @@ def compare(model_a, model_b, *, device="auto", threads=None, paper_only=False, 
 
 
 def run_suite(suites_or_files, *, results_dir=None, checkpoint_dir=None, device="auto", threads=None,
-              cache_gb=None, paper_only=False, vocab_match="bytes", null_stats=None, progress=False):
+              cache_gb=None, paper_only=False, vocab_match="bytes", null_stats=None, progress=False, from_hub=False):
     """Run built-in suites or suite files as `python main.py --config ...`: writes the same
     outputs under results_dir (default results/<suite>) and returns them as objects."""
     import suites
@@ -165,7 +165,7 @@ def run_suite(suites_or_files, *, results_dir=None, checkpoint_dir=None, device=
     if threads is not None:
         set_threads(threads)
     run, interrupted = suites.run_suite([os.fspath(s) for s in suites_or_files], resolve_device(device), load_null(null_stats),
-                                        results_dir, checkpoint_dir, cache_gb, progress, not paper_only, vocab_match)
+                                        results_dir, checkpoint_dir, cache_gb, progress, not paper_only, vocab_match, from_hub)
     import evaluation
 
     return SuiteResult(run.name, run.results_dir, [Report.from_record(r) for r in run.records], run.records, run.skipped,

@@ -360,9 +360,9 @@ def _finite(value):
 
 
 def digest_path(path, device, keep_layers=False, with_circuit=True, progress=False, vocab_match="bytes"):
-    from readers.model_reader import ModelCheckpoint
+    from readers import open_model
 
-    return ModelDigest(ModelCheckpoint(path, vocab_match), device, keep_layers, with_circuit, progress)
+    return ModelDigest(open_model(path, vocab_match, progress), device, keep_layers, with_circuit, progress)
 
 
 def compare_digests(digest_a, digest_b, device, null, progress=True, residual="auto"):

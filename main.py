@@ -26,8 +26,17 @@ what the verdict means:
   those shared directions are at the null, else "inconclusive". "inconclusive" is also the
   answer when the embedding is inherited but the attention weights are not.
 
+from the Hub:
+  A repo id fetches only config.json, the tokenizer, the weight files' headers and the
+  tensors the score reads (about 15 % of a dense model), cached in $AWM_HUB_CACHE (default
+  $HF_HOME/awm). Gated repos: `hf auth login` or HF_TOKEN. HF_ENDPOINT and HF_HUB_OFFLINE
+  work as for every Hugging Face tool.
+
 examples:
   python main.py --demo
+  python main.py --model_paths meta-llama/Llama-3.1-8B allenai/Llama-3.1-Tulu-3-8B
+  python main.py --model_paths Qwen/Qwen2.5-7B@main hf://someone/suspect-GGUF/suspect.Q8_0.gguf
+  python main.py --config sft_pairs --hub
   python main.py --model_paths checkpoints/Llama-2-7b-hf checkpoints/vicuna-7b-v1.5
   python main.py --model_paths model.gguf other_model_dir --output report.json
   python main.py --config sft_pairs independent_pairs --results_dir results/roc
@@ -42,7 +51,9 @@ def build_parser():
         epilog=HELP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--model_paths", nargs=2, metavar=("A", "B"),
-                      help="two models: Hugging Face directories (safetensors or .bin) or .gguf files")
+                      help="two models: Hugging Face directories (safetensors or .bin), .gguf files, or Hub repos "
+                           "(owner/name[@revision] or hf://owner/name[@revision][/file.gguf]; a local path of that "
+                           "name wins), of which only the bytes the score reads are fetched")
     what.add_argument("--config", nargs="+", metavar="SUITE",
                       help="one or more built-in suites (see --list_suites) or a JSON/YAML suite file")
     what.add_argument("--demo", action="store_true",
@@ -54,6 +65,9 @@ def build_parser():
     parser.add_argument("--results_dir", metavar="DIR", help="suite outputs (default: results/<suite>)")
     parser.add_argument("--checkpoint_dir", metavar="DIR",
                         help="where suite models live (default: $AWM_CHECKPOINT_DIR, else checkpoints/ beside main.py)")
+    parser.add_argument("--hub", action="store_true",
+                        help="suites: read models missing from the checkpoint folder straight from the Hub (their repo ids "
+                             "in --list_suites), fetching only the bytes the score reads")
     parser.add_argument("--null_stats", metavar="FILE",
                         help="JSON with mean/std (percent) of your own independent pairs, for the Z-score")
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: all cores)")

@@ -140,6 +140,24 @@ def _describe(meta):
             f"{meta['num_heads']}/{meta['num_kv_heads']} heads, vocab {meta['vocab_size']:,}, {meta['dtype']}")
 
 
+def _bytes(count):
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+
+
+def _source_lines(meta):
+    """For a Hub model: the commit read and how little of the repo it took."""
+    source = meta.get("source")
+    if not source:
+        return []
+    share = source["needed_bytes"] / source["repo_bytes"] if source["repo_bytes"] else 0
+    return [f"   from the Hub: {source['hub_repo']} @ {source['revision']} = commit {source['commit'][:12]}; "
+            f"read {_bytes(source['needed_bytes'])} of the repo's {_bytes(source['repo_bytes'])} ({100 * share:.1f} %), "
+            + (f"{_bytes(source['fetched_bytes'])} transferred this run" if source["fetched_bytes"] else "all from the cache")]
+
+
 def _residual_line(residual):
     if residual["final"] is None and residual["qk_circuit"] is None:
         return "not computed (only needed when the embeddings show no correspondence and a score is high)"
@@ -169,8 +187,10 @@ def summary_lines(report):
     lines = [
         f"A  {report['model_a']['path']}",
         f"   {_describe(report['model_a'])}",
+        *_source_lines(report["model_a"]),
         f"B  {report['model_b']['path']}",
         f"   {_describe(report['model_b'])}",
+        *_source_lines(report["model_b"]),
         f"  alignment          {alignment}",
         f"  layers             {depth}",
         f"  Wq similarity      {_fmt(sc['wq'])}",

@@ -41,10 +41,16 @@ class SuitePair:
 
 
 # ----------------------------------------------------------------------------- suite sources
-def builtin_suite(name, checkpoint_override=None):
-    return [SuitePair(name, p.model_a, configs.model_dir(p.model_a, checkpoint_override),
-                      p.model_b, configs.model_dir(p.model_b, checkpoint_override), p.label, p.category)
+def builtin_suite(name, checkpoint_override=None, from_hub=False):
+    where = lambda model: model_location(model, checkpoint_override, from_hub)
+    return [SuitePair(name, p.model_a, where(p.model_a), p.model_b, where(p.model_b), p.label, p.category)
             for p in configs.SUITES[name]]
+
+
+def model_location(model, checkpoint_override=None, from_hub=False):
+    """The model's local folder; with from_hub, its Hub repo when the folder is absent."""
+    folder = configs.model_dir(model, checkpoint_override)
+    return folder if os.path.isdir(folder) or not from_hub else "hf://" + configs.MODELS[model]
 
 
 def _read_suite_file(path):
@@ -60,7 +66,8 @@ def _read_suite_file(path):
 def file_suite(path):
     """A user's suite: {"name": ..., "models": {name: path}, "pairs": [[a, b] | {"a", "b", "label", "category"}]}.
 
-    Model paths are relative to the suite file; a pair may name a model or give a path.
+    Model paths are relative to the suite file; a pair may name a model or give a path; a Hub
+    repo (owner/name[@revision], hf://...) is read remotely unless a local path of that name exists.
     """
     try:
         data = _read_suite_file(path)
@@ -73,7 +80,7 @@ def file_suite(path):
     name = str(data.get("name") or os.path.splitext(os.path.basename(path))[0])
     models = data.get("models") or {}
     folder = os.path.dirname(os.path.abspath(path))
-    locate = lambda ref: os.path.normpath(os.path.join(folder, os.path.expanduser(str(models.get(ref, ref)))))
+    locate = lambda ref: _locate(str(models.get(ref, ref)), folder)
     display = lambda ref: ref if ref in models else os.path.basename(os.path.normpath(str(ref)))
     pairs = []
     for number, entry in enumerate(data["pairs"], 1):
@@ -89,13 +96,20 @@ def file_suite(path):
     return name, pairs
 
 
-def resolve(specs, checkpoint_override=None):
+def _locate(reference, folder):
+    from readers import hub
+
+    remote = hub.parse_reference(reference, base_dir=folder)
+    return str(remote) if remote else os.path.normpath(os.path.join(folder, os.path.expanduser(reference)))
+
+
+def resolve(specs, checkpoint_override=None, from_hub=False):
     """Suite names or files -> (run name, pairs)."""
     names, pairs = [], []
     for spec in specs:
         if spec in configs.SUITES:
             names.append(spec)
-            pairs += builtin_suite(spec, checkpoint_override)
+            pairs += builtin_suite(spec, checkpoint_override, from_hub)
         elif os.path.isfile(spec):
             name, found = file_suite(spec)
             names.append(name)
@@ -139,9 +153,9 @@ class DigestCache:
             self.entries.move_to_end(path)
             return self.entries[path]
         try:
-            from readers.model_reader import ModelCheckpoint
+            from readers import open_model
 
-            checkpoint = ModelCheckpoint(path, self.vocab_match)
+            checkpoint = open_model(path, self.vocab_match, self.progress)
             keep = fingerprint.ModelDigest.layer_bytes(checkpoint, self.with_circuit) <= self.budget / 3
             digest = fingerprint.ModelDigest(checkpoint, self.device, keep, self.with_circuit, self.progress)
         except (CheckpointError, ComparisonError) as err:
@@ -308,9 +322,9 @@ def markdown_table(records, skipped, metrics, null, confusion=None):
 
 
 def run_suite(specs, device, null, results_dir=None, checkpoint_dir=None, cache_gb=None, progress=False,
-              with_circuit=True, vocab_match="bytes"):
+              with_circuit=True, vocab_match="bytes", from_hub=False):
     """Resolve suites, score every pair, write the outputs; returns (run, interrupted)."""
-    name, pairs = resolve(specs, checkpoint_dir)
+    name, pairs = resolve(specs, checkpoint_dir, from_hub)
     results_dir = os.path.abspath(results_dir or os.path.join("results", safe_name(name)))
     run = SuiteRun(name, pairs, device, null, results_dir, default_budget(cache_gb), progress, with_circuit, vocab_match)
     return run, run.run()
@@ -318,7 +332,7 @@ def run_suite(specs, device, null, results_dir=None, checkpoint_dir=None, cache_
 
 def run_from_args(args, device, null):
     run, interrupted = run_suite(args.config, device, null, args.results_dir, args.checkpoint_dir, args.cache_gb,
-                                 not args.quiet, not args.paper_only, args.vocab_match)
+                                 not args.quiet, not args.paper_only, args.vocab_match, args.hub)
     name, pairs, results_dir = run.name, run.pairs, run.results_dir
     print(f"{name}: {len(run.records)} of {len(pairs)} pairs scored, {len(run.skipped)} skipped -> {results_dir}")
     for record in run.records:

@@ -31,10 +31,20 @@ SAFETENSORS_DTYPES = {  # dtype name -> bytes per element
 class TensorInfo:
     """Where one tensor lives and what it looks like."""
 
-    __slots__ = ("name", "shape", "dtype", "path")
+    __slots__ = ("name", "shape", "dtype", "path", "begin", "end")
 
-    def __init__(self, name, shape, dtype, path):
+    def __init__(self, name, shape, dtype, path, begin=None, end=None):
         self.name, self.shape, self.dtype, self.path = name, tuple(shape), dtype, path
+        self.begin, self.end = begin, end      # its bytes in the file, where the format says
+
+    def row_bytes(self, start, stop):
+        """The file bytes holding rows [start, stop) (row-major storage)."""
+        per_row = (self.end - self.begin) // self.shape[0] if self.shape and self.shape[0] else 0
+        return self.begin + start * per_row, self.begin + stop * per_row
+
+
+def no_fetch(path, start, stop):
+    """Local files hold every byte already."""
 
 
 def check_finite(tensor, path, name):
@@ -72,11 +82,16 @@ def read_safetensors_header(path):
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        tensors[name] = _validated_entry(path, name, entry, data_size)
+        tensors[name] = _validated_entry(path, name, entry, data_size, 8 + header_len)
     return tensors
 
 
-def _validated_entry(path, name, entry, data_size):
+def safetensors_header_length(prefix):
+    """Bytes of the 8-byte length plus the JSON header, from the file's first 8 bytes."""
+    return 8 + struct.unpack("<Q", prefix[:8])[0]
+
+
+def _validated_entry(path, name, entry, data_size, data_start):
     if not isinstance(entry, dict):
         raise CheckpointError(path, f"tensor '{name}' has a malformed header entry")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
@@ -94,7 +109,7 @@ def _validated_entry(path, name, entry, data_size):
     expected = int(np.prod(shape, dtype=np.float64)) * SAFETENSORS_DTYPES[dtype]
     if end - begin != expected:
         raise CheckpointError(path, f"tensor '{name}' holds {end - begin} bytes but shape {shape} of {dtype} needs {expected}")
-    return TensorInfo(name, shape, dtype, path)
+    return TensorInfo(name, shape, dtype, path, data_start + begin, data_start + end)
 
 
 class SafetensorsStore:
@@ -106,14 +121,16 @@ class SafetensorsStore:
 
     format_name = "safetensors"
 
-    def __init__(self, files):
+    def __init__(self, files, fetch=no_fetch):
         self.tensors = {}
         for path in files:
             self.tensors.update(read_safetensors_header(path))
         self.files = list(files)
+        self.fetch = fetch
 
     def _read(self, name, rows=None):
         info = self.tensors[name]
+        self.fetch(info.path, *(info.row_bytes(*rows) if rows else (info.begin, info.end)))
         try:
             with safe_open(info.path, framework="pt") as handle:
                 if rows is None:
@@ -149,7 +166,7 @@ class TorchBinStore:
 
     format_name = "pytorch-bin"
 
-    def __init__(self, files):
+    def __init__(self, files, fetch=no_fetch):
         self.tensors = {}
         self.files = list(files)
         for path in files:
@@ -197,6 +214,65 @@ def check_gguf_header(path):
         raise CheckpointError(path, f"GGUF header claims {n_tensors} tensors and {n_kv} metadata entries, more than the {size}-byte file can hold")
 
 
+GGUF_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+GGUF_STRING, GGUF_ARRAY = 8, 9
+
+
+class NeedMoreBytes(Exception):
+    """The prefix ends inside the header; ``needed`` is a lower bound on the bytes it takes."""
+
+    def __init__(self, needed):
+        super().__init__(needed)
+        self.needed = needed
+
+
+def gguf_header_length(prefix):
+    """Where a GGUF file's metadata and tensor descriptions end, from a prefix of the file.
+
+    Lets a remote reader fetch exactly the header before the gguf package parses it; raises
+    NeedMoreBytes when the prefix is too short to tell.
+    """
+    position = 0
+
+    def take(size):
+        nonlocal position
+        if position + size > len(prefix):
+            raise NeedMoreBytes(position + size)
+        position += size
+        return prefix[position - size:position]
+
+    def skip_string():
+        (length,) = struct.unpack("<Q", take(8))
+        take(length)
+
+    def skip_value(kind):
+        if kind in GGUF_SCALAR_BYTES:
+            take(GGUF_SCALAR_BYTES[kind])
+        elif kind == GGUF_STRING:
+            skip_string()
+        elif kind == GGUF_ARRAY:
+            item_kind, count = struct.unpack("<IQ", take(12))
+            if item_kind in GGUF_SCALAR_BYTES:
+                take(count * GGUF_SCALAR_BYTES[item_kind])
+            else:
+                for _ in range(count):
+                    skip_value(item_kind)
+        else:
+            raise ValueError(f"unknown GGUF metadata type {kind}")
+
+    magic, _version, n_tensors, n_kv = struct.unpack("<4sIQQ", take(24))
+    if magic != GGUF_MAGIC:
+        raise ValueError("not a GGUF file (bad magic)")
+    for _ in range(n_kv):
+        skip_string()
+        skip_value(struct.unpack("<I", take(4))[0])
+    for _ in range(n_tensors):
+        skip_string()
+        (n_dims,) = struct.unpack("<I", take(4))
+        take(8 * n_dims + 4 + 8)
+    return position
+
+
 def open_gguf(path):
     import gguf  # imported here: only GGUF users pay for it
 
@@ -231,15 +307,17 @@ class GGUFStore:
 
     format_name = "gguf"
 
-    def __init__(self, files):
+    def __init__(self, files, fetch=no_fetch):
         self.files = list(files)
+        self.fetch = fetch
         self.readers = [open_gguf(path) for path in files]
         self.tensors = {}
         self._raw = {}
         for path, reader in zip(files, self.readers):
             for tensor in reader.tensors:
                 shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
-                self.tensors[tensor.name] = TensorInfo(tensor.name, shape, tensor.tensor_type.name, path)
+                begin = int(tensor.data_offset)
+                self.tensors[tensor.name] = TensorInfo(tensor.name, shape, tensor.tensor_type.name, path, begin, begin + int(tensor.n_bytes))
                 self._raw[tensor.name] = tensor
 
     @property
@@ -262,9 +340,13 @@ class GGUFStore:
         return torch.from_numpy(np.array(values, dtype=np.float32))  # a private, writable copy
 
     def read(self, name):
+        info = self.tensors[name]
+        self.fetch(info.path, info.begin, info.end)
         return self._dequantize(name, self._raw[name].data)
 
     def read_rows(self, name, start, stop):
+        info = self.tensors[name]
+        self.fetch(info.path, *info.row_bytes(start, stop))
         return self._dequantize(name, self._raw[name].data[start:stop])
 
 

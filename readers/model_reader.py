@@ -86,12 +86,17 @@ def find_weight_files(directory):
 class ModelCheckpoint:
     """Lazy view of one model. Construction reads headers, config and tokenizer only."""
 
-    def __init__(self, path, vocab_match="bytes"):
+    def __init__(self, path, vocab_match="bytes", fetch=files.no_fetch, weight_files=None):
+        """`fetch(path, start, stop)` makes bytes of a weight file present before they are read
+        (a Hub model's sparse copy); `weight_files` names them when the folder is not searched."""
         self.vocab_match = vocab_match
         self.path = os.path.abspath(os.path.expanduser(str(path)))
+        self.display_path, self.source = self.path, None
         if not os.path.exists(self.path):
             raise CheckpointError(self.path, "does not exist")
-        if os.path.isfile(self.path):
+        if weight_files:
+            store_class = files.GGUFStore if weight_files[0].endswith(".gguf") else files.SafetensorsStore
+        elif os.path.isfile(self.path):
             if not self.path.endswith(".gguf"):
                 raise CheckpointError(self.path, "is a file; expected a model directory or a .gguf file")
             store_class, weight_files = files.GGUFStore, [self.path]
@@ -99,7 +104,7 @@ class ModelCheckpoint:
                 weight_files = sorted(glob.glob(GGUF_SPLIT.sub(r"-*-of-\2.gguf", self.path))) or [self.path]
         else:
             store_class, weight_files = find_weight_files(self.path)
-        self.store = store_class(weight_files)
+        self.store = store_class(weight_files, fetch)
         if store_class is files.GGUFStore:
             self._init_from_gguf()
         else:
@@ -203,7 +208,7 @@ class ModelCheckpoint:
         path = self.store.tensors[name].path
         embedding = None
         starts = range(0, self.vocab_rows, EMBEDDING_BLOCK_ROWS)
-        for start in tqdm(starts, desc=f"embedding {os.path.basename(self.path)}", leave=False, disable=None if progress else True):
+        for start in tqdm(starts, desc=f"embedding {os.path.basename(self.display_path)}", leave=False, disable=None if progress else True):
             block = self.store.read_rows(name, start, min(start + EMBEDDING_BLOCK_ROWS, self.vocab_rows))
             if not block.is_floating_point():
                 raise CheckpointError(path, f"embedding '{name}' is not floating point ({block.dtype})")
@@ -254,11 +259,20 @@ class ModelCheckpoint:
                 return gain
         return None
 
+    def tensors_for_score(self):
+        """Every tensor a comparison reads: the embedding, each layer's Q / K and the gains
+        folded into the QK circuit (the first attention-norm name present, q/k norms)."""
+        family, names = self.family.family, [self.family.embedding]
+        for layer in range(self.num_layers):
+            names += [self.family.name(t, layer) for t in (family.query, family.key, family.q_norm, family.k_norm) if t]
+            names += [self.family.name(t, layer) for t in family.attn_norm if self.family.name(t, layer) in self.store.tensors][:1]
+        return [n for n in dict.fromkeys(names) if n in self.store.tensors]
+
     # ------------------------------------------------------------------ description
     def describe(self):
         q_name = self.family.name(self.family.family.query, 0)
-        return {
-            "path": self.path,
+        described = {
+            "path": self.display_path,
             "format": self.store.format_name,
             "architecture": self.architecture,
             "family": self.family.family.name,
@@ -274,3 +288,6 @@ class ModelCheckpoint:
             "dropped_token_ids": self.dropped_token_ids,
             "dtype": self.store.tensors[q_name].dtype,
         }
+        if self.source:
+            described["source"] = dict(self.source)
+        return described

@@ -4,6 +4,7 @@
     python tests/benchmark.py                              # Llama-2-7B-shaped pair on the CPU
     python tests/benchmark.py --presets llama3.2-1b llama3-8b qwen2.5-7b --device cpu cuda
     python tests/benchmark.py --dir /data/bench --keep --json bench.json
+    python tests/benchmark.py --presets llama3-8b --hub    # + the pair read from a local Hub server
 
 For each preset it writes a base model, a derived copy (hidden dims permuted, sign-flipped and
 rescaled, weights perturbed like a fine-tune) and an independent model, as sharded safetensors
@@ -191,7 +192,7 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(path_a, path_b, device_name, threads, paper_only=False):
+def measure(path_a, path_b, device_name, threads, paper_only=False, local_paths=None):
     import fingerprint
     import report
 
@@ -202,21 +203,50 @@ def measure(path_a, path_b, device_name, threads, paper_only=False):
     data = fingerprint.compare_digests(*digests, device, report.PAPER_NULL, progress=False)
     total = time.perf_counter() - started
     peak_mb = peak_rss_mb()
-    deviation = straightforward_check(data, path_a, path_b)
+    deviation = straightforward_check(data, *(local_paths or (path_a, path_b)))
     return {"total_s": round(total, 2), **data["timings"], "peak_rss_mb": round(peak_mb), "scores": data["scores"],
             "max_abs_deviation_from_direct_pct": deviation}
 
 
-def run_in_subprocess(path_a, path_b, device, threads, paper_only):
+def run_in_subprocess(path_a, path_b, device, threads, paper_only, env=None, local_paths=None):
     command = [sys.executable, os.path.abspath(__file__), "--measure", path_a, path_b, "--device", device]
     if paper_only:
         command.append("--paper_only")
     if threads:
         command += ["--threads", str(threads)]
-    done = subprocess.run(command, capture_output=True, text=True)
+    if local_paths:
+        command += ["--local", *local_paths]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-2000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def hub_rows(preset, paths, args):
+    """base vs derived from a local Hub server: what crosses the wire, cold and with the cache."""
+    from hub_server import FakeHub
+
+    cache = os.path.join(args.dir, f"hub-cache-{preset}")
+    shutil.rmtree(cache, ignore_errors=True)
+    repo_bytes = sum(os.path.getsize(os.path.join(paths["base"], f)) for f in os.listdir(paths["base"]))
+    rows = []
+    with FakeHub() as server:
+        for role in ("base", "derived"):
+            server.add(f"bench/{preset}-{role}", paths[role])
+        env = {**os.environ, "HF_ENDPOINT": server.endpoint, "AWM_HUB_CACHE": cache}
+        for run in ("first", "second"):
+            server.sent.clear()
+            row = {"preset": preset, "pair": "base vs derived", "device": "cpu", "mode": f"hub, {run} run",
+                   **run_in_subprocess(f"bench/{preset}-base", f"bench/{preset}-derived", "cpu", args.threads, False, env,
+                                       (paths["base"], paths["derived"]))}
+            row["hub_bytes_sent"], row["repo_bytes"] = sum(server.sent.values()), 2 * repo_bytes
+            rows.append(row)
+            print(f"  {preset:12s} hub, {run} run: total {row['total_s']:6.1f} s  read {row['read_s']:5.1f} s  "
+                  f"sent {row['hub_bytes_sent'] / 1e9:6.2f} GB of the two repos' {row['repo_bytes'] / 1e9:6.2f} GB "
+                  f"({100 * row['hub_bytes_sent'] / row['repo_bytes']:.1f} %)  peak RSS {row['peak_rss_mb']:5d} MB  "
+                  f"AWM {row['scores']['final']:6.2f} %", flush=True)
+    shutil.rmtree(cache, ignore_errors=True)
+    return rows
 
 
 def main():
@@ -229,11 +259,15 @@ def main():
     parser.add_argument("--keep", action="store_true", help="keep the synthetic checkpoints")
     parser.add_argument("--modes", nargs="+", default=["full", "paper_only"], choices=("full", "paper_only"),
                         help="full: both scores; paper_only: as main.py --paper_only")
+    parser.add_argument("--hub", action="store_true",
+                        help="also read base vs derived from a Hub server on 127.0.0.1 (tests/hub_server.py): "
+                             "bytes transferred and time, first run (empty cache) and second run")
     parser.add_argument("--measure", nargs=2, metavar=("A", "B"), help=argparse.SUPPRESS)
+    parser.add_argument("--local", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--paper_only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(*args.measure, args.device[0], args.threads, args.paper_only)))
+        print(json.dumps(measure(*args.measure, args.device[0], args.threads, args.paper_only, args.local)))
         return 0
     rows = []
     for preset in args.presets:
@@ -250,6 +284,8 @@ def main():
                       f"gram {row['gram_s']:5.1f}  cosine {row['cosine_s']:5.1f}  LAP {row['lap_s']:5.1f}  cka {row['cka_s']:5.1f}  "
                       f"peak RSS {row['peak_rss_mb']:5d} MB  AWM {row['scores']['final']:6.2f} %  "
                       f"|direct - ours| {row['max_abs_deviation_from_direct_pct']:.1e} %", flush=True)
+        if args.hub:
+            rows += hub_rows(preset, paths, args)
         if not args.keep:
             shutil.rmtree(os.path.join(args.dir, preset), ignore_errors=True)
     machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
