@@ -9,6 +9,7 @@ Nothing is printed and no progress bar is shown unless asked (progress=True). Ba
 raises awm.CheckpointError, awm.ComparisonError or awm.DeviceError (all awm.AwmError) with
 the one-line message the command line prints.
 """
+import copy
 import os
 import time
 from dataclasses import dataclass, field
@@ -74,8 +75,8 @@ class Report:
                    record["timings"], record)
 
     def to_dict(self):
-        """The JSON record, key for key what `--output` writes."""
-        return self.record
+        """The JSON record, key for key what `--output` writes (a copy: the report stays as computed)."""
+        return copy.deepcopy(self.record)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def fake_hub(tmp_path, monkeypatch):
 
 def comparable(report):
     """A report without what legitimately differs between a local and a remote read."""
-    record = report.to_dict()
+    record = dict(report.to_dict())
     for side in ("model_a", "model_b"):
         record[side] = {k: v for k, v in record[side].items() if k not in ("path", "source")}
     record.pop("timings")
@@ -189,6 +189,13 @@ def test_unreachable_hub_falls_back_to_the_cached_snapshot(fake_hub, repos, monk
 
     serve(fake_hub, repos, "base", "tuned")
     first = awm.compare("org/base", "org/tuned", device="cpu")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)     # HF_HUB_OFFLINE=1: not even the listing is asked
+    fake_hub.requests.clear()
+    assert comparable(awm.compare("org/base", "org/tuned", device="cpu")) == comparable(first)
+    assert sum(fake_hub.requests.values()) == 0
+    with pytest.raises(CheckpointError, match="org/gguf: cannot reach the Hub"):
+        awm.compare("org/gguf", "org/tuned", device="cpu")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     dead = "http://127.0.0.1:9"
     monkeypatch.setattr(constants, "ENDPOINT", dead)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}")
