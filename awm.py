@@ -156,7 +156,8 @@ def compare(model_a, model_b, *, device="auto", threads=None, paper_only=False, 
 
 
 def run_suite(suites_or_files, *, results_dir=None, checkpoint_dir=None, device="auto", threads=None,
-              cache_gb=None, paper_only=False, vocab_match="bytes", null_stats=None, progress=False, from_hub=False):
+              cache_gb=None, paper_only=False, vocab_match="bytes", null_stats=None, progress=False, from_hub=False,
+              executor="local", library=None):
     """Run built-in suites or suite files as `python main.py --config ...`: writes the same
     outputs under results_dir (default results/<suite>) and returns them as objects."""
     import suites
@@ -166,7 +167,8 @@ def run_suite(suites_or_files, *, results_dir=None, checkpoint_dir=None, device=
     if threads is not None:
         set_threads(threads)
     run, interrupted = suites.run_suite([os.fspath(s) for s in suites_or_files], resolve_device(device), load_null(null_stats),
-                                        results_dir, checkpoint_dir, cache_gb, progress, not paper_only, vocab_match, from_hub)
+                                        results_dir, checkpoint_dir, cache_gb, progress, not paper_only, vocab_match, from_hub,
+                                        executor, library)
     import evaluation
 
     return SuiteResult(run.name, run.results_dir, [Report.from_record(r) for r in run.records], run.records, run.skipped,

@@ -32,11 +32,20 @@ from the Hub:
   $HF_HOME/awm). Gated repos: `hf auth login` or HF_TOKEN. HF_ENDPOINT and HF_HUB_OFFLINE
   work as for every Hugging Face tool.
 
+a fingerprint library:
+  --add stores each model's digest (embedding, per-layer W_q / W_k Grams and QK circuit,
+  float32: scores from it equal scores from the weights); --identify reads the suspect once
+  and ranks every entry; --map scores all pairs and draws the family map. Runs killed at any
+  point resume: stored digests and scored pairs are not recomputed.
+
 examples:
   python main.py --demo
   python main.py --model_paths meta-llama/Llama-3.1-8B allenai/Llama-3.1-Tulu-3-8B
   python main.py --model_paths Qwen/Qwen2.5-7B@main hf://someone/suspect-GGUF/suspect.Q8_0.gguf
   python main.py --config sft_pairs --hub
+  python main.py --library lib/ --add checkpoints/Llama-2-7b-hf mistralai/Mistral-7B-v0.1
+  python main.py --library lib/ --identify someone/suspect-7b --output matches.json
+  python main.py --library lib/ --map --executor ray
   python main.py --model_paths checkpoints/Llama-2-7b-hf checkpoints/vicuna-7b-v1.5
   python main.py --model_paths model.gguf other_model_dir --output report.json
   python main.py --config sft_pairs independent_pairs --results_dir results/roc
@@ -59,12 +68,23 @@ def build_parser():
     what.add_argument("--demo", action="store_true",
                       help="compare the real SmolLM2-135M GGUF with a disguised copy and an independent model")
     what.add_argument("--list_suites", action="store_true", help="list the built-in suites and exit")
+    what.add_argument("--add", nargs="+", metavar="MODEL",
+                      help="digest models (folders, .gguf files, Hub repos) into the fingerprint library --library DIR")
+    what.add_argument("--identify", metavar="SUSPECT",
+                      help="score a suspect against every entry of --library DIR: a ranked table, best match first")
+    what.add_argument("--map", action="store_true",
+                      help="every pair of --library DIR's entries: N x N scores, heatmap, lineage.png / lineage.json")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the math runs; auto picks CUDA when available (default: auto)")
     parser.add_argument("--output", metavar="FILE", help="write the pair's full report (per-layer scores, metadata) as JSON")
     parser.add_argument("--results_dir", metavar="DIR", help="suite outputs (default: results/<suite>)")
     parser.add_argument("--checkpoint_dir", metavar="DIR",
                         help="where suite models live (default: $AWM_CHECKPOINT_DIR, else checkpoints/ beside main.py)")
+    parser.add_argument("--library", metavar="DIR",
+                        help="a fingerprint library folder (created by --add): each model's digest stored once")
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="run digests and pairs in this process (default) or as Ray tasks ($RAY_ADDRESS, else a local "
+                             "Ray; pip install -r requirements-ray.txt); suites, --add, --identify, --map")
     parser.add_argument("--hub", action="store_true",
                         help="suites: read models missing from the checkpoint folder straight from the Hub (their repo ids "
                              "in --list_suites), fetching only the bytes the score reads")
@@ -115,6 +135,10 @@ def dispatch(args):
         import suites
 
         return suites.run_from_args(args, device, null)
+    if args.add or args.identify or args.map:
+        import identify
+
+        return identify.run_from_args(args, device, null)
     return run_pair(args, device, null)
 
 

@@ -68,3 +68,29 @@ def roc_figure(curves, path_without_ext):
     axis.legend(fontsize=7, loc="lower right")
     axis.grid(alpha=0.3)
     return _save(figure, path_without_ext, ("png", "pdf"))
+
+
+def lineage_figure(graph, path_without_ext):
+    """Models on a circle, family by family; a line for every derived pair, labelled with its
+    AWM and QK-circuit scores (thicker for higher)."""
+    order = [n for family in graph["families"] for n in family]
+    angles = np.linspace(0, 2 * np.pi, len(order), endpoint=False) + np.pi / 2
+    position = {n: (np.cos(a), np.sin(a)) for n, a in zip(order, angles)}
+    figure, axis = plt.subplots(figsize=(7, 7))
+    for edge in graph["edges"]:
+        (xa, ya), (xb, yb) = position[edge["a"]], position[edge["b"]]
+        strength = max(edge["awm"] or 0.0, edge["qk_circuit"] or 0.0) / 100
+        axis.plot([xa, xb], [ya, yb], color="tab:red", linewidth=0.8 + 3 * strength, alpha=0.7, zorder=1)
+        circuit = "" if edge["qk_circuit"] is None else f" / {edge['qk_circuit']:.0f}"
+        axis.text((xa + xb) / 2, (ya + yb) / 2, f"{edge['awm']:.1f}{circuit}", fontsize=7, ha="center", va="center",
+                  bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.8), zorder=3)
+    for family_number, family in enumerate(graph["families"]):
+        for name in family:
+            x, y = position[name]
+            axis.scatter([x], [y], s=80, color=plt.cm.tab10(family_number % 10), zorder=2)
+            axis.text(1.1 * x, 1.1 * y, name, fontsize=8, ha="left" if x >= 0 else "right", va="center")
+    axis.set_title(f"derived pairs (AWM % / QK-circuit %) among {len(order)} models; colours: families", fontsize=9)
+    axis.set_xlim(-1.9, 1.9)
+    axis.set_ylim(-1.4, 1.4)
+    axis.axis("off")
+    return _save(figure, path_without_ext)

@@ -17,12 +17,15 @@ from tqdm import tqdm
 import configs
 import evaluation
 import fingerprint
+import lineage
 import plots
 import report
 from errors import CheckpointError, ComparisonError
+from library import PairCache, source_identity
 
 DEFAULT_CACHE_FRACTION = 0.4     # of physical RAM, for digests reused across pairs
 HEATMAP_MIN_MODELS = 4
+LINEAGE_MIN_MODELS = 3
 
 
 @dataclass(frozen=True)
@@ -193,19 +196,33 @@ def reuse_order(pairs):
 
 # ----------------------------------------------------------------------------- running
 class SuiteRun:
-    def __init__(self, name, pairs, device, null, results_dir, budget, progress=True, with_circuit=True, vocab_match="bytes"):
+    """Score a list of pairs and write the outputs. Locally, each model is digested in memory
+    and reused across its pairs; with a library (``--executor ray``, or a family map over an
+    existing library) digests are stored entries and pairs run as executor tasks. Either way
+    every scored pair is kept on disk, so a killed run resumes without recomputing them."""
+
+    def __init__(self, name, pairs, device, null, results_dir, budget, progress=True, with_circuit=True, vocab_match="bytes",
+                 executor="local", library=None, from_library=False):
         self.name, self.pairs, self.device, self.null = name, pairs, device, null
         self.results_dir, self.progress = results_dir, progress
+        self.options = {"with_circuit": bool(with_circuit), "vocab_match": vocab_match}
         self.cache = DigestCache(device, budget, with_circuit, progress, vocab_match)
+        self.executor, self.library, self.from_library = executor, library, from_library
+        self.pair_cache = PairCache(os.path.join(results_dir, ".pairs"))
+        self.identities = {}
         self.records, self.skipped = [], []
+        self.resumed = 0
 
     def run(self):
         os.makedirs(self.results_dir, exist_ok=True)
         interrupted = False
         try:
-            for pair in tqdm(reuse_order(self.pairs), desc="pairs", unit="pair", disable=None if self.progress else True):
-                self._run_pair(pair)
-                self.write_tables()
+            if self.executor == "local" and not self.from_library:
+                for pair in tqdm(reuse_order(self.pairs), desc="pairs", unit="pair", disable=None if self.progress else True):
+                    self._run_pair(pair)
+                    self.write_tables()
+            else:
+                self._run_on_library()
         except KeyboardInterrupt:
             interrupted = True
         self.write_tables(final=True)
@@ -213,7 +230,25 @@ class SuiteRun:
             self.write_plots()
         return interrupted
 
+    def _identity(self, path):
+        if path not in self.identities:
+            try:
+                self.identities[path] = source_identity(path)
+            except CheckpointError:
+                self.identities[path] = None       # reading it will say what is wrong
+        return self.identities[path]
+
+    def _pair_key(self, pair):
+        identities = [self._identity(p) for p in (pair.path_a, pair.path_b)]
+        return None if None in identities else PairCache.key(*identities, self.options, self.null)
+
     def _run_pair(self, pair):
+        key = self._pair_key(pair)
+        cached = self.pair_cache.get(key) if key else None
+        if cached is not None:
+            self.resumed += 1
+            self._keep(pair, cached)
+            return
         try:
             digest_a = self.cache.get(pair.path_a)
             digest_b = self.cache.get(pair.path_b, pinned=(pair.path_a,))
@@ -221,8 +256,43 @@ class SuiteRun:
         except (CheckpointError, ComparisonError) as err:
             self.skipped.append({"pair": pair.name, "suite": pair.suite, "reason": str(err)})
             return
+        if key:
+            self.pair_cache.put(key, result)
+        self._keep(pair, result)
+
+    def _keep(self, pair, result):
         result["model_a"]["name"], result["model_b"]["name"] = pair.name_a, pair.name_b
         self.records.append({"pair": pair.name, "suite": pair.suite, "label": pair.label, "category": pair.category, **result})
+
+    def _run_on_library(self):
+        """Digests as stored entries (each model once), then every pair from them, as executor tasks."""
+        import identify
+
+        library = self.library or identify.library_folder_for(self.results_dir)
+        names, failed = {}, {}
+        if self.from_library:
+            names = {p: p for pair in self.pairs for p in (pair.path_a, pair.path_b)}
+        else:
+            taken = {}
+            paths = list(dict.fromkeys(p for pair in self.pairs for p in (pair.path_a, pair.path_b)))
+            wanted = {path: identify.entry_name_for(path, taken) for path in paths}
+            for path, outcome in zip(paths, identify.add_models_named(wanted, library, self.options, self.device, self.executor, self.progress)):
+                if "error" in outcome:
+                    failed[path] = outcome["error"]
+                else:
+                    names[path] = outcome["name"]
+                    if outcome["status"] == "added":
+                        self.cache.loads[path] += 1
+        runnable = [pair for pair in self.pairs if pair.path_a in names and pair.path_b in names]
+        outcomes = identify.score_pairs(library, [(names[p.path_a], names[p.path_b]) for p in runnable], self.options,
+                                        self.device, self.null, self.executor, self.progress)
+        results = dict(zip(runnable, outcomes))
+        for pair in reuse_order(self.pairs):      # the order a local run reports them in
+            outcome = results.get(pair) or {"error": failed.get(pair.path_a) or failed.get(pair.path_b)}
+            if "record" in outcome:
+                self._keep(pair, outcome["record"])
+            else:
+                self.skipped.append({"pair": pair.name, "suite": pair.suite, "reason": outcome["error"]})
 
     # ------------------------------------------------------------------ outputs
     def metrics(self):
@@ -251,6 +321,7 @@ class SuiteRun:
             "metrics": {k: {m: v for m, v in d.items() if m not in ("fpr", "tpr")} for k, d in self.metrics().items()},
             "verdict_confusion": evaluation.verdict_confusion(self.records),
             "model_reads": {os.path.basename(p): n for p, n in self.cache.loads.items()},
+            "resumed_pairs": self.resumed,
         }
         report.write_json_atomic(os.path.join(self.results_dir, "scores.json"), summary)
         report.write_text_atomic(os.path.join(self.results_dir, "scores.csv"), csv_table(self.records))
@@ -268,6 +339,10 @@ class SuiteRun:
         models = {n for r in self.records for n in (r["model_a"]["name"], r["model_b"]["name"])}
         if len(models) >= HEATMAP_MIN_MODELS:
             plots.score_heatmap(self.records, os.path.join(self.results_dir, "heatmap"))
+        if len(models) >= LINEAGE_MIN_MODELS:
+            graph = lineage.lineage_graph(self.records)
+            report.write_json_atomic(os.path.join(self.results_dir, "lineage.json"), graph)
+            plots.lineage_figure(graph, os.path.join(self.results_dir, "lineage"))
         curves = self.metrics()
         if curves:
             plots.roc_figure({("AWM score" if k == "final" else "QK-circuit score"): v for k, v in curves.items()},
@@ -322,19 +397,38 @@ def markdown_table(records, skipped, metrics, null, confusion=None):
 
 
 def run_suite(specs, device, null, results_dir=None, checkpoint_dir=None, cache_gb=None, progress=False,
-              with_circuit=True, vocab_match="bytes", from_hub=False):
+              with_circuit=True, vocab_match="bytes", from_hub=False, executor="local", library=None):
     """Resolve suites, score every pair, write the outputs; returns (run, interrupted)."""
     name, pairs = resolve(specs, checkpoint_dir, from_hub)
     results_dir = os.path.abspath(results_dir or os.path.join("results", safe_name(name)))
-    run = SuiteRun(name, pairs, device, null, results_dir, default_budget(cache_gb), progress, with_circuit, vocab_match)
+    run = SuiteRun(name, pairs, device, null, results_dir, default_budget(cache_gb), progress, with_circuit, vocab_match,
+                   executor, library)
+    return run, run.run()
+
+
+def run_family_map(library, device, null, results_dir=None, progress=False, with_circuit=True, vocab_match="bytes", executor="local"):
+    """Every pair of a library's entries: the N x N matrix, the heatmap and the lineage map."""
+    import identify
+
+    pairs = [SuitePair("library", a, a, b, b) for a, b in identify.family_pairs(library)]
+    if not pairs:
+        raise CheckpointError(library, "a family map needs at least two entries")
+    results_dir = os.path.abspath(results_dir or os.path.join("results", "library-map"))
+    run = SuiteRun("library map", pairs, device, null, results_dir, 0, progress, with_circuit, vocab_match, executor,
+                   library, from_library=True)
     return run, run.run()
 
 
 def run_from_args(args, device, null):
     run, interrupted = run_suite(args.config, device, null, args.results_dir, args.checkpoint_dir, args.cache_gb,
-                                 not args.quiet, not args.paper_only, args.vocab_match, args.hub)
+                                 not args.quiet, not args.paper_only, args.vocab_match, args.hub, args.executor, args.library)
+    return print_run(run, interrupted)
+
+
+def print_run(run, interrupted):
     name, pairs, results_dir = run.name, run.pairs, run.results_dir
-    print(f"{name}: {len(run.records)} of {len(pairs)} pairs scored, {len(run.skipped)} skipped -> {results_dir}")
+    resumed = f" ({run.resumed} from an earlier run)" if run.resumed else ""
+    print(f"{name}: {len(run.records)} of {len(pairs)} pairs scored{resumed}, {len(run.skipped)} skipped -> {results_dir}")
     for record in run.records:
         s = record["scores"]
         circuit = "n/a" if s["qk_circuit"] is None else f"{s['qk_circuit']:7.2f} %"

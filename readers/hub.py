@@ -33,6 +33,9 @@ RETRY_WAIT_S = 1.0
 RETRY_STATUS = (429, 500, 502, 503, 504)     # busy or failing servers: worth another try
 
 
+RESOLVED = {}                                # (endpoint, cache folder, revision) -> (commit, sizes)
+
+
 @dataclass(frozen=True)
 class HubReference:
     repo: str
@@ -121,6 +124,16 @@ class HubSnapshot:
         return os.path.join(self.repo_dir, "listings", commit + ".json")
 
     def _resolve(self):
+        """(commit sha, {file: size}), resolved once per process: every model of a run sees one
+        commit per revision, even if a branch moves meanwhile."""
+        from huggingface_hub import constants
+
+        key = (constants.ENDPOINT, self.repo_dir, self.reference.revision)
+        if key not in RESOLVED:
+            RESOLVED[key] = self._resolve_now()
+        return RESOLVED[key]
+
+    def _resolve_now(self):
         """(commit sha, {file: size}) from the Hub; from the cache when offline or unreachable."""
         import httpx2
         from huggingface_hub import HfApi, constants

@@ -1,0 +1,357 @@
+"""A library of model fingerprints on disk: each model digested once, compared many times.
+
+An entry is a folder holding `digest.json` (tool version, the source and how to tell that it
+changed, the model's description and vocabulary) and `kernels.safetensors` (the embedding in
+its stored precision; per layer the W_q and W_k Grams as their upper row blocks and the QK
+circuit, all float32). These are exactly the matrices a comparison from the weights computes,
+so a score from an entry equals the score from the weights. Entries are built in a scratch
+folder and renamed into place: a reader never sees half an entry, and builders running at
+the same time do not collide.
+"""
+import base64
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+import time
+import uuid
+
+import torch
+from tqdm import tqdm
+
+import fingerprint
+import report
+import similarity_metrics as sm
+from errors import CheckpointError
+from readers import checkpoint_files as files
+
+MARKER = "awm-library.json"
+DIGEST_FILE, KERNEL_FILE = "digest.json", "kernels.safetensors"
+ENTRY_FORMAT = 1
+SUSPECTS, PAIRS = ".suspects", ".pairs"       # the suspects' digests and scored pairs, beside the entries
+DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+TORCH_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
+
+
+# ----------------------------------------------------------------------------- identity
+def source_identity(reference):
+    """What the entry was built from, and what would show that it changed: a Hub repo's
+    commit, or a local model's files with their sizes and modification times."""
+    from readers import hub
+
+    remote = hub.parse_reference(reference)
+    if remote:
+        snapshot = hub.HubSnapshot(remote)
+        return {"hub_repo": remote.repo, "file": remote.filename, "commit": snapshot.commit}
+    path = os.path.abspath(os.path.expanduser(str(reference)))
+    if not os.path.exists(path):
+        raise CheckpointError(path, "does not exist")
+    listed = [path] if os.path.isfile(path) else [os.path.join(path, n) for n in sorted(os.listdir(path)) if not n.startswith(".")]
+    stats = {os.path.basename(p): os.stat(p) for p in listed if os.path.isfile(p)}
+    return {"path": path, "files": {n: [s.st_size, s.st_mtime_ns] for n, s in stats.items()}}
+
+
+def same_source(a, b):
+    return (a.get("hub_repo"), a.get("file"), a.get("path")) == (b.get("hub_repo"), b.get("file"), b.get("path"))
+
+
+def default_name(reference):
+    from readers import hub
+
+    remote = hub.parse_reference(reference)
+    if remote:
+        name = remote.repo.replace("/", "--") + (f"--{os.path.basename(remote.filename)}" if remote.filename else "")
+    else:
+        name = os.path.basename(os.path.normpath(str(reference)))
+    return re.sub(r"[^\w.+-]+", "_", name).lstrip(".") or "model"
+
+
+# ----------------------------------------------------------------------------- kernels on disk
+def gram_block(hidden):
+    """The row block of sm.gram: small kernels are one full product (stored whole)."""
+    return sm.GRAM_BLOCK if hidden > 2 * sm.GRAM_BLOCK else hidden
+
+
+def packed_length(hidden):
+    block = gram_block(hidden)
+    return sum((min(start + block, hidden) - start) * (hidden - start) for start in range(0, hidden, block))
+
+
+def pack_upper(kernel):
+    """The row blocks sm.gram multiplies (diagonal block rightwards): about half of K."""
+    hidden, block = kernel.shape[0], gram_block(kernel.shape[0])
+    return torch.cat([kernel[start:start + block, start:].reshape(-1) for start in range(0, hidden, block)])
+
+
+def unpack_upper(packed, hidden):
+    """K back from its upper row blocks, mirrored exactly as sm.gram mirrors: bit-identical."""
+    block, position = gram_block(hidden), 0
+    kernel = torch.empty(hidden, hidden, dtype=packed.dtype, device=packed.device)
+    for start in range(0, hidden, block):
+        stop = min(start + block, hidden)
+        rows = packed[position:position + (stop - start) * (hidden - start)].view(stop - start, hidden - start)
+        position += rows.numel()
+        kernel[start:stop, start:] = rows
+        kernel[stop:, start:stop] = rows[:, stop - start:].t()
+    return kernel
+
+
+class StreamingSafetensorsWriter:
+    """A standard safetensors file written tensor by tensor, in declared order, so a 70B
+    model's kernels never have to be in memory together."""
+
+    def __init__(self, handle, layout, metadata=None):
+        self.handle, self.layout, self.position = handle, list(layout), 0
+        header, offset = {"__metadata__": metadata or {}}, 0
+        for name, dtype, shape in self.layout:
+            size = files.SAFETENSORS_DTYPES[dtype] * int(torch.Size(shape).numel())
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+            offset += size
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        handle.write(struct.pack("<Q", len(raw)) + raw)
+        self.header = header
+
+    def write(self, name, tensor):
+        expected, dtype, shape = self.layout[self.position]
+        if name != expected or DTYPE_NAMES[tensor.dtype] != dtype or tuple(tensor.shape) != tuple(shape):
+            raise ValueError(f"expected {expected} {dtype} {shape}, got {name} {tensor.dtype} {tuple(tensor.shape)}")
+        self.handle.write(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy())
+        self.position += 1
+
+
+def kernel_layout(digest):
+    hidden, packed = digest.hidden_size, packed_length(digest.hidden_size)
+    layout = [("embedding", DTYPE_NAMES[digest.embedding.dtype], tuple(digest.embedding.shape))]
+    for i in range(digest.num_layers):
+        layout += [(f"layers.{i}.query", "F32", (packed,)), (f"layers.{i}.key", "F32", (packed,))]
+        if digest.with_circuit:
+            layout.append((f"layers.{i}.circuit", "F32", (hidden, hidden)))
+    return layout
+
+
+# ----------------------------------------------------------------------------- vocabularies as JSON
+def encode_vocab(vocab):
+    """Byte keys (ordinary tokens) and str keys (control tokens) stay distinct in JSON."""
+    if not vocab:
+        return None
+    return {"bytes": [[base64.b64encode(k).decode(), i] for k, i in vocab.items() if isinstance(k, bytes)],
+            "names": [[k, i] for k, i in vocab.items() if isinstance(k, str)]}
+
+
+def decode_vocab(encoded):
+    if not encoded:
+        return None
+    vocab = {base64.b64decode(k): int(i) for k, i in encoded["bytes"]}
+    vocab.update((k, int(i)) for k, i in encoded["names"])
+    return vocab
+
+
+# ----------------------------------------------------------------------------- one entry
+def build_entry(folder, name, checkpoint, identity, options, device, progress=False):
+    """Digest a model into `folder/name` (built aside, renamed into place); returns the path."""
+    with_circuit = options["with_circuit"]
+    digest = fingerprint.ModelDigest(checkpoint, device, with_circuit=with_circuit, progress=progress)
+    record = {"tool": "awm", "version": report.TOOL_VERSION, "entry_format": ENTRY_FORMAT, "name": name,
+              "build_id": uuid.uuid4().hex, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "source": identity, "options": options, "meta": digest.meta, "hidden_size": digest.hidden_size,
+              "num_layers": digest.num_layers, "vocab": encode_vocab(digest.vocab)}
+    os.makedirs(folder, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=f".building-{name}-", dir=folder)
+    try:
+        with open(os.path.join(scratch, KERNEL_FILE), "wb") as handle:
+            writer = StreamingSafetensorsWriter(handle, kernel_layout(digest), {"format": "awm-digest", "entry": name})
+            writer.write("embedding", digest.embedding)
+            for i in tqdm(range(digest.num_layers), desc=f"digest {name}", unit="layer", leave=False, disable=None if progress else True):
+                kernels = digest.layer(i)
+                writer.write(f"layers.{i}.query", pack_upper(kernels.query))
+                writer.write(f"layers.{i}.key", pack_upper(kernels.key))
+                if with_circuit:
+                    writer.write(f"layers.{i}.circuit", kernels.circuit)
+            handle.flush()
+            os.fsync(handle.fileno())
+        report.write_json_atomic(os.path.join(scratch, DIGEST_FILE), record)
+        return publish(scratch, os.path.join(folder, name))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def publish(scratch, target):
+    """Move a finished entry into place; an older entry there is replaced, a concurrent
+    builder's identical one is kept."""
+    try:
+        os.rename(scratch, target)
+        return target
+    except OSError:
+        pass                                   # the name is taken
+    retired = tempfile.mkdtemp(prefix=".retired-", dir=os.path.dirname(target))
+    try:
+        os.rename(target, os.path.join(retired, "entry"))
+    except OSError:
+        pass                                   # another builder retired it first
+    try:
+        os.rename(scratch, target)
+    except OSError:
+        pass                                   # another builder published first: theirs stands
+    shutil.rmtree(retired, ignore_errors=True)
+    return target
+
+
+def read_record(entry):
+    path = os.path.join(entry, DIGEST_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            record = json.load(handle)
+    except OSError as err:
+        raise CheckpointError(path, f"library entry is incomplete ({err.strerror})") from None
+    except ValueError as err:
+        raise CheckpointError(path, f"library entry is corrupt (not JSON: {err.__class__.__name__})") from None
+    needed = ("tool", "version", "entry_format", "source", "options", "meta", "hidden_size", "num_layers", "build_id")
+    if not isinstance(record, dict) or record.get("tool") != "awm" or any(k not in record for k in needed):
+        raise CheckpointError(path, "not an awm library entry")
+    return record
+
+
+def check_current(record, entry):
+    """An entry from another tool version or entry format cannot be trusted to score the same."""
+    if record["version"] != report.TOOL_VERSION or record["entry_format"] != ENTRY_FORMAT:
+        raise CheckpointError(entry, f"built by awm {record['version']} (entry format {record['entry_format']}); this is awm "
+                                     f"{report.TOOL_VERSION}: rebuild it with --add")
+
+
+class StoredDigest:
+    """A library entry with the interface of fingerprint.ModelDigest, read lazily per layer."""
+
+    def __init__(self, entry, device):
+        started = time.perf_counter()
+        self.entry, self.device = entry, device
+        self.record = read_record(entry)
+        check_current(self.record, entry)
+        self.meta = self.record["meta"]
+        self.name = self.record["name"]
+        self.hidden_size, self.num_layers = int(self.record["hidden_size"]), int(self.record["num_layers"])
+        self.with_circuit = bool(self.record["options"]["with_circuit"])
+        try:
+            self.vocab = decode_vocab(self.record.get("vocab"))
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(os.path.join(entry, DIGEST_FILE), "library entry has a corrupt vocabulary") from None
+        self.path = os.path.join(entry, KERNEL_FILE)
+        self.tensors = files.read_safetensors_header(self.path) if os.path.isfile(self.path) else None
+        if self.tensors is None:
+            raise CheckpointError(self.path, "library entry is incomplete (no kernels file)")
+        self._check_layout()
+        self.embedding = self._read("embedding")
+        self.layer_reads = 0
+        self.read_seconds, self.compute_seconds = time.perf_counter() - started, 0.0
+
+    def _check_layout(self):
+        packed, hidden = packed_length(self.hidden_size), self.hidden_size
+        expected = {f"layers.{i}.{kind}": shape for i in range(self.num_layers)
+                    for kind, shape in (("query", (packed,)), ("key", (packed,))) + ((("circuit", (hidden, hidden)),) if self.with_circuit else ())}
+        for name, shape in expected.items():
+            info = self.tensors.get(name)
+            if info is None or info.shape != shape or info.dtype != "F32":
+                raise CheckpointError(self.path, f"library entry is corrupt: tensor '{name}' missing or malformed")
+        embedding = self.tensors.get("embedding")
+        if embedding is None or len(embedding.shape) != 2 or embedding.shape[1] != hidden or embedding.dtype not in TORCH_DTYPES:
+            raise CheckpointError(self.path, "library entry is corrupt: embedding missing or malformed")
+
+    def _read(self, name):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(self.path, framework="pt") as handle:
+                tensor = handle.get_tensor(name)
+        except Exception as err:
+            raise CheckpointError(self.path, f"library entry is corrupt: cannot read '{name}' ({err.__class__.__name__})") from None
+        return files.check_finite(tensor, self.path, name)
+
+    def layer(self, index):
+        started = time.perf_counter()
+        query = unpack_upper(self._read(f"layers.{index}.query").to(self.device), self.hidden_size)
+        key = unpack_upper(self._read(f"layers.{index}.key").to(self.device), self.hidden_size)
+        circuit = self._read(f"layers.{index}.circuit").to(self.device) if self.with_circuit else None
+        self.layer_reads += 1
+        self.read_seconds += time.perf_counter() - started
+        return fingerprint.LayerKernels(query, key, circuit)
+
+    def size_bytes(self):
+        return self.embedding.numel() * self.embedding.element_size()
+
+
+# ----------------------------------------------------------------------------- the library
+class Library:
+    """A folder of entries (plus the suspects' digests and the scored pairs, hidden)."""
+
+    def __init__(self, directory, create=False):
+        self.directory = os.path.abspath(os.path.expanduser(str(directory)))
+        marker = os.path.join(self.directory, MARKER)
+        if not os.path.isfile(marker):
+            if not create:
+                raise CheckpointError(self.directory, "not an awm library (no awm-library.json); build one with --library DIR --add MODEL")
+            if os.path.isdir(self.directory) and [n for n in os.listdir(self.directory) if not n.startswith(".")]:
+                raise CheckpointError(self.directory, "is not empty and not an awm library: choose a new or empty folder")
+            os.makedirs(self.directory, exist_ok=True)
+            report.write_json_atomic(marker, {"tool": "awm", "library_format": ENTRY_FORMAT})
+
+    def entries(self):
+        return sorted(n for n in os.listdir(self.directory)
+                      if not n.startswith(".") and os.path.isdir(os.path.join(self.directory, n)))
+
+    def entry_path(self, name, suspect=False):
+        return os.path.join(self.directory, SUSPECTS, name) if suspect else os.path.join(self.directory, name)
+
+    def add(self, reference, options, device, name=None, suspect=False, progress=False):
+        """Digest one model into the library unless an up-to-date entry exists: (name, status)."""
+        from readers import open_model
+
+        name = name or default_name(reference)
+        identity = source_identity(reference)
+        target = self.entry_path(name, suspect)
+        if os.path.isdir(target):
+            try:
+                record = read_record(target)
+            except CheckpointError:
+                record = None                    # a damaged entry is rebuilt
+            if record and not suspect and not same_source(record["source"], identity):
+                raise CheckpointError(str(reference), f"the library already has an entry '{name}' for another model "
+                                                      f"({record['source'].get('path') or record['source'].get('hub_repo')})")
+            if record and record["source"] == identity and record["options"] == options and \
+                    record["version"] == report.TOOL_VERSION and record["entry_format"] == ENTRY_FORMAT:
+                return name, "up to date"
+        checkpoint = open_model(reference, options["vocab_match"], progress)
+        build_entry(os.path.dirname(target), name, checkpoint, identity, options, device, progress)
+        return name, "added"
+
+    def open(self, name, device, suspect=False):
+        return StoredDigest(self.entry_path(name, suspect), device)
+
+    def pair_cache(self):
+        return PairCache(os.path.join(self.directory, PAIRS))
+
+
+# ----------------------------------------------------------------------------- scored pairs
+class PairCache:
+    """Pair records on disk, keyed by what decides them: a rerun after an interruption reads
+    the pairs already scored instead of recomputing them."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    @staticmethod
+    def key(*parts):
+        import hashlib
+
+        return hashlib.sha256(json.dumps([report.TOOL_VERSION, *parts], sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+    def get(self, key):
+        try:
+            with open(os.path.join(self.folder, key + ".json"), encoding="utf-8") as handle:
+                return json.load(handle)
+        except (OSError, ValueError):
+            return None
+
+    def put(self, key, record):
+        report.write_json_atomic(os.path.join(self.folder, key + ".json"), record)

@@ -1,0 +1,264 @@
+"""The fingerprint library: stored digests score exactly as the weights, identify ranks a
+suspect against every entry, a family map draws the lineage, interrupted runs resume, bad
+entries are reported without harming the rest, and Ray runs give the same answers."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import awm
+import factory
+import fingerprint
+import identify
+import library
+import lineage
+import main
+import similarity_metrics as sm
+from errors import CheckpointError
+from test_hub import TOKENS, derived, full_llama_tensors
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU = torch.device("cpu")
+OPTIONS = identify.options()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A base, two derived models (one of them the suspect), an independent one, and a
+    depth-pruned one (8 layers vs 4: the layer LAP path)."""
+    root = tmp_path_factory.mktemp("models")
+    base = full_llama_tensors()
+    config = factory.llama_config(128, 4, 4, 2, 300, intermediate_size=448)
+    deep = full_llama_tensors(layers=8, seed=3)
+    paths = {
+        "base": factory.write_safetensors_model(str(root / "base"), base, config, TOKENS),
+        "tuned": factory.write_safetensors_model(str(root / "tuned"), derived(base), config, TOKENS),
+        "suspect": factory.write_safetensors_model(str(root / "suspect"), derived(base, seed=11), config, TOKENS),
+        "other": factory.write_safetensors_model(str(root / "other"), full_llama_tensors(seed=7), config, TOKENS),
+        "deep": factory.write_safetensors_model(str(root / "deep"), deep, factory.llama_config(128, 8, 4, 2, 300, intermediate_size=448), TOKENS),
+    }
+    return paths
+
+
+def without_run_details(record):
+    record = json.loads(json.dumps(record))
+    record.pop("timings")
+    for side in ("model_a", "model_b"):
+        record[side].pop("name", None)
+    return record
+
+
+def build(tmp_path, models, names=("base", "tuned", "other", "deep")):
+    directory = str(tmp_path / "lib")
+    outcomes = identify.add_models([models[n] for n in names], directory, OPTIONS, CPU)
+    assert all("error" not in o for o in outcomes), outcomes
+    return directory
+
+
+# ----------------------------------------------------------------------------- exactness
+def test_packed_grams_unpack_bit_for_bit():
+    for hidden in (96, 2 * sm.GRAM_BLOCK, 2 * sm.GRAM_BLOCK + 77):
+        weight = torch.randn(160, hidden, generator=torch.Generator().manual_seed(hidden))
+        kernel = sm.gram(weight)
+        packed = library.pack_upper(kernel)
+        assert packed.numel() == library.packed_length(hidden) < (hidden * hidden if hidden > 2 * sm.GRAM_BLOCK else hidden * hidden + 1)
+        assert torch.equal(library.unpack_upper(packed, hidden), kernel)
+
+
+def test_identify_scores_equal_scores_from_the_weights(tmp_path, models):
+    directory = build(tmp_path, models)
+    result = identify.identify(models["suspect"], directory, OPTIONS, CPU, awm.load_null(None))
+    by_entry = {r["model_b"]["name"]: r for r in result["matches"]}
+    assert set(by_entry) == {"base", "tuned", "other", "deep"} and not result["not_compared"]
+    for name in by_entry:
+        direct = awm.compare(models["suspect"], models[name], device="cpu").to_dict()
+        assert without_run_details(by_entry[name]) == without_run_details(direct), name
+    ranked = [r["model_b"]["name"] for r in result["matches"]]
+    assert ranked[:2] == ["base", "tuned"] and by_entry["other"]["verdict"] == "independent"
+
+
+def test_identify_command_prints_a_ranked_table_and_writes_json(tmp_path, models, capsys):
+    directory = build(tmp_path, models, ("base", "other"))
+    out = tmp_path / "matches.json"
+    assert main.main(["--library", directory, "--identify", models["suspect"], "--device", "cpu", "--quiet", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.index(" base ") < printed.index(" other ") and "best match: base (derived)" in printed
+    saved = json.loads(out.read_text())
+    assert [m["model_b"]["name"] for m in saved["matches"]] == ["base", "other"]
+
+
+# ----------------------------------------------------------------------------- resuming
+def test_a_second_identify_reuses_the_suspect_digest_and_every_scored_pair(tmp_path, models, monkeypatch):
+    directory = build(tmp_path, models, ("base", "other"))
+    first = identify.identify(models["suspect"], directory, OPTIONS, CPU, awm.load_null(None))
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(fingerprint, "compare_digests", must_not_run)
+    monkeypatch.setattr(fingerprint, "ModelDigest", must_not_run)
+    again = identify.identify(models["suspect"], directory, OPTIONS, CPU, awm.load_null(None))
+    assert again["suspect_digest"] == "reused" and again["matches"] == first["matches"]
+    assert identify.add_models([models["base"]], directory, OPTIONS, CPU)[0]["status"] == "up to date"
+
+
+def test_a_changed_source_rebuilds_its_entry(tmp_path, models):
+    directory = build(tmp_path, models, ("base",))
+    before = library.read_record(os.path.join(directory, "base"))
+    weights = os.path.join(models["base"], "model.safetensors")
+    stat = os.stat(weights)
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))
+    try:
+        assert identify.add_models([models["base"]], directory, OPTIONS, CPU)[0]["status"] == "added"
+    finally:
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert library.read_record(os.path.join(directory, "base"))["build_id"] != before["build_id"]
+
+
+@pytest.fixture(scope="module")
+def larger_models(tmp_path_factory):
+    """Four models big enough that a suite of their six pairs takes seconds (time to kill it)."""
+    root = tmp_path_factory.mktemp("larger")
+    tokens = factory.byte_level_tokens(3000, seed=4)
+    config = factory.llama_config(512, 8, 8, 2, 3000, intermediate_size=1024)
+    base = full_llama_tensors(hidden=512, layers=8, heads=8, kv_heads=2, vocab=3000, intermediate=1024)
+    tensors = {"base": base, "tuned": derived(base), "suspect": derived(base, seed=11),
+               "other": full_llama_tensors(hidden=512, layers=8, heads=8, kv_heads=2, vocab=3000, intermediate=1024, seed=7)}
+    return {n: factory.write_safetensors_model(str(root / n), t, config, tokens) for n, t in tensors.items()}
+
+
+def suite_file(tmp_path, models):
+    path = tmp_path / "suite.json"
+    names = ("base", "tuned", "other", "suspect")
+    pairs = [[a, b] for i, a in enumerate(names) for b in names[i + 1:]]
+    path.write_text(json.dumps({"name": "resume", "models": {n: models[n] for n in names}, "pairs": pairs}))
+    return str(path)
+
+
+def test_a_suite_killed_mid_run_resumes_without_recomputing(tmp_path, larger_models):
+    suite, results = suite_file(tmp_path, larger_models), tmp_path / "killed"
+    command = [sys.executable, os.path.join(ROOT, "main.py"), "--config", suite, "--results_dir", str(results), "--device", "cpu", "--quiet"]
+    running = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(os.listdir(results / ".pairs") if (results / ".pairs").is_dir() else []) < 2:
+        time.sleep(0.01)
+    running.send_signal(signal.SIGKILL)
+    running.wait()
+    done_before = len(os.listdir(results / ".pairs"))
+    assert 2 <= done_before < 6
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    resumed = json.loads((results / "scores.json").read_text())
+    assert resumed["resumed_pairs"] >= done_before and resumed["complete"]
+    fresh = awm.run_suite(suite, results_dir=str(tmp_path / "fresh"), device="cpu")
+    assert [without_run_details(r) for r in resumed["pairs"]] == [without_run_details(r) for r in fresh.pairs]
+
+
+# ----------------------------------------------------------------------------- bad entries
+def test_bad_entries_are_listed_with_their_reason_and_harm_nothing(tmp_path, models, capsys):
+    directory = build(tmp_path, models, ("base", "tuned", "other", "deep"))
+    with open(os.path.join(directory, "tuned", library.DIGEST_FILE), "w") as handle:
+        handle.write("{not json")
+    kernels = os.path.join(directory, "other", library.KERNEL_FILE)
+    os.truncate(kernels, os.path.getsize(kernels) // 2)
+    record_path = os.path.join(directory, "deep", library.DIGEST_FILE)
+    record = json.loads(open(record_path).read())
+    record["version"] = "0.0.1"
+    with open(record_path, "w") as handle:
+        json.dump(record, handle)
+    untouched = {n: os.path.getsize(os.path.join(directory, "base", n)) for n in os.listdir(os.path.join(directory, "base"))}
+    assert main.main(["--library", directory, "--identify", models["suspect"], "--device", "cpu", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "not compared: tuned: " in printed and "corrupt (not JSON" in printed
+    assert "not compared: other: " in printed and "truncated" in printed
+    assert "not compared: deep: " in printed and "built by awm 0.0.1" in printed and "rebuild it with --add" in printed
+    assert "best match: base (derived)" in printed
+    assert untouched == {n: os.path.getsize(os.path.join(directory, "base", n)) for n in os.listdir(os.path.join(directory, "base"))}
+
+
+def test_not_a_library_and_nothing_to_compare_are_one_line_errors(tmp_path, models, capsys):
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    for argv in (["--library", str(stranger), "--identify", models["suspect"]], ["--library", str(stranger), "--add", models["base"]],
+                 ["--identify", models["suspect"]]):
+        assert main.main(argv + ["--device", "cpu", "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err, err
+    other_width = tmp_path / "narrow"
+    factory.make_llama(str(other_width), hidden=64)
+    os.remove(other_width / "tokenizer.json")                            # no vocabulary, another width
+    directory = build(tmp_path, {"narrow": str(other_width)}, ("narrow",))
+    assert main.main(["--library", directory, "--identify", models["suspect"], "--device", "cpu", "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert "not compared: narrow: cannot align hidden dimensions" in captured.out
+    assert "no library entry could be compared" in captured.err
+
+
+def test_two_processes_adding_to_one_library_at_once(tmp_path, models):
+    directory = str(tmp_path / "shared")
+    identify.add_models([models["other"]], directory, OPTIONS, CPU)      # the library exists before the race
+    command = lambda *paths: [sys.executable, os.path.join(ROOT, "main.py"), "--library", directory, "--add", *paths, "--device", "cpu", "--quiet"]
+    racers = [subprocess.Popen(command(models["base"], models["tuned"])), subprocess.Popen(command(models["tuned"], models["base"]))]
+    assert [p.wait(timeout=300) for p in racers] == [0, 0]
+    assert sorted(n for n in os.listdir(directory) if not n.startswith(".")) == ["awm-library.json", "base", "other", "tuned"]
+    assert not [n for n in os.listdir(directory) if n.startswith((".building", ".retired"))]
+    result = identify.identify(models["suspect"], directory, OPTIONS, CPU, awm.load_null(None))
+    assert len(result["matches"]) == 3 and not result["not_compared"]
+
+
+# ----------------------------------------------------------------------------- family map
+def test_family_map_draws_the_derived_pairs(tmp_path, models):
+    directory = build(tmp_path, models, ("base", "tuned", "other"))
+    results = tmp_path / "map"
+    assert main.main(["--library", directory, "--map", "--results_dir", str(results), "--device", "cpu", "--quiet"]) == 0
+    graph = json.loads((results / "lineage.json").read_text())
+    assert [(e["a"], e["b"]) for e in graph["edges"]] == [("base", "tuned")] and graph["pairs_compared"] == 3
+    assert graph["families"] == [["base", "tuned"], ["other"]]
+    assert (results / "lineage.png").stat().st_size > 0
+
+
+def test_families_are_connected_groups():
+    edges = [{"a": "a", "b": "b"}, {"a": "c", "b": "b"}, {"a": "d", "b": "e"}]
+    assert lineage.families(list("abcdef"), edges) == [["a", "b", "c"], ["d", "e"], ["f"]]
+
+
+# ----------------------------------------------------------------------------- Ray
+@pytest.fixture(scope="module")
+def local_ray():
+    import executors
+
+    ray = executors.connect_ray()
+    yield ray
+    ray.shutdown()
+
+
+def crash_once(marker):
+    """A task whose first worker dies abruptly (as when killed); the retry finds the marker."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return "survived"
+
+
+def test_ray_retries_a_task_whose_worker_died(local_ray, tmp_path):
+    import executors
+
+    local_ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # workers cannot import tests/
+    assert executors.run_all(crash_once, [str(tmp_path / "marker")], "ray") == ["survived"]
+
+
+def test_a_ray_suite_scores_as_the_local_one_digesting_each_model_once(local_ray, tmp_path, models):
+    suite = suite_file(tmp_path, models)
+    on_ray = awm.run_suite(suite, results_dir=str(tmp_path / "ray"), device="cpu", executor="ray")
+    local = awm.run_suite(suite, results_dir=str(tmp_path / "local"), device="cpu")
+    assert [without_run_details(r) for r in on_ray.pairs] == [without_run_details(r) for r in local.pairs]
+    reads = json.loads((tmp_path / "ray" / "scores.json").read_text())["model_reads"]
+    assert sorted(reads.values()) == [1, 1, 1, 1]
+    again = awm.run_suite(suite, results_dir=str(tmp_path / "ray"), device="cpu", executor="ray")   # all stored: nothing rebuilt
+    assert json.loads((tmp_path / "ray" / "scores.json").read_text())["model_reads"] == {}
+    assert [without_run_details(r) for r in again.pairs] == [without_run_details(r) for r in local.pairs]
