@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from errors import AwmError, CheckpointError, ComparisonError, DeviceError
 from report import TOOL_VERSION as __version__
 
-__all__ = ["compare", "run_suite", "Report", "Scores", "ResidualScores", "LayerScores", "SuiteResult",
+__all__ = ["compare", "run_suite", "add_to_library", "identify", "Report", "Scores", "ResidualScores", "LayerScores", "SuiteResult",
            "AwmError", "CheckpointError", "ComparisonError", "DeviceError", "__version__"]
 
 
@@ -173,3 +173,29 @@ def run_suite(suites_or_files, *, results_dir=None, checkpoint_dir=None, device=
 
     return SuiteResult(run.name, run.results_dir, [Report.from_record(r) for r in run.records], run.records, run.skipped,
                        run.metrics(), evaluation.verdict_confusion(run.records), interrupted)
+
+
+def add_to_library(models, library, *, device="auto", threads=None, paper_only=False, vocab_match="bytes",
+                   executor="local", progress=False):
+    """Digest models into a fingerprint library as `--library DIR --add ...`: one outcome per
+    model, {"reference", "name", "status": "added" | "up to date"} or {"reference", "error"}."""
+    import identify
+
+    if threads is not None:
+        set_threads(threads)
+    models = [os.fspath(m) for m in ([models] if isinstance(models, (str, os.PathLike)) else models)]
+    return identify.add_models(models, os.fspath(library), identify.options(not paper_only, vocab_match),
+                               resolve_device(device), executor, progress)
+
+
+def identify(suspect, library, *, device="auto", threads=None, paper_only=False, vocab_match="bytes",
+             null_stats=None, executor="local", progress=False):
+    """Score a suspect against every library entry as `--identify`: (ranked [Report], not
+    compared [{"entry", "reason"}])."""
+    import identify as one_to_many
+
+    if threads is not None:
+        set_threads(threads)
+    result = one_to_many.identify(os.fspath(suspect), os.fspath(library), one_to_many.options(not paper_only, vocab_match),
+                                  resolve_device(device), load_null(null_stats), executor, progress)
+    return [Report.from_record(r) for r in result["matches"]], result["not_compared"]

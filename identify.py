@@ -66,12 +66,11 @@ def identify(suspect, directory, opts, device, null, executor="local", progress=
     entries = library.entries()
     if not entries:
         raise CheckpointError(library.directory, "the library has no entries yet: add models with --add")
-    added = executors.run_all(add_task, [(library.directory, suspect, None, opts, executors.task_device(executor, device.type), True)],
-                              executor, "digest suspect", progress)[0]
+    task_device = executors.task_device(executor, device.type)
+    added = executors.run_all(add_task, [(library.directory, suspect, None, opts, task_device, True)], executor, "digest suspect", progress)[0]
     if "error" in added:
         raise AwmError(added["error"])
-    jobs = [(library.directory, (added["name"], True), (entry, False), opts, executors.task_device(executor, device.type), null)
-            for entry in entries]
+    jobs = [(library.directory, (added["name"], True), (entry, False), opts, task_device, null) for entry in entries]
     outcomes = executors.run_all(pair_task, jobs, executor, "entries", progress)
     matches = [o["record"] for o in outcomes if "record" in o]
     matches.sort(key=lambda r: (VERDICT_ORDER.get(r["verdict"], 9), -(r["scores"]["final"] or 0.0)))
@@ -112,14 +111,15 @@ def add_models(references, directory, opts, device, executor="local", progress=F
 
 def add_models_named(names, directory, opts, device, executor="local", progress=False):
     """Digest {reference: entry name or None (its default)} into the library, each once."""
-    library = Library(directory, create=True)
-    jobs = [(library.directory, ref, name, opts, executors.task_device(executor, device.type), False) for ref, name in names.items()]
+    library, task_device = Library(directory, create=True), executors.task_device(executor, device.type)
+    jobs = [(library.directory, ref, name, opts, task_device, False) for ref, name in names.items()]
     return executors.run_all(add_task, jobs, executor, "digests", progress)
 
 
 def score_pairs(directory, named_pairs, opts, device, null, executor="local", progress=False):
     """Outcomes ({"record"} or {"error"}) of entry pairs [(name_a, name_b), ...], in order."""
-    jobs = [(directory, (a, False), (b, False), opts, executors.task_device(executor, device.type), null) for a, b in named_pairs]
+    task_device = executors.task_device(executor, device.type)
+    jobs = [(directory, (a, False), (b, False), opts, task_device, null) for a, b in named_pairs]
     return executors.run_all(pair_task, jobs, executor, "pairs", progress)
 
 

@@ -86,6 +86,9 @@ def repos(tmp_path_factory):
     os.makedirs(root / "gguf")
     factory.write_gguf(str(root / "gguf" / "tuned.Q8_0.gguf"), derived(base), 4, 2, TOKENS)
     folders["gguf"] = str(root / "gguf")
+    os.makedirs(root / "split")
+    factory.write_gguf(str(root / "split" / "tuned.gguf"), derived(base), 4, 2, TOKENS, split_max_tensors=5)
+    folders["split"] = str(root / "split")
     return folders
 
 
@@ -110,11 +113,13 @@ def test_hub_references_and_local_paths(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- exact scores
-@pytest.mark.parametrize("pair", [("base", "tuned"), ("tuned", "gguf")])
+@pytest.mark.parametrize("pair", [("base", "tuned"), ("tuned", "gguf"), ("base", "split")])
 def test_remote_pair_scores_exactly_as_the_local_pair(fake_hub, repos, pair):
     serve(fake_hub, repos, *pair)
     local_a = repos[pair[0]]
-    local_b = glob.glob(os.path.join(repos[pair[1]], "*.gguf"))[0] if pair[1] == "gguf" else repos[pair[1]]
+    local_b = sorted(glob.glob(os.path.join(repos[pair[1]], "*.gguf")))[0] if pair[1] in ("gguf", "split") else repos[pair[1]]
+    if pair[1] == "split":
+        assert len(glob.glob(os.path.join(repos["split"], "*.gguf"))) > 1
     remote = awm.compare(f"org/{pair[0]}", f"hf://org/{pair[1]}", device="cpu")
     local = awm.compare(local_a, local_b, device="cpu")
     assert comparable(remote) == comparable(local)

@@ -82,6 +82,13 @@ def test_identify_scores_equal_scores_from_the_weights(tmp_path, models):
     assert ranked[:2] == ["base", "tuned"] and by_entry["other"]["verdict"] == "independent"
 
 
+def test_the_python_api_builds_a_library_and_identifies(tmp_path, models):
+    outcomes = awm.add_to_library([models["base"], models["other"]], tmp_path / "api-lib", device="cpu")
+    assert [o["status"] for o in outcomes] == ["added", "added"]
+    ranked, not_compared = awm.identify(models["suspect"], tmp_path / "api-lib", device="cpu")
+    assert [r.model_b["name"] for r in ranked] == ["base", "other"] and ranked[0].verdict == "derived" and not not_compared
+
+
 def test_identify_command_prints_a_ranked_table_and_writes_json(tmp_path, models, capsys):
     directory = build(tmp_path, models, ("base", "other"))
     out = tmp_path / "matches.json"
