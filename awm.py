@@ -114,6 +114,11 @@ def set_threads(count=None):
     torch.set_num_threads(max(1, count or os.cpu_count() or 1))
 
 
+def _prepare(threads):
+    if threads is not None:
+        set_threads(threads)
+
+
 def load_null(null_stats=None):
     """The reference for Z: the paper's, a dict with mean/std (percent), or a null_stats.json path."""
     import report
@@ -148,8 +153,7 @@ def compare(model_a, model_b, *, device="auto", threads=None, paper_only=False, 
     QK-circuit score; vocab_match: "bytes" | "spelling"; null_stats: reference for Z (None:
     the paper's; a dict with mean/std in percent; or a null_stats.json path).
     """
-    if threads is not None:
-        set_threads(threads)
+    _prepare(threads)
     record = compare_record(os.fspath(model_a), os.fspath(model_b), resolve_device(device), load_null(null_stats),
                             paper_only, vocab_match, progress)
     return Report.from_record(record)
@@ -164,8 +168,7 @@ def run_suite(suites_or_files, *, results_dir=None, checkpoint_dir=None, device=
 
     if isinstance(suites_or_files, (str, os.PathLike)):
         suites_or_files = [suites_or_files]
-    if threads is not None:
-        set_threads(threads)
+    _prepare(threads)
     run, interrupted = suites.run_suite([os.fspath(s) for s in suites_or_files], resolve_device(device), load_null(null_stats),
                                         results_dir, checkpoint_dir, cache_gb, progress, not paper_only, vocab_match, from_hub,
                                         executor, library)
@@ -181,8 +184,7 @@ def add_to_library(models, library, *, device="auto", threads=None, paper_only=F
     model, {"reference", "name", "status": "added" | "up to date"} or {"reference", "error"}."""
     import identify
 
-    if threads is not None:
-        set_threads(threads)
+    _prepare(threads)
     models = [os.fspath(m) for m in ([models] if isinstance(models, (str, os.PathLike)) else models)]
     return identify.add_models(models, os.fspath(library), identify.options(not paper_only, vocab_match),
                                resolve_device(device), executor, progress)
@@ -194,8 +196,7 @@ def identify(suspect, library, *, device="auto", threads=None, paper_only=False,
     compared [{"entry", "reason"}])."""
     import identify as one_to_many
 
-    if threads is not None:
-        set_threads(threads)
+    _prepare(threads)
     result = one_to_many.identify(os.fspath(suspect), os.fspath(library), one_to_many.options(not paper_only, vocab_match),
                                   resolve_device(device), load_null(null_stats), executor, progress)
     return [Report.from_record(r) for r in result["matches"]], result["not_compared"]

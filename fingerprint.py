@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import allocator
 import report
 import similarity_metrics as sm
 from errors import ComparisonError
@@ -306,11 +307,12 @@ def compare(digest_a, digest_b, device, progress=True, residual="auto", null=rep
     layer_work = lambda: sum(d.read_seconds + d.compute_seconds for d in (digest_a, digest_b))
     aligned_at, work_before = time.perf_counter(), layer_work()
     always = residual == "always" and alignment.base_common is not None
-    sims = layer_similarities(base, target, alignment, progress, (PLAIN, RESIDUAL) if always else (PLAIN,))
-    scores, residual_scores, paper_map, circuit_map = score_layers(sims)
-    if residual == "auto" and needs_residual(alignment, scores, null):
-        sims[3:] = layer_similarities(base, target, alignment, progress, (RESIDUAL,))[3:]
+    with allocator.reusing_freed_memory():
+        sims = layer_similarities(base, target, alignment, progress, (PLAIN, RESIDUAL) if always else (PLAIN,))
         scores, residual_scores, paper_map, circuit_map = score_layers(sims)
+        if residual == "auto" and needs_residual(alignment, scores, null):
+            sims[3:] = layer_similarities(base, target, alignment, progress, (RESIDUAL,))[3:]
+            scores, residual_scores, paper_map, circuit_map = score_layers(sims)
     # Report layers as (layer of A, layer of B) whatever side was the base.
     orient = (lambda i, j: [i, j]) if a_is_base else (lambda i, j: [j, i])
     layers = [dict(zip(("layer_a", "layer_b"), orient(i, j)), **{m: _finite(sims[n][i, j]) for n, m in enumerate(METRICS[:3])})

@@ -259,13 +259,18 @@ class StoredDigest:
             raise CheckpointError(self.path, "library entry is corrupt: embedding missing or malformed")
 
     def _read(self, name):
-        from safetensors import safe_open
-
+        """One tensor, read straight into its buffer (several times faster than faulting in a
+        memory map page by page); the header's offsets were validated against the file size."""
+        info = self.tensors[name]
+        tensor = torch.empty(info.shape, dtype=TORCH_DTYPES[info.dtype])
         try:
-            with safe_open(self.path, framework="pt") as handle:
-                tensor = handle.get_tensor(name)
-        except Exception as err:
-            raise CheckpointError(self.path, f"library entry is corrupt: cannot read '{name}' ({err.__class__.__name__})") from None
+            with open(self.path, "rb") as handle:
+                handle.seek(info.begin)
+                got = handle.readinto(tensor.view(-1).view(torch.uint8).numpy())
+        except OSError as err:
+            raise CheckpointError(self.path, f"cannot read '{name}' ({err.strerror or err})") from None
+        if got != info.end - info.begin:
+            raise CheckpointError(self.path, f"library entry is truncated: tensor '{name}' is cut short")
         return files.check_finite(tensor, self.path, name)
 
     def layer(self, index):

@@ -48,7 +48,12 @@ def no_fetch(path, start, stop):
 
 
 def check_finite(tensor, path, name):
-    """NaN or Inf in a weight makes every similarity meaningless: refuse it by name."""
+    """NaN or Inf in a weight makes every similarity meaningless: refuse it by name.
+
+    Any NaN or Inf makes the sum non-finite, so a finite sum (one fast reduction) clears the
+    tensor; otherwise (NaN, Inf, or merely a sum that overflowed) each element is checked."""
+    if tensor.is_floating_point() and torch.isfinite(tensor.sum()):
+        return tensor
     if not torch.isfinite(tensor).all():
         raise CheckpointError(path, f"tensor '{name}' contains NaN or Inf values")
     return tensor

@@ -65,3 +65,17 @@ def test_run_suite_returns_what_it_writes(pair, tmp_path):
     written = json.loads((tmp_path / "out" / "scores.json").read_text())
     assert [r.verdict for r in result.reports] == [p["verdict"] for p in written["pairs"]] == ["derived", "independent"]
     assert result.verdict_confusion == written["verdict_confusion"] and not result.interrupted
+
+
+def test_the_package_installs_every_module_and_package():
+    import glob
+    import os
+    import tomllib
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as handle:
+        setup = tomllib.load(handle)["tool"]["setuptools"]
+    modules = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(root, "*.py"))}
+    packages = {os.path.basename(os.path.dirname(p)) for p in glob.glob(os.path.join(root, "*", "__init__.py"))}
+    assert set(setup["py-modules"]) == modules
+    assert set(setup["packages"]) == packages - {"tests"}
