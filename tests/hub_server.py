@@ -111,13 +111,22 @@ class FakeHub:
                     return self._resolve(resolve["repo"], resolve["revision"], resolve["file"])
                 self._error(404, "NotFound")
 
-            def _model_info(self, name, revision):
+            def _commit(self, name, revision):
+                """(repo, commit sha), or None once the error is answered."""
                 repo = self._repo(name)
                 if repo is None:
-                    return
+                    return None
                 sha = repo.commit(revision)
                 if sha is None:
-                    return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+                    self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+                    return None
+                return repo, sha
+
+            def _model_info(self, name, revision):
+                found = self._commit(name, revision)
+                if found is None:
+                    return
+                repo, sha = found
                 siblings = [{"rfilename": f, "size": os.path.getsize(p)} for f, p in sorted(repo.commits[sha].items())]
                 body = json.dumps({"id": name, "modelId": name, "sha": sha, "siblings": siblings, "private": False}).encode()
                 self.send_response(200)
@@ -127,12 +136,10 @@ class FakeHub:
                 self.wfile.write(body)
 
             def _resolve(self, name, revision, file):
-                repo = self._repo(name)
-                if repo is None:
+                found = self._commit(name, revision)
+                if found is None:
                     return
-                sha = repo.commit(revision)
-                if sha is None:
-                    return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+                repo, sha = found
                 local = repo.commits[sha].get(file)
                 if local is None:
                     return self._error(404, "EntryNotFound", f"{file} does not exist")
