@@ -140,9 +140,6 @@ def entry_name_for(reference, taken):
     return name
 
 
-def library_folder_for(results_dir):
-    return os.path.join(results_dir, "library")
-
 
 # ----------------------------------------------------------------------------- command line
 def run_from_args(args, device, null):

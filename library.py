@@ -214,9 +214,13 @@ def read_record(entry):
     return record
 
 
-def check_current(record, entry):
+def is_current(record):
     """An entry from another tool version or entry format cannot be trusted to score the same."""
-    if record["version"] != report.TOOL_VERSION or record["entry_format"] != ENTRY_FORMAT:
+    return record["version"] == report.TOOL_VERSION and record["entry_format"] == ENTRY_FORMAT
+
+
+def check_current(record, entry):
+    if not is_current(record):
         raise CheckpointError(entry, f"built by awm {record['version']} (entry format {record['entry_format']}); this is awm "
                                      f"{report.TOOL_VERSION}: rebuild it with --add")
 
@@ -323,8 +327,7 @@ class Library:
             if record and not suspect and not same_source(record["source"], identity):
                 raise CheckpointError(str(reference), f"the library already has an entry '{name}' for another model "
                                                       f"({record['source'].get('path') or record['source'].get('hub_repo')})")
-            if record and record["source"] == identity and record["options"] == options and \
-                    record["version"] == report.TOOL_VERSION and record["entry_format"] == ENTRY_FORMAT:
+            if record and record["source"] == identity and record["options"] == options and is_current(record):
                 return name, "up to date"
         checkpoint = open_model(reference, options["vocab_match"], progress)
         build_entry(os.path.dirname(target), name, checkpoint, identity, options, device, progress)

@@ -268,7 +268,7 @@ class SuiteRun:
         """Digests as stored entries (each model once), then every pair from them, as executor tasks."""
         import identify
 
-        library = self.library or identify.library_folder_for(self.results_dir)
+        library = self.library or os.path.join(self.results_dir, "library")
         names, failed = {}, {}
         if self.from_library:
             names = {p: p for pair in self.pairs for p in (pair.path_a, pair.path_b)}

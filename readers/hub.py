@@ -170,12 +170,10 @@ class HubSnapshot:
         return None
 
     def _store_listing(self, revision, commit, sizes):
+        from report import write_text_atomic
+
         for path, text in ((self._listing_path(commit), json.dumps(sizes)), (self._ref_path(revision), commit), (self._ref_path(commit), commit)):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            temporary = f"{path}.{os.getpid()}.tmp"
-            with open(temporary, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(temporary, path)
+            write_text_atomic(path, text)
 
     @property
     def repo_bytes(self):

@@ -12,6 +12,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from errors import CheckpointError
+from report import write_text_atomic
 
 # Ranges closer than this are fetched as one request (alignment padding, neighbouring small
 # tensors); large ranges are split so several connections share them.
@@ -57,6 +58,8 @@ class SparseFile:
 
     def __init__(self, path, size):
         self.path, self.size = path, size
+        self._descriptor = None
+        self._descriptor_lock = threading.Lock()
         self.sidecar = os.path.join(os.path.dirname(path), ".ranges", os.path.basename(path) + ".json")
         os.makedirs(os.path.dirname(self.sidecar), exist_ok=True)
         self._create()
@@ -96,15 +99,15 @@ class SparseFile:
         return subtract(ranges, self.present())
 
     def write(self, position, data):
+        """Bytes at their place in the copy (positional writes: threads may share the descriptor)."""
         try:
-            descriptor = os.open(self.path, os.O_WRONLY)
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.pwrite(descriptor, view, position)
-                    view, position = view[written:], position + written
-            finally:
-                os.close(descriptor)
+            with self._descriptor_lock:
+                if self._descriptor is None:
+                    self._descriptor = os.open(self.path, os.O_WRONLY)
+            view = memoryview(data)
+            while view:
+                written = os.pwrite(self._descriptor, view, position)
+                view, position = view[written:], position + written
         except OSError as err:
             raise CheckpointError(self.path, f"cannot write to the Hub cache ({err.strerror or err})") from None
 
@@ -113,10 +116,7 @@ class SparseFile:
         with open(self.sidecar + ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             ranges = merge(self.present() + [(start, stop)])
-            temporary = f"{self.sidecar}.{os.getpid()}.{threading.get_ident()}.tmp"
-            with open(temporary, "w", encoding="utf-8") as handle:
-                json.dump({"size": self.size, "ranges": ranges}, handle)
-            os.replace(temporary, self.sidecar)
+            write_text_atomic(self.sidecar, json.dumps({"size": self.size, "ranges": ranges}))
 
 
 class RangeFetcher:

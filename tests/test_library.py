@@ -19,7 +19,6 @@ import library
 import lineage
 import main
 import similarity_metrics as sm
-from errors import CheckpointError
 from test_hub import TOKENS, derived, full_llama_tensors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
