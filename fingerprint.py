@@ -210,10 +210,10 @@ METRICS = ("wq", "wk", "qk_circuit", "wq_residual", "wk_residual", "qk_circuit_r
 PLAIN, RESIDUAL = "plain", "residual"
 
 
-def _unit_kernels(kernels, alignment, is_base, groups):
-    """Unit U-centered kernels in METRICS order (None for a group not asked for); the base's
-    are re-indexed into target dims. A generator: each hidden x hidden unit exists only while
-    it is used, so a layer never holds all of them at once."""
+def _prepared_kernels(kernels, alignment, is_base, groups):
+    """The layer's matrices in METRICS order as sm.Kernel (None for a group not asked for):
+    the base's in target dims, with the alignment's signs. A generator: a residual copy
+    exists only while it is used, so a layer never holds all of them at once."""
     matrices = (kernels.query, kernels.key, kernels.circuit)
     common = alignment.base_common if is_base else alignment.target_common
 
@@ -223,10 +223,8 @@ def _unit_kernels(kernels, alignment, is_base, groups):
         if is_residual:
             matrix = sm.project_out(matrix.clone(), common)
         if is_base and alignment.aligned:
-            matrix = sm.reindex_kernel(matrix, alignment.base_index, alignment.sign)
-        elif not is_residual:
-            matrix = matrix.clone()     # the digest may keep this kernel for other pairs
-        return sm.unit_u_centered(matrix, in_place=True)
+            return sm.Kernel(matrix, alignment.base_index, alignment.sign)
+        return sm.Kernel(matrix)       # read only: the digest may keep it for other pairs
 
     for group in (PLAIN, RESIDUAL):
         for matrix in matrices:
@@ -238,24 +236,24 @@ def layer_similarities(base, target, alignment, progress=True, groups=(PLAIN,)):
     metric was not computed (only the metric groups asked for are).
 
     Equal depth compares layer i with layer i only. Different depth needs every pair: the
-    shallower model's unit kernels are kept while the deeper model streams past them.
+    shallower model's prepared kernels are kept while the deeper model streams past them.
     """
     sims = np.full((len(METRICS), base.num_layers, target.num_layers), np.nan)
     bar = dict(disable=None if progress else True, leave=False, unit="layer")
     if base.num_layers == target.num_layers:
         for i in tqdm(range(base.num_layers), desc="layers", **bar):
-            base_units = _unit_kernels(base.layer(i), alignment, True, groups)
-            target_units = _unit_kernels(target.layer(i), alignment, False, groups)
-            sims[:, i, i] = [sm.unit_inner(b, t) for b, t in zip(base_units, target_units)]
+            base_kernels = _prepared_kernels(base.layer(i), alignment, True, groups)
+            target_kernels = _prepared_kernels(target.layer(i), alignment, False, groups)
+            sims[:, i, i] = [sm.u_cka(b, t) for b, t in zip(base_kernels, target_kernels)]
         return sims
     base_is_shallow = base.num_layers < target.num_layers
     shallow, deep = (base, target) if base_is_shallow else (target, base)
-    kept = [list(_unit_kernels(shallow.layer(i), alignment, base_is_shallow, groups))
+    kept = [[k if k is None else k.selected() for k in _prepared_kernels(shallow.layer(i), alignment, base_is_shallow, groups)]
             for i in tqdm(range(shallow.num_layers), desc="layers (shallower model)", **bar)]
     for j in tqdm(range(deep.num_layers), desc="layers (deeper model)", **bar):
-        deep_units = list(_unit_kernels(deep.layer(j), alignment, not base_is_shallow, groups))
-        for i, shallow_units in enumerate(kept):
-            values = [sm.unit_inner(s, d) for s, d in zip(shallow_units, deep_units)]
+        deep_kernels = list(_prepared_kernels(deep.layer(j), alignment, not base_is_shallow, groups))
+        for i, shallow_kernels in enumerate(kept):
+            values = [sm.u_cka(s, d) for s, d in zip(shallow_kernels, deep_kernels)]
             if base_is_shallow:
                 sims[:, i, j] = values
             else:

@@ -34,54 +34,162 @@ def gram(weight):
     return kernel
 
 
-def u_center_(matrix):
-    """U-centering (Szekely & Rizzo 2014) of an n x n matrix, n >= 4, in place.
+@dataclass
+class OffDiagonalSums:
+    """Float64 sums of a square matrix's off-diagonal entries: with its entries, all that
+    U-centering needs (it is affine in them)."""
+    diagonal: torch.Tensor    # (n,)
+    rows: torch.Tensor        # off-diagonal row sums (n,)
+    cols: torch.Tensor
+    squares: float            # sum of squares off the diagonal
 
-    <U(K), U(L)> / (n (n - 3)) is exactly the unbiased HSIC estimator of Song et al. (2012),
-    so unbiased CKA is the cosine between U-centered kernels. Rows and columns are centered
-    separately, which also defines it for non-symmetric matrices (the QK circuit). In place,
-    because fresh hidden x hidden buffers cost more than the arithmetic on them.
+
+@dataclass
+class Kernel:
+    """The matrix diag(s) M[p][:, p] diag(s) as CKA sees it, never formed whole: `index` p
+    selects and orders rows and columns (None: all, in order), `sign` s flips them (None: +1).
+
+    U-centering (Szekely & Rizzo 2014) zeroes the diagonal and subtracts row and column means,
+    affinely in the entries, so <U(X), U(Y)> is <X, Y> off the diagonal minus terms of O(n)
+    sums: nothing is centered, copied or signed, and one pass over both matrices gives a CKA.
     """
-    n = matrix.shape[0]
-    matrix.diagonal().zero_()
-    row_sums = matrix.sum(dim=1, keepdim=True)
-    col_sums = matrix.sum(dim=0, keepdim=True)
-    total = row_sums.sum()
-    matrix.sub_(row_sums / (n - 2)).sub_(col_sums / (n - 2)).add_(total / ((n - 1) * (n - 2)))
-    matrix.diagonal().zero_()
-    return matrix
+    matrix: torch.Tensor
+    index: torch.Tensor = None
+    sign: torch.Tensor = None
+    sums: OffDiagonalSums = None      # filled by the first pass over it
+    _norm_squared: float = None
+
+    def __post_init__(self):
+        if self.index is not None:
+            self.index = self.index.to(self.matrix.device)
+        if self.sign is not None:
+            self.sign = self.sign.to(device=self.matrix.device, dtype=torch.float64)
+
+    @property
+    def n(self):
+        return self.matrix.shape[0] if self.index is None else len(self.index)
+
+    def blocks(self, block_rows=64):
+        """(start, stop, float64 rows start:stop), unsigned; float64 makes every product and
+        sum of the float32 entries exact enough for the cancellations of U-centering."""
+        for start in range(0, self.n, block_rows):
+            stop = min(start + block_rows, self.n)
+            if self.index is None:
+                block = self.matrix[start:stop]
+            else:
+                block = self.matrix.index_select(0, self.index[start:stop]).index_select(1, self.index)
+            yield start, stop, block.to(torch.float64, copy=True)
+
+    def selected(self):
+        """The same kernel with its rows and columns gathered once: for one kept and compared many times."""
+        if self.index is None:
+            return self
+        return Kernel(select_kernel(self.matrix, self.index), None, self.sign, self.sums, self._norm_squared)
+
+    def norm_squared(self):
+        """||U(M)||^2."""
+        if self.sums is None:
+            _scan(self)
+        if self._norm_squared is None:
+            self._norm_squared = _u_inner(self.sums, self.sums, self.sums.squares, self.n)
+        return self._norm_squared
 
 
-def u_center(kernel):
-    return u_center_(kernel.clone())
+class _SumsAccumulator:
+    def __init__(self, kernel):
+        n, device = kernel.n, kernel.matrix.device
+        self.kernel = kernel
+        self.signs = kernel.sign if kernel.sign is not None else torch.ones(n, dtype=torch.float64, device=device)
+        self.rows = torch.empty(n, dtype=torch.float64, device=device)
+        self.cols = torch.zeros(n, dtype=torch.float64, device=device)
+        self.squares = 0.0
+
+    def add(self, start, stop, block):
+        # Matrix-vector products: a float64 reduction over dim 0 is several times slower.
+        signs = self.signs
+        self.rows[start:stop] = (block @ signs) * signs[start:stop]
+        self.cols += signs[start:stop] @ block
+        self.squares += float(torch.dot(block.reshape(-1), block.reshape(-1)))
+
+    def finish(self):
+        kernel = self.kernel
+        diagonal = kernel.matrix.diagonal()
+        diagonal = (diagonal if kernel.index is None else diagonal[kernel.index]).double()
+        kernel.sums = OffDiagonalSums(diagonal, self.rows - diagonal, self.cols * self.signs - diagonal,
+                                      self.squares - float(diagonal @ diagonal))
 
 
-def dot64(a, b, block_rows=256):
-    """<a, b> accumulated in float64, block by block: a float32 dot over 16M entries would
-    lose about four digits, and converting whole matrices costs two fresh buffers."""
-    total = 0.0
-    for start in range(0, a.shape[0], block_rows):
-        total += torch.dot(a[start:start + block_rows].reshape(-1).double(),
-                           b[start:start + block_rows].reshape(-1).double()).item()
-    return total
+def _scan(x, y=None):
+    """One pass over x (and y): fills the sums either lacks and returns their signed inner
+    product over all entries (None without y)."""
+    pending = [_SumsAccumulator(k) for k in (x, y) if k is not None and k.sums is None]
+    sign = None
+    if y is not None:
+        signs = [k.sign for k in (x, y) if k.sign is not None]
+        sign = signs[0] * signs[1] if len(signs) == 2 else (signs[0] if signs else None)
+    inner = 0.0
+    blocks_y = y.blocks() if y is not None else None
+    for start, stop, block in x.blocks():
+        if pending and pending[0].kernel is x:
+            pending[0].add(start, stop, block)
+        if blocks_y is None:
+            continue
+        _, _, other = next(blocks_y)
+        if pending and pending[-1].kernel is y:
+            pending[-1].add(start, stop, other)
+        products = block.mul_(other)
+        inner += float(products.sum()) if sign is None else float(sign[start:stop] @ (products @ sign))
+    for accumulator in pending:
+        accumulator.finish()
+    return inner if y is not None else None
 
 
-def unit_u_centered(kernel, in_place=False):
-    """U(K) / ||U(K)||, or None when U(K) is zero (CKA is then undefined)."""
-    if kernel.shape[0] < 4:
-        return None
-    centered = u_center_(kernel if in_place else kernel.clone())
-    norm = dot64(centered, centered) ** 0.5
-    if norm <= EPS or not np.isfinite(norm):
-        return None
-    return centered.div_(norm)
+def _u_inner(x, y, inner_off_diagonal, n):
+    """<U(X), U(Y)> from the sums of X and Y and <X, Y> off the diagonal. With U(X) = X - a 1^T
+    - 1 b^T + c off the diagonal (a = rows/(n-2), b = cols/(n-2), c = total/((n-1)(n-2))):
+    <U(X), U(Y)> = <X, Y> - <X - U(X), Y> - <U(X), Y - U(Y)>, each a sum of O(n) terms."""
+    a_x, b_x, c_x = x.rows / (n - 2), x.cols / (n - 2), x.rows.sum() / ((n - 1) * (n - 2))
+    a_y, b_y, c_y = y.rows / (n - 2), y.cols / (n - 2), y.rows.sum() / ((n - 1) * (n - 2))
+    # Row and column sums of U(X) off the diagonal.
+    row_u = x.rows - (n - 1) * a_x - (b_x.sum() - b_x) + (n - 1) * c_x
+    col_u = x.cols - (n - 1) * b_x - (a_x.sum() - a_x) + (n - 1) * c_x
+    value = (inner_off_diagonal - a_x @ y.rows - b_x @ y.cols + c_x * y.rows.sum()
+             - row_u @ a_y - col_u @ b_y + c_y * row_u.sum())
+    return float(value)
 
 
-def unit_inner(unit_a, unit_b):
-    """Cosine between two unit U-centered kernels; NaN where either is undefined."""
-    if unit_a is None or unit_b is None:
+def u_inner(x, y):
+    """<U(X), U(Y)> for two kernels of the same size: n (n - 3) times the unbiased HSIC of
+    Song et al. (2012) when X and Y are Gram matrices."""
+    inner = _scan(x, y)
+    return _u_inner(x.sums, y.sums, inner - float(x.sums.diagonal @ y.sums.diagonal), x.n)
+
+
+# U(M) counts as zero (CKA undefined) below this share of the off-diagonal energy: float64
+# sums leave ~1e-13 of it when M is constant off the diagonal.
+UNDEFINED_ENERGY = 1e-10
+
+
+def _is_defined(kernel):
+    sums = kernel.sums
+    return kernel.n >= 4 and np.isfinite(sums.squares) and \
+        kernel.norm_squared() > max(EPS ** 2, UNDEFINED_ENERGY * sums.squares)
+
+
+def u_cka(x, y):
+    """Unbiased linear CKA, the cosine between U(X) and U(Y), in one pass over both; NaN
+    where either is zero (or missing)."""
+    if x is None or y is None:
         return float("nan")
-    return dot64(unit_a, unit_b)
+    value = u_inner(x, y)
+    if not (_is_defined(x) and _is_defined(y)):
+        return float("nan")
+    return value / (x.norm_squared() * y.norm_squared()) ** 0.5
+
+
+def dot64(a, b):
+    """<a, b> accumulated in float64 (see Kernel.blocks)."""
+    return _scan(Kernel(a), Kernel(b))
 
 
 def unbiased_hsic(kernel_k, kernel_l):
@@ -100,7 +208,7 @@ def unbiased_hsic(kernel_k, kernel_l):
 
 def unbiased_cka(kernel_k, kernel_l):
     """Unbiased linear CKA between two kernels over the same n samples."""
-    return unit_inner(unit_u_centered(kernel_k), unit_u_centered(kernel_l))
+    return u_cka(Kernel(kernel_k), Kernel(kernel_l))
 
 
 def cka_of_weights(weight_x, weight_y):
@@ -311,12 +419,11 @@ def align_hidden(cosine):
     return base_index, sign, float(matched.abs().mean())
 
 
-def reindex_kernel(kernel, base_index, sign):
-    """Express a base model's hidden x hidden matrix in the target's dims: s_i s_j K[p_i, p_j]."""
+def select_kernel(kernel, base_index):
+    """A base model's hidden x hidden matrix in the target's dims: K[p_i, p_j] (the signs of the
+    alignment stay with the Kernel, not written into the copy)."""
     base_index = base_index.to(kernel.device)
-    sign = sign.to(device=kernel.device, dtype=kernel.dtype)
-    selected = kernel.index_select(0, base_index).index_select(1, base_index)
-    return selected.mul_(sign[:, None]).mul_(sign[None, :])
+    return kernel.index_select(0, base_index).index_select(1, base_index)
 
 
 def match_layers(similarity):

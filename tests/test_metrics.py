@@ -19,6 +19,17 @@ def hsic_u_statistic(k, l):
     return total / count
 
 
+def u_center(matrix):
+    """U-centering written out (Szekely & Rizzo 2014), float64."""
+    m = matrix.double().clone()
+    n = m.shape[0]
+    m.diagonal().zero_()
+    rows, cols = m.sum(1, keepdim=True), m.sum(0, keepdim=True)
+    m = m - rows / (n - 2) - cols / (n - 2) + rows.sum() / ((n - 1) * (n - 2))
+    m.diagonal().zero_()
+    return m
+
+
 def cka_by_definition(x, y):
     k, l = (x @ x.T).astype(np.float64), (y @ y.T).astype(np.float64)
     return hsic_u_statistic(k, l) / np.sqrt(hsic_u_statistic(k, k) * hsic_u_statistic(l, l))
@@ -54,8 +65,29 @@ def test_u_centering_gives_hsic_as_inner_product():
     rng = np.random.default_rng(5)
     x, y = rng.normal(size=(12, 4)), rng.normal(size=(12, 6))
     k, l = torch.tensor(x @ x.T), torch.tensor(y @ y.T)
-    inner = float((sm.u_center(k) * sm.u_center(l)).sum()) / (12 * 9)
+    inner = float((u_center(k) * u_center(l)).sum()) / (12 * 9)
     assert inner == pytest.approx(sm.unbiased_hsic(k, l), rel=1e-9)
+    assert sm.u_inner(sm.Kernel(k), sm.Kernel(l)) / (12 * 9) == pytest.approx(inner, rel=1e-9)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_u_inner_equals_inner_product_of_u_centered_signed_matrices(symmetric):
+    """The sums-only formula against centering explicitly, for signed, non-symmetric (the QK
+    circuit) and strongly offset matrices (a large common component cancels in U-centering)."""
+    generator = torch.Generator().manual_seed(8)
+    a = torch.randn(30, 30, generator=generator, dtype=torch.float64) + 50.0
+    b = torch.randn(30, 30, generator=generator, dtype=torch.float64) - 20.0
+    if symmetric:
+        a, b = a + a.t(), b + b.t()
+    sign = torch.where(torch.rand(30, generator=generator) < 0.5, -1.0, 1.0).double()
+    signed = a * sign[:, None] * sign[None, :]
+    index = torch.randperm(30, generator=generator)[:20]
+    selected = signed[index][:, index]
+    x, y = sm.Kernel(a, index, sign[index]), sm.Kernel(b[:20, :20])
+    assert sm.u_inner(x, y) == pytest.approx(float((u_center(selected) * u_center(b[:20, :20])).sum()), rel=1e-9)
+    assert x.norm_squared() == pytest.approx(float(u_center(selected).square().sum()), rel=1e-9)
+    assert sm.u_inner(y, x) == pytest.approx(sm.u_inner(x, y), rel=1e-12)
+    assert sm.u_inner(x.selected(), y) == pytest.approx(sm.u_inner(x, y), rel=1e-12)
 
 
 def test_cka_invariant_to_output_rotation_and_scale():
@@ -74,6 +106,8 @@ def test_cka_of_independent_weights_is_near_zero():
 
 def test_zero_kernel_gives_undefined_not_a_number_pretending():
     assert np.isnan(sm.unbiased_cka(torch.zeros(6, 6), torch.eye(6)))
+    constant = torch.full((6, 6), 3.0)           # U-centering removes a constant entirely
+    assert np.isnan(sm.unbiased_cka(constant, torch.rand(6, 6, generator=torch.Generator().manual_seed(0))))
 
 
 def test_alignment_recovers_permutation_and_signs():
@@ -103,12 +137,18 @@ def test_zero_cosine_counts_as_positive_sign():
     assert sign.tolist() == [1.0, -1.0]
 
 
-def test_reindex_kernel_equals_gram_of_reindexed_weight():
+def test_selected_signed_kernel_equals_gram_of_reindexed_weight():
     generator = torch.Generator().manual_seed(4)
     w = torch.randn(10, 8, generator=generator)
+    other = torch.randn(6, 4, generator=generator)
     index = torch.tensor([3, 0, 7, 5])
     sign = torch.tensor([1.0, -1.0, -1.0, 1.0])
-    assert torch.allclose(sm.reindex_kernel(sm.gram(w), index, sign), sm.gram(w[:, index] * sign), atol=1e-5)
+    selected = sm.Kernel(sm.gram(w), index, sign)
+    explicit = sm.Kernel(sm.gram(w[:, index] * sign))
+    target = sm.Kernel(sm.gram(other))
+    assert selected.norm_squared() == pytest.approx(explicit.norm_squared(), rel=1e-6)
+    assert sm.u_cka(selected, target) == pytest.approx(sm.u_cka(explicit, target), abs=1e-6)
+    assert sm.u_cka(selected, target) == pytest.approx(cka_by_definition((w[:, index] * sign).T.numpy(), other.T.numpy()), abs=1e-6)
 
 
 def test_layer_matching_identity_for_equal_depth_and_lap_otherwise():
@@ -125,7 +165,13 @@ def test_blocked_gram_equals_the_plain_product():
     assert torch.equal(sm.gram(weight), sm.gram(weight).t())
 
 
-def test_dot64_is_exact_where_float32_accumulation_is_not():
-    a = torch.full((2048, 2048), 0.1) + torch.randn(2048, 2048, generator=torch.Generator().manual_seed(7)) * 1e-4
-    expected = float((a.double() * a.double()).sum())
-    assert sm.dot64(a, a) == pytest.approx(expected, rel=1e-12)
+def test_cka_exact_where_float32_accumulation_is_not():
+    """Entries with a large common offset: U-centering cancels it, so the sums must carry the
+    digits float32 accumulation over 4M entries would lose."""
+    generator = torch.Generator().manual_seed(7)
+    a = torch.full((2048, 2048), 0.1) + torch.randn(2048, 2048, generator=generator) * 1e-3
+    b = 0.5 * a + torch.randn(2048, 2048, generator=generator) * 1e-3
+    a, b = a + a.t(), b + b.t()
+    ua, ub = u_center(a), u_center(b)
+    expected = float((ua * ub).sum() / (ua.square().sum() * ub.square().sum()).sqrt())
+    assert sm.unbiased_cka(a, b) == pytest.approx(expected, abs=1e-9)
