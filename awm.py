@@ -133,12 +133,13 @@ def load_null(null_stats=None):
 
 
 # ----------------------------------------------------------------------------- entry points
-def compare_record(model_a, model_b, device, null, paper_only=False, vocab_match="bytes", progress=False):
+def compare_record(model_a, model_b, device, null, paper_only=False, vocab_match="bytes", progress=False, precision="exact"):
     """The pair's JSON record (what the CLI prints and writes); device and null resolved."""
     import fingerprint
 
     started = time.perf_counter()
-    digests = [fingerprint.digest_path(p, device, with_circuit=not paper_only, progress=progress, vocab_match=vocab_match)
+    digests = [fingerprint.digest_path(p, device, with_circuit=not paper_only, progress=progress, vocab_match=vocab_match,
+                                       precision=precision)
                for p in (model_a, model_b)]
     record = fingerprint.compare_digests(*digests, device, null, progress)
     record["timings"]["total_s"] = round(time.perf_counter() - started, 3)
@@ -146,22 +147,23 @@ def compare_record(model_a, model_b, device, null, paper_only=False, vocab_match
 
 
 def compare(model_a, model_b, *, device="auto", threads=None, paper_only=False, vocab_match="bytes",
-            null_stats=None, progress=False):
+            null_stats=None, progress=False, precision="exact"):
     """Compare two models (directories, .gguf files, Hub repos) as `python main.py --model_paths A B`.
 
     device: "auto" | "cpu" | "cuda"; threads: CPU threads (default all); paper_only: skip the
     QK-circuit score; vocab_match: "bytes" | "spelling"; null_stats: reference for Z (None:
-    the paper's; a dict with mean/std in percent; or a null_stats.json path).
+    the paper's; a dict with mean/std in percent; or a null_stats.json path); precision:
+    "exact" (float32 products) | "fast" (bfloat16 products, see README).
     """
     _prepare(threads)
     record = compare_record(os.fspath(model_a), os.fspath(model_b), resolve_device(device), load_null(null_stats),
-                            paper_only, vocab_match, progress)
+                            paper_only, vocab_match, progress, precision)
     return Report.from_record(record)
 
 
 def run_suite(suites_or_files, *, results_dir=None, checkpoint_dir=None, device="auto", threads=None,
               cache_gb=None, paper_only=False, vocab_match="bytes", null_stats=None, progress=False, from_hub=False,
-              executor="local", library=None):
+              executor="local", library=None, precision="exact"):
     """Run built-in suites or suite files as `python main.py --config ...`: writes the same
     outputs under results_dir (default results/<suite>) and returns them as objects."""
     import suites
@@ -169,9 +171,11 @@ def run_suite(suites_or_files, *, results_dir=None, checkpoint_dir=None, device=
     if isinstance(suites_or_files, (str, os.PathLike)):
         suites_or_files = [suites_or_files]
     _prepare(threads)
+    import identify
+
+    options = identify.options(not paper_only, vocab_match, precision)
     run, interrupted = suites.run_suite([os.fspath(s) for s in suites_or_files], resolve_device(device), load_null(null_stats),
-                                        results_dir, checkpoint_dir, cache_gb, progress, not paper_only, vocab_match, from_hub,
-                                        executor, library)
+                                        options, results_dir, checkpoint_dir, cache_gb, progress, from_hub, executor, library)
     import evaluation
 
     return SuiteResult(run.name, run.results_dir, [Report.from_record(r) for r in run.records], run.records, run.skipped,
@@ -179,24 +183,24 @@ def run_suite(suites_or_files, *, results_dir=None, checkpoint_dir=None, device=
 
 
 def add_to_library(models, library, *, device="auto", threads=None, paper_only=False, vocab_match="bytes",
-                   executor="local", progress=False):
+                   executor="local", progress=False, precision="exact"):
     """Digest models into a fingerprint library as `--library DIR --add ...`: one outcome per
     model, {"reference", "name", "status": "added" | "up to date"} or {"reference", "error"}."""
     import identify
 
     _prepare(threads)
     models = [os.fspath(m) for m in ([models] if isinstance(models, (str, os.PathLike)) else models)]
-    return identify.add_models(models, os.fspath(library), identify.options(not paper_only, vocab_match),
+    return identify.add_models(models, os.fspath(library), identify.options(not paper_only, vocab_match, precision),
                                resolve_device(device), executor, progress)
 
 
 def identify(suspect, library, *, device="auto", threads=None, paper_only=False, vocab_match="bytes",
-             null_stats=None, executor="local", progress=False):
+             null_stats=None, executor="local", progress=False, precision="exact"):
     """Score a suspect against every library entry as `--identify`: (ranked [Report], not
     compared [{"entry", "reason"}])."""
     import identify as one_to_many
 
     _prepare(threads)
-    result = one_to_many.identify(os.fspath(suspect), os.fspath(library), one_to_many.options(not paper_only, vocab_match),
+    result = one_to_many.identify(os.fspath(suspect), os.fspath(library), one_to_many.options(not paper_only, vocab_match, precision),
                                   resolve_device(device), load_null(null_stats), executor, progress)
     return [Report.from_record(r) for r in result["matches"]], result["not_compared"]

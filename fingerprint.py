@@ -17,6 +17,12 @@ import similarity_metrics as sm
 from errors import ComparisonError
 
 FLOAT32 = 4
+# Precision of the per-layer products (Grams, circuit). "exact": float32 throughout. "fast":
+# bfloat16 operands and results (float32 accumulation inside the product), about twice the
+# CPU rate on AVX512-BF16 / AMX cores and on GPUs; the results' rounding moves per-layer CKAs by
+# up to ~3e-4 percentage points (README, Performance), so it is not the default.
+PRODUCT_DTYPES = {"exact": torch.float32, "fast": torch.bfloat16}
+PRECISIONS = tuple(PRODUCT_DTYPES)
 
 
 @dataclass
@@ -47,7 +53,7 @@ def _fold_gains(weight, output_gain, input_gain, head_dim):
     return weight
 
 
-def qk_circuit(w_q, w_k, heads, input_gain=None, q_gain=None, k_gain=None):
+def qk_circuit(w_q, w_k, heads, input_gain=None, q_gain=None, k_gain=None, dtype=torch.float32):
     """M = sum_h (G_q,h W_q,h D)^T (G_k W_k,g(h) D), the bilinear form q.k of every head at
     offset 0, with D the attention-input norm gain and G the per-head q/k norm gains.
 
@@ -58,14 +64,16 @@ def qk_circuit(w_q, w_k, heads, input_gain=None, q_gain=None, k_gain=None):
     group = heads.n_head // heads.n_kv
     hidden = w_q.shape[1]
     summed_q = w_q.reshape(heads.n_kv, group, -1, hidden).sum(1).reshape(-1, hidden)
-    return summed_q.t() @ w_k
+    return (summed_q.to(dtype).t() @ w_k.to(dtype)).float()
 
 
 class ModelDigest:
     """Everything a comparison needs from one model, read once."""
 
-    def __init__(self, checkpoint, device, keep_layers=False, with_circuit=True, progress=False):
+    def __init__(self, checkpoint, device, keep_layers=False, with_circuit=True, progress=False, precision="exact"):
         started = time.perf_counter()
+        self.precision = precision
+        self._product_dtype = PRODUCT_DTYPES[precision]
         self.checkpoint = checkpoint
         self.device = device
         self.meta = checkpoint.describe()
@@ -102,8 +110,9 @@ class ModelDigest:
         ) if self.with_circuit else None
         self.layer_reads += 1
         read_done = time.perf_counter()
-        circuit = qk_circuit(w_q, w_k, ckpt.heads, *gains) if self.with_circuit else None
-        kernels = LayerKernels(sm.gram(w_q), sm.gram(w_k), circuit)
+        dtype = self._product_dtype
+        circuit = qk_circuit(w_q, w_k, ckpt.heads, *gains, dtype=dtype) if self.with_circuit else None
+        kernels = LayerKernels(sm.gram(w_q.to(dtype)).float(), sm.gram(w_k.to(dtype)).float(), circuit)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.read_seconds += read_done - started
@@ -359,19 +368,22 @@ def _finite(value):
     return float(value) if value is not None and np.isfinite(value) else None
 
 
-def digest_path(path, device, keep_layers=False, with_circuit=True, progress=False, vocab_match="bytes"):
+def digest_path(path, device, keep_layers=False, with_circuit=True, progress=False, vocab_match="bytes", precision="exact"):
     from readers import open_model
 
-    return ModelDigest(open_model(path, vocab_match, progress), device, keep_layers, with_circuit, progress)
+    return ModelDigest(open_model(path, vocab_match, progress), device, keep_layers, with_circuit, progress, precision)
 
 
 def compare_digests(digest_a, digest_b, device, null, progress=True, residual="auto"):
     """Compare two digests and assemble the JSON-ready report (scores in percent)."""
+    if digest_a.precision != digest_b.precision:
+        raise ComparisonError(f"digests of different precision ({digest_a.precision} vs {digest_b.precision})")
     result = report.to_percent(compare(digest_a, digest_b, device, progress, residual, null))
     timings = {
         "read_s": round(digest_a.read_seconds + digest_b.read_seconds, 3),
         "gram_s": round(digest_a.compute_seconds + digest_b.compute_seconds, 3),
         **result["timings"],
         "device": str(device),
+        "precision": digest_a.precision,
     }
     return report.pair_report(result, digest_a.meta, digest_b.meta, null, timings)

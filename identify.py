@@ -19,9 +19,9 @@ from library import Library, read_record
 VERDICT_ORDER = {"derived": 0, "derived (disguised)": 0, "inconclusive": 1, "independent": 2, "undefined": 3}
 
 
-def options(with_circuit=True, vocab_match="bytes"):
+def options(with_circuit=True, vocab_match="bytes", precision="exact"):
     """What a digest depends on besides the weights: entries built otherwise are not compared."""
-    return {"with_circuit": bool(with_circuit), "vocab_match": vocab_match}
+    return {"with_circuit": bool(with_circuit), "vocab_match": vocab_match, "precision": precision}
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -147,7 +147,7 @@ def run_from_args(args, device, null):
 
     if not args.library:
         raise AwmError("--add, --identify and --map need --library DIR")
-    opts = options(not args.paper_only, args.vocab_match)
+    opts = options(not args.paper_only, args.vocab_match, args.precision)
     progress = not args.quiet
     if args.add:
         outcomes = add_models(args.add, args.library, opts, device, args.executor, progress)
@@ -165,6 +165,5 @@ def run_from_args(args, device, null):
         return 0
     import suites
 
-    run, interrupted = suites.run_family_map(args.library, device, null, args.results_dir, progress, opts["with_circuit"],
-                                             opts["vocab_match"], args.executor)
+    run, interrupted = suites.run_family_map(args.library, device, null, args.results_dir, progress, opts, args.executor)
     return suites.print_run(run, interrupted)

@@ -153,7 +153,7 @@ def decode_vocab(encoded):
 def build_entry(folder, name, checkpoint, identity, options, device, progress=False):
     """Digest a model into `folder/name` (built aside, renamed into place); returns the path."""
     with_circuit = options["with_circuit"]
-    digest = fingerprint.ModelDigest(checkpoint, device, with_circuit=with_circuit, progress=progress)
+    digest = fingerprint.ModelDigest(checkpoint, device, with_circuit=with_circuit, progress=progress, precision=options["precision"])
     record = {"tool": "awm", "version": report.TOOL_VERSION, "entry_format": ENTRY_FORMAT, "name": name,
               "build_id": uuid.uuid4().hex, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "source": identity, "options": options, "meta": digest.meta, "hidden_size": digest.hidden_size,
@@ -211,6 +211,8 @@ def read_record(entry):
     needed = ("tool", "version", "entry_format", "source", "options", "meta", "hidden_size", "num_layers", "build_id")
     if not isinstance(record, dict) or record.get("tool") != "awm" or any(k not in record for k in needed):
         raise CheckpointError(path, "not an awm library entry")
+    if isinstance(record["options"], dict):
+        record["options"].setdefault("precision", "exact")     # entries from before --precision
     return record
 
 
@@ -237,6 +239,7 @@ class StoredDigest:
         self.name = self.record["name"]
         self.hidden_size, self.num_layers = int(self.record["hidden_size"]), int(self.record["num_layers"])
         self.with_circuit = bool(self.record["options"]["with_circuit"])
+        self.precision = self.record["options"]["precision"]
         try:
             self.vocab = decode_vocab(self.record.get("vocab"))
         except (KeyError, TypeError, ValueError):

@@ -201,9 +201,19 @@ def summary_lines(report):
         f"  correspondence     {_correspondence_line(ev.get('correspondence'))}",
         f"  without shared     {_residual_line(report['residual_scores'])}",
         f"  verdict            {report['verdict'].upper()}: {report['verdict_reason']}",
+        f"  computed           {_computed_line(report.get('timings') or {})}",
     ]
     lines += [f"  note               {note}" for note in ev["notes"]]
     return lines
+
+
+PRODUCT_WORDS = {"exact": "float32 products", "fast": "bfloat16 products, CKAs within ~3e-4 pp of exact"}
+
+
+def _computed_line(timings):
+    precision = timings.get("precision", "exact")
+    total = f", {timings['total_s']:.1f} s" if "total_s" in timings else ""
+    return f"{precision} ({PRODUCT_WORDS.get(precision, precision)}) on {timings.get('device', '?')}{total}"
 
 
 def write_text_atomic(path, text):

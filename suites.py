@@ -142,9 +142,9 @@ class DigestCache:
     reuse one reading and one set of Gram products. Failures are remembered, not retried.
     """
 
-    def __init__(self, device, budget_bytes, with_circuit=True, progress=False, vocab_match="bytes"):
-        self.device, self.budget, self.with_circuit, self.progress = device, budget_bytes, with_circuit, progress
-        self.vocab_match = vocab_match
+    def __init__(self, device, budget_bytes, options, progress=False):
+        self.device, self.budget, self.progress = device, budget_bytes, progress
+        self.with_circuit, self.vocab_match, self.precision = options["with_circuit"], options["vocab_match"], options["precision"]
         self.entries = OrderedDict()
         self.failures = {}
         self.loads = Counter()
@@ -160,7 +160,7 @@ class DigestCache:
 
             checkpoint = open_model(path, self.vocab_match, self.progress)
             keep = fingerprint.ModelDigest.layer_bytes(checkpoint, self.with_circuit) <= self.budget / 3
-            digest = fingerprint.ModelDigest(checkpoint, self.device, keep, self.with_circuit, self.progress)
+            digest = fingerprint.ModelDigest(checkpoint, self.device, keep, self.with_circuit, self.progress, self.precision)
         except (CheckpointError, ComparisonError) as err:
             self.failures[path] = err
             raise
@@ -201,12 +201,12 @@ class SuiteRun:
     existing library) digests are stored entries and pairs run as executor tasks. Either way
     every scored pair is kept on disk, so a killed run resumes without recomputing them."""
 
-    def __init__(self, name, pairs, device, null, results_dir, budget, progress=True, with_circuit=True, vocab_match="bytes",
+    def __init__(self, name, pairs, device, null, results_dir, budget, options, progress=True,
                  executor="local", library=None, from_library=False):
         self.name, self.pairs, self.device, self.null = name, pairs, device, null
         self.results_dir, self.progress = results_dir, progress
-        self.options = {"with_circuit": bool(with_circuit), "vocab_match": vocab_match}
-        self.cache = DigestCache(device, budget, with_circuit, progress, vocab_match)
+        self.options = options
+        self.cache = DigestCache(device, budget, options, progress)
         self.executor, self.library, self.from_library = executor, library, from_library
         self.pair_cache = PairCache(os.path.join(results_dir, ".pairs"))
         self.identities = {}
@@ -396,17 +396,17 @@ def markdown_table(records, skipped, metrics, null, confusion=None):
     return "\n".join(lines) + "\n"
 
 
-def run_suite(specs, device, null, results_dir=None, checkpoint_dir=None, cache_gb=None, progress=False,
-              with_circuit=True, vocab_match="bytes", from_hub=False, executor="local", library=None):
-    """Resolve suites, score every pair, write the outputs; returns (run, interrupted)."""
+def run_suite(specs, device, null, options, results_dir=None, checkpoint_dir=None, cache_gb=None, progress=False,
+              from_hub=False, executor="local", library=None):
+    """Resolve suites, score every pair, write the outputs; returns (run, interrupted).
+    options: identify.options(...), what every digest depends on besides the weights."""
     name, pairs = resolve(specs, checkpoint_dir, from_hub)
     results_dir = os.path.abspath(results_dir or os.path.join("results", safe_name(name)))
-    run = SuiteRun(name, pairs, device, null, results_dir, default_budget(cache_gb), progress, with_circuit, vocab_match,
-                   executor, library)
+    run = SuiteRun(name, pairs, device, null, results_dir, default_budget(cache_gb), options, progress, executor, library)
     return run, run.run()
 
 
-def run_family_map(library, device, null, results_dir=None, progress=False, with_circuit=True, vocab_match="bytes", executor="local"):
+def run_family_map(library, device, null, results_dir=None, progress=False, options=None, executor="local"):
     """Every pair of a library's entries: the N x N matrix, the heatmap and the lineage map."""
     import identify
 
@@ -414,14 +414,17 @@ def run_family_map(library, device, null, results_dir=None, progress=False, with
     if not pairs:
         raise CheckpointError(library, "a family map needs at least two entries")
     results_dir = os.path.abspath(results_dir or os.path.join("results", "library-map"))
-    run = SuiteRun("library map", pairs, device, null, results_dir, 0, progress, with_circuit, vocab_match, executor,
+    run = SuiteRun("library map", pairs, device, null, results_dir, 0, options or identify.options(), progress, executor,
                    library, from_library=True)
     return run, run.run()
 
 
 def run_from_args(args, device, null):
-    run, interrupted = run_suite(args.config, device, null, args.results_dir, args.checkpoint_dir, args.cache_gb,
-                                 not args.quiet, not args.paper_only, args.vocab_match, args.hub, args.executor, args.library)
+    import identify
+
+    options = identify.options(not args.paper_only, args.vocab_match, args.precision)
+    run, interrupted = run_suite(args.config, device, null, options, args.results_dir, args.checkpoint_dir, args.cache_gb,
+                                 not args.quiet, args.hub, args.executor, args.library)
     return print_run(run, interrupted)
 
 

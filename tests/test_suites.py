@@ -9,6 +9,7 @@ import configs
 import evaluation
 import factory
 import fingerprint
+import identify
 import awm
 import main
 import suites
@@ -85,7 +86,8 @@ def test_each_model_is_read_once_and_layers_computed_once(suite_file, monkeypatc
         return original(self, index)
 
     monkeypatch.setattr(fingerprint.ModelDigest, "layer", counting)
-    run = suites.SuiteRun(name, pairs, torch.device("cpu"), awm.load_null(None), str(spec.parent / "r2"), 10 ** 9, progress=False)
+    run = suites.SuiteRun(name, pairs, torch.device("cpu"), awm.load_null(None), str(spec.parent / "r2"), 10 ** 9,
+                          identify.options(), progress=False)
     run.run()
     reads = {path: n for path, n in run.cache.loads.items()}
     assert set(reads.values()) == {1}
