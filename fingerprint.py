@@ -64,7 +64,7 @@ def qk_circuit(w_q, w_k, heads, input_gain=None, q_gain=None, k_gain=None, dtype
     group = heads.n_head // heads.n_kv
     hidden = w_q.shape[1]
     summed_q = w_q.reshape(heads.n_kv, group, -1, hidden).sum(1).reshape(-1, hidden)
-    return (summed_q.to(dtype).t() @ w_k.to(dtype)).float()
+    return (summed_q.to(dtype).t() @ w_k.to(dtype)).to(w_k.dtype)
 
 
 class ModelDigest:

@@ -172,24 +172,18 @@ UNDEFINED_ENERGY = 1e-10
 
 def _is_defined(kernel):
     sums = kernel.sums
-    return kernel.n >= 4 and np.isfinite(sums.squares) and \
-        kernel.norm_squared() > max(EPS ** 2, UNDEFINED_ENERGY * sums.squares)
+    return np.isfinite(sums.squares) and kernel.norm_squared() > max(EPS ** 2, UNDEFINED_ENERGY * sums.squares)
 
 
 def u_cka(x, y):
     """Unbiased linear CKA, the cosine between U(X) and U(Y), in one pass over both; NaN
     where either is zero (or missing)."""
-    if x is None or y is None:
+    if x is None or y is None or x.n < 4:
         return float("nan")
     value = u_inner(x, y)
     if not (_is_defined(x) and _is_defined(y)):
         return float("nan")
     return value / (x.norm_squared() * y.norm_squared()) ** 0.5
-
-
-def dot64(a, b):
-    """<a, b> accumulated in float64 (see Kernel.blocks)."""
-    return _scan(Kernel(a), Kernel(b))
 
 
 def unbiased_hsic(kernel_k, kernel_l):
