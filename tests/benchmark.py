@@ -159,19 +159,10 @@ def prepare(preset_name, folder, suspects=("derived", "independent")):
 
 
 # ----------------------------------------------------------------------------- one measured run
-def u_centered64(matrix):
-    """U-centering written out, float64."""
-    m = matrix.double().clone()
-    n = m.shape[0]
-    m.diagonal().zero_()
-    rows, cols = m.sum(1, keepdim=True), m.sum(0, keepdim=True)
-    m = m - rows / (n - 2) - cols / (n - 2) + rows.sum() / ((n - 1) * (n - 2))
-    m.diagonal().zero_()
-    return m
-
-
 def cka64(k, l):
-    u, v = u_centered64(k), u_centered64(l)
+    from test_metrics import u_center      # U-centering written out, float64
+
+    u, v = u_center(k), u_center(l)
     return float((u * v).sum() / (u.square().sum() * v.square().sum()).sqrt())
 
 
