@@ -166,13 +166,12 @@ def run_suite(suites_or_files, *, results_dir=None, checkpoint_dir=None, device=
               executor="local", library=None, precision="exact"):
     """Run built-in suites or suite files as `python main.py --config ...`: writes the same
     outputs under results_dir (default results/<suite>) and returns them as objects."""
+    import identify
     import suites
 
     if isinstance(suites_or_files, (str, os.PathLike)):
         suites_or_files = [suites_or_files]
     _prepare(threads)
-    import identify
-
     options = identify.options(not paper_only, vocab_match, precision)
     run, interrupted = suites.run_suite([os.fspath(s) for s in suites_or_files], resolve_device(device), load_null(null_stats),
                                         options, results_dir, checkpoint_dir, cache_gb, progress, from_hub, executor, library)

@@ -20,9 +20,8 @@ FLOAT32 = 4
 # Precision of the per-layer products (Grams, circuit). "exact": float32 throughout. "fast":
 # bfloat16 operands and results (float32 accumulation inside the product), about twice the
 # CPU rate on AVX512-BF16 / AMX cores and on GPUs; the results' rounding moves per-layer CKAs by
-# up to ~3e-4 percentage points (README, Performance), so it is not the default.
+# up to ~1e-3 percentage points (README, Performance), so it is not the default.
 PRODUCT_DTYPES = {"exact": torch.float32, "fast": torch.bfloat16}
-PRECISIONS = tuple(PRODUCT_DTYPES)
 
 
 @dataclass
@@ -73,7 +72,6 @@ class ModelDigest:
     def __init__(self, checkpoint, device, keep_layers=False, with_circuit=True, progress=False, precision="exact"):
         started = time.perf_counter()
         self.precision = precision
-        self._product_dtype = PRODUCT_DTYPES[precision]
         self.checkpoint = checkpoint
         self.device = device
         self.meta = checkpoint.describe()
@@ -110,7 +108,7 @@ class ModelDigest:
         ) if self.with_circuit else None
         self.layer_reads += 1
         read_done = time.perf_counter()
-        dtype = self._product_dtype
+        dtype = PRODUCT_DTYPES[self.precision]
         circuit = qk_circuit(w_q, w_k, ckpt.heads, *gains, dtype=dtype) if self.with_circuit else None
         kernels = LayerKernels(sm.gram(w_q.to(dtype)).float(), sm.gram(w_k.to(dtype)).float(), circuit)
         if self.device.type == "cuda":
@@ -378,7 +376,12 @@ def compare_digests(digest_a, digest_b, device, null, progress=True, residual="a
     """Compare two digests and assemble the JSON-ready report (scores in percent)."""
     if digest_a.precision != digest_b.precision:
         raise ComparisonError(f"digests of different precision ({digest_a.precision} vs {digest_b.precision})")
-    result = report.to_percent(compare(digest_a, digest_b, device, progress, residual, null))
+    return pair_record(compare(digest_a, digest_b, device, progress, residual, null), digest_a, digest_b, device, null)
+
+
+def pair_record(result, digest_a, digest_b, device, null):
+    """The JSON-ready report of compare()'s result (rounded to percent in place)."""
+    result = report.to_percent(result)
     timings = {
         "read_s": round(digest_a.read_seconds + digest_b.read_seconds, 3),
         "gram_s": round(digest_a.compute_seconds + digest_b.compute_seconds, 3),

@@ -140,7 +140,6 @@ def entry_name_for(reference, taken):
     return name
 
 
-
 # ----------------------------------------------------------------------------- command line
 def run_from_args(args, device, null):
     from errors import AwmError

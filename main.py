@@ -100,7 +100,7 @@ def build_parser():
                              "identical vocabulary spellings, as the published implementation does (its exact numbers)")
     parser.add_argument("--precision", choices=("exact", "fast"), default="exact",
                         help="the per-layer products: float32 (default), or bfloat16, about 2x faster on CPUs with "
-                             "AVX512-BF16/AMX, moving per-layer CKAs by up to ~3e-4 percentage points (README, Performance)")
+                             "AVX512-BF16/AMX, moving per-layer CKAs by up to ~1e-3 percentage points (README, Performance)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     return parser

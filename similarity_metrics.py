@@ -119,28 +119,34 @@ class _SumsAccumulator:
                                       self.squares - float(diagonal @ diagonal))
 
 
+def _combined_sign(x, y):
+    """The sign vector of <x, y>: each kernel's signs multiply its rows and columns."""
+    if x.sign is None or y.sign is None:
+        return x.sign if y.sign is None else y.sign
+    return x.sign * y.sign
+
+
 def _scan(x, y=None):
     """One pass over x (and y): fills the sums either lacks and returns their signed inner
     product over all entries (None without y)."""
-    pending = [_SumsAccumulator(k) for k in (x, y) if k is not None and k.sums is None]
-    sign = None
-    if y is not None:
-        signs = [k.sign for k in (x, y) if k.sign is not None]
-        sign = signs[0] * signs[1] if len(signs) == 2 else (signs[0] if signs else None)
+    sums_x = _SumsAccumulator(x) if x.sums is None else None
+    sums_y = _SumsAccumulator(y) if y is not None and y.sums is None else None
+    sign = _combined_sign(x, y) if y is not None else None
     inner = 0.0
     blocks_y = y.blocks() if y is not None else None
     for start, stop, block in x.blocks():
-        if pending and pending[0].kernel is x:
-            pending[0].add(start, stop, block)
+        if sums_x is not None:
+            sums_x.add(start, stop, block)
         if blocks_y is None:
             continue
         _, _, other = next(blocks_y)
-        if pending and pending[-1].kernel is y:
-            pending[-1].add(start, stop, other)
+        if sums_y is not None:
+            sums_y.add(start, stop, other)
         products = block.mul_(other)
         inner += float(products.sum()) if sign is None else float(sign[start:stop] @ (products @ sign))
-    for accumulator in pending:
-        accumulator.finish()
+    for accumulator in (sums_x, sums_y):
+        if accumulator is not None:
+            accumulator.finish()
     return inner if y is not None else None
 
 

@@ -223,12 +223,11 @@ def measure(path_a, path_b, device_name, threads, paper_only=False, local_paths=
 
     torch.set_num_threads(threads or os.cpu_count())
     device = torch.device(device_name)
-    # The report rounds scores to 1e-4 %; the float64 check needs them unrounded.
-    unrounded, to_percent = {}, report.to_percent
-    report.to_percent = lambda result: to_percent(unrounded.update(copy.deepcopy(result)) or result)
     started = time.perf_counter()
     digests = [fingerprint.digest_path(p, device, with_circuit=not paper_only, precision=precision) for p in (path_a, path_b)]
-    data = fingerprint.compare_digests(*digests, device, report.PAPER_NULL, progress=False)
+    unrounded = fingerprint.compare(*digests, device, progress=False, null=report.PAPER_NULL)
+    # The report rounds scores to 1e-4 %; the float64 check reads the unrounded copy.
+    data = fingerprint.pair_record(copy.deepcopy(unrounded), *digests, device, report.PAPER_NULL)
     total = time.perf_counter() - started
     peak_mb = peak_rss_mb()
     deviation = straightforward_check(unrounded, *(local_paths or (path_a, path_b)), not paper_only)
