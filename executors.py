@@ -56,6 +56,14 @@ def run_all(function, items, executor="local", description="", progress=False):
     return results
 
 
+def workers(executor):
+    """How many tasks can run at once: one locally; on Ray, one per GPU, else per CPU."""
+    if executor != "ray":
+        return 1
+    resources = connect_ray().cluster_resources()
+    return max(1, int(resources.get("GPU", 0)) or int(resources.get("CPU", 1)))
+
+
 def task_device(executor, requested):
     """A Ray task uses the GPU it was scheduled on; locally the device asked for."""
     if executor == "ray":

@@ -14,7 +14,7 @@ from tqdm import tqdm
 import allocator
 import report
 import similarity_metrics as sm
-from errors import ComparisonError
+from errors import AwmError, ComparisonError
 
 FLOAT32 = 4
 # Precision of the per-layer products (Grams, circuit). "exact": float32 throughout. "fast":
@@ -88,6 +88,10 @@ class ModelDigest:
     @staticmethod
     def layer_bytes(checkpoint, with_circuit=True):
         return (2 + with_circuit) * checkpoint.num_layers * checkpoint.hidden_size ** 2 * FLOAT32
+
+    def release_embedding(self):
+        """Drop what only the alignment reads (embedding, vocabulary): the layers stay readable."""
+        self.embedding = self.vocab = None
 
     def size_bytes(self):
         """Memory this digest holds: the embedding, plus the layer kernels when kept."""
@@ -204,8 +208,8 @@ def align(base, target, device):
 def _principal_axes(digest, ids, device):
     """The embedding's top principal axes from an even sample of the shared tokens, so the
     only pass over all of them stays the cosine's."""
-    sample = ids[::max(1, len(ids) // AXES_SAMPLE_TOKENS)]
-    return sm.principal_axes(_rows(digest, sample), digest.hidden_size, common_axes(digest.hidden_size), device)
+    sample = digest.embedding[ids[::max(1, len(ids) // AXES_SAMPLE_TOKENS)]].to(device=device, dtype=torch.float32)
+    return sm.principal_axes(sample, common_axes(digest.hidden_size))
 
 
 # ----------------------------------------------------------------------------- layer scores
@@ -221,21 +225,29 @@ def _prepared_kernels(kernels, alignment, is_base, groups):
     """The layer's matrices in METRICS order as sm.Kernel (None for a group not asked for):
     the base's in target dims, with the alignment's signs. A generator: a residual copy
     exists only while it is used, so a layer never holds all of them at once."""
-    matrices = (kernels.query, kernels.key, kernels.circuit)
+    # The Grams are exactly symmetric (sm.gram mirrors its upper triangle); the circuit is not,
+    # nor is a projected copy, whose two products round differently.
+    matrices = ((kernels.query, True), (kernels.key, True), (kernels.circuit, False))
     common = alignment.base_common if is_base else alignment.target_common
 
-    def prepare(matrix, is_residual):
+    def prepare(matrix, is_residual, symmetric):
         if matrix is None or (is_residual and common is None):
             return None
         if is_residual:
-            matrix = sm.project_out(matrix.clone(), common)
+            matrix, symmetric = sm.project_out(matrix.clone(), common), False
         if is_base and alignment.aligned:
-            return sm.Kernel(matrix, alignment.base_index, alignment.sign)
-        return sm.Kernel(matrix)       # read only: the digest may keep it for other pairs
+            return sm.Kernel(matrix, alignment.base_index, alignment.sign, symmetric)
+        return sm.Kernel(matrix, symmetric=symmetric)       # read only: the digest may keep it for other pairs
 
     for group in (PLAIN, RESIDUAL):
-        for matrix in matrices:
-            yield prepare(matrix, group == RESIDUAL) if group in groups else None
+        for matrix, symmetric in matrices:
+            yield prepare(matrix, group == RESIDUAL, symmetric) if group in groups else None
+
+
+def _layer_values(base_kernels, target_kernels, alignment, groups):
+    """CKA of one layer pair for every metric of the groups asked for (NaN for the others)."""
+    return [sm.u_cka(b, t) for b, t in zip(_prepared_kernels(base_kernels, alignment, True, groups),
+                                            _prepared_kernels(target_kernels, alignment, False, groups))]
 
 
 def layer_similarities(base, target, alignment, progress=True, groups=(PLAIN,)):
@@ -249,9 +261,7 @@ def layer_similarities(base, target, alignment, progress=True, groups=(PLAIN,)):
     bar = dict(disable=None if progress else True, leave=False, unit="layer")
     if base.num_layers == target.num_layers:
         for i in tqdm(range(base.num_layers), desc="layers", **bar):
-            base_kernels = _prepared_kernels(base.layer(i), alignment, True, groups)
-            target_kernels = _prepared_kernels(target.layer(i), alignment, False, groups)
-            sims[:, i, i] = [sm.u_cka(b, t) for b, t in zip(base_kernels, target_kernels)]
+            sims[:, i, i] = _layer_values(base.layer(i), target.layer(i), alignment, groups)
         return sims
     base_is_shallow = base.num_layers < target.num_layers
     shallow, deep = (base, target) if base_is_shallow else (target, base)
@@ -300,57 +310,165 @@ def needs_residual(alignment, scores, null):
     return test is not None and test.p_value > report.CORRESPONDENCE_P and above
 
 
+GROUP_ROWS = {PLAIN: slice(0, 3), RESIDUAL: slice(3, 6)}
+
+
+class PairScoring:
+    """One comparison under way: which model is the base, the alignment, and the per-layer
+    similarities as a pass over the layers fills them."""
+
+    def __init__(self, digest_a, digest_b, device):
+        if digest_a.precision != digest_b.precision:
+            raise ComparisonError(f"digests of different precision ({digest_a.precision} vs {digest_b.precision})")
+        self.digest_a, self.digest_b = digest_a, digest_b
+        self.a_is_base = digest_a.hidden_size >= digest_b.hidden_size
+        self.base, self.target = (digest_a, digest_b) if self.a_is_base else (digest_b, digest_a)
+        self.alignment = align(self.base, self.target, device)
+        self.sims = np.full((len(METRICS), self.base.num_layers, self.target.num_layers), np.nan)
+        self.cka_seconds = 0.0
+
+    @property
+    def same_depth(self):
+        return self.digest_a.num_layers == self.digest_b.num_layers
+
+    def groups(self, residual):
+        return (PLAIN, RESIDUAL) if residual == "always" and self.alignment.base_common is not None else (PLAIN,)
+
+    def add_layer(self, index, kernels_a, kernels_b, groups):
+        """Equal depth: the similarities of layer `index` of both models, for these groups."""
+        started = time.perf_counter()
+        base, target = (kernels_a, kernels_b) if self.a_is_base else (kernels_b, kernels_a)
+        values = _layer_values(base, target, self.alignment, groups)
+        for group in groups:
+            rows = GROUP_ROWS[group]
+            self.sims[rows, index, index] = values[rows]
+        self.cka_seconds += time.perf_counter() - started
+
+    def fill(self, sims, groups):
+        """Take the groups' similarities from a pass of layer_similarities."""
+        for group in groups:
+            self.sims[GROUP_ROWS[group]] = sims[GROUP_ROWS[group]]
+
+    def pass_over_layers(self, groups, progress):
+        """This pair's own pass over both models' layers, timed without the digests' reading
+        and products."""
+        work = lambda: sum(d.read_seconds + d.compute_seconds for d in (self.digest_a, self.digest_b))
+        started, work_before = time.perf_counter(), work()
+        self.fill(layer_similarities(self.base, self.target, self.alignment, progress, groups), groups)
+        self.cka_seconds += time.perf_counter() - started - (work() - work_before)
+
+    def needs_residual(self, null):
+        return needs_residual(self.alignment, score_layers(self.sims)[0], null)
+
+    def result(self, work):
+        """The pair's plain result dict (see compare); work: the digests' (read_s, gram_s) it counts."""
+        alignment, sims, digest_a, digest_b = self.alignment, self.sims, self.digest_a, self.digest_b
+        scores, residual_scores, paper_map, circuit_map = score_layers(sims)
+        # Report layers as (layer of A, layer of B) whatever side was the base.
+        orient = (lambda i, j: [i, j]) if self.a_is_base else (lambda i, j: [j, i])
+        layers = [dict(zip(("layer_a", "layer_b"), orient(i, j)), **{m: _finite(sims[n][i, j]) for n, m in enumerate(METRICS[:3])})
+                  for i, j in paper_map]
+        evidence = {
+            "base_model": "a" if self.a_is_base else "b",
+            "shared_tokens": alignment.shared_tokens,
+            "aligned": alignment.aligned,
+            "matched_hidden_dims": int(len(alignment.base_index)),
+            "base_hidden_dims": self.base.hidden_size,
+            "sign_flips": int((alignment.sign < 0).sum()),
+            "mean_abs_cosine": _finite(alignment.mean_abs_cosine),
+            "correspondence": _correspondence_record(alignment.correspondence),
+            "layers_a": digest_a.num_layers,
+            "layers_b": digest_b.num_layers,
+            "layer_map": None if self.same_depth else [orient(i, j) for i, j in paper_map],
+            "qk_circuit_layer_map": None if self.same_depth else [orient(i, j) for i, j in circuit_map],
+            "undefined_layer_scores": sum(layer[m] is None for layer in layers for m in ("wq", "wk")),
+            "notes": [alignment.note] if alignment.note else [],
+        }
+        if evidence["undefined_layer_scores"]:
+            evidence["notes"].append(f"CKA undefined for {evidence['undefined_layer_scores']} layer matrices "
+                                     "(a zero or constant matrix); scores average the defined ones")
+        read_s, gram_s = work
+        return {
+            "scores": {name: _finite(value) for name, value in scores.items()},
+            "residual_scores": {name: _finite(value) for name, value in residual_scores.items()},
+            "evidence": evidence,
+            "layers": layers,
+            # Reading and Gram products are timed by the digests; what remains is alignment and CKA.
+            "timings": {"read_s": round(read_s, 3), "gram_s": round(gram_s, 3), **alignment.timings,
+                        "cka_s": round(self.cka_seconds, 3)},
+        }
+
+
+def _digest_work(*digests):
+    return sum(d.read_seconds for d in digests), sum(d.compute_seconds for d in digests)
+
+
 def compare(digest_a, digest_b, device, progress=True, residual="auto", null=report.PAPER_NULL):
     """Full AWM comparison of two digests; returns a plain dict (see README, JSON schema).
 
     residual: "auto" computes the residual scores when the verdict needs them (a second pass
     over the layers), "always" in the same pass as the plain ones.
     """
-    a_is_base = digest_a.hidden_size >= digest_b.hidden_size
-    base, target = (digest_a, digest_b) if a_is_base else (digest_b, digest_a)
-    alignment = align(base, target, device)
-    layer_work = lambda: sum(d.read_seconds + d.compute_seconds for d in (digest_a, digest_b))
-    aligned_at, work_before = time.perf_counter(), layer_work()
-    always = residual == "always" and alignment.base_common is not None
+    pair = PairScoring(digest_a, digest_b, device)
     with allocator.reusing_freed_memory():
-        sims = layer_similarities(base, target, alignment, progress, (PLAIN, RESIDUAL) if always else (PLAIN,))
-        scores, residual_scores, paper_map, circuit_map = score_layers(sims)
-        if residual == "auto" and needs_residual(alignment, scores, null):
-            sims[3:] = layer_similarities(base, target, alignment, progress, (RESIDUAL,))[3:]
-            scores, residual_scores, paper_map, circuit_map = score_layers(sims)
-    # Report layers as (layer of A, layer of B) whatever side was the base.
-    orient = (lambda i, j: [i, j]) if a_is_base else (lambda i, j: [j, i])
-    layers = [dict(zip(("layer_a", "layer_b"), orient(i, j)), **{m: _finite(sims[n][i, j]) for n, m in enumerate(METRICS[:3])})
-              for i, j in paper_map]
-    same_depth = digest_a.num_layers == digest_b.num_layers
-    evidence = {
-        "base_model": "a" if a_is_base else "b",
-        "shared_tokens": alignment.shared_tokens,
-        "aligned": alignment.aligned,
-        "matched_hidden_dims": int(len(alignment.base_index)),
-        "base_hidden_dims": base.hidden_size,
-        "sign_flips": int((alignment.sign < 0).sum()),
-        "mean_abs_cosine": _finite(alignment.mean_abs_cosine),
-        "correspondence": _correspondence_record(alignment.correspondence),
-        "layers_a": digest_a.num_layers,
-        "layers_b": digest_b.num_layers,
-        "layer_map": None if same_depth else [orient(i, j) for i, j in paper_map],
-        "qk_circuit_layer_map": None if same_depth else [orient(i, j) for i, j in circuit_map],
-        "undefined_layer_scores": sum(layer[m] is None for layer in layers for m in ("wq", "wk")),
-        "notes": [alignment.note] if alignment.note else [],
-    }
-    if evidence["undefined_layer_scores"]:
-        evidence["notes"].append(f"CKA undefined for {evidence['undefined_layer_scores']} layer matrices "
-                                 "(a zero or constant matrix); scores average the defined ones")
-    finished = time.perf_counter()
-    return {
-        "scores": {name: _finite(value) for name, value in scores.items()},
-        "residual_scores": {name: _finite(value) for name, value in residual_scores.items()},
-        "evidence": evidence,
-        "layers": layers,
-        # Reading and Gram products are timed by the digests; what remains is alignment and CKA.
-        "timings": {**alignment.timings, "cka_s": round(finished - aligned_at - (layer_work() - work_before), 3)},
-    }
+        pair.pass_over_layers(pair.groups(residual), progress)
+        if residual == "auto" and pair.needs_residual(null):
+            pair.pass_over_layers((RESIDUAL,), progress)
+    return pair.result(_digest_work(digest_a, digest_b))
+
+
+def compare_many(shared, openers, device, null=report.PAPER_NULL, progress=False, residual="auto"):
+    """compare(shared, other) for every digest that an opener returns, with the shared
+    digest's layers read once for all equal-depth pairs: layer i of every pair is scored
+    before layer i + 1 is read. The others are opened one at a time and keep only what the
+    layer pass needs after their alignment, so memory does not grow with their number.
+
+    Returns one JSON-ready report per opener (as compare_digests), or the AwmError that pair
+    met (the others go on).
+    """
+    outcomes, pairs = [None] * len(openers), {}
+    for number, opener in enumerate(tqdm(openers, desc="alignments", unit="model", leave=False, disable=None if progress else True)):
+        try:
+            other = opener()
+            pairs[number] = PairScoring(shared, other, device)
+            other.release_embedding()
+        except AwmError as err:
+            outcomes[number] = err
+    with allocator.reusing_freed_memory():
+        _score_pairs(shared, pairs, outcomes, lambda pair: pair.groups(residual), progress)
+        if residual == "auto":
+            needing = {n: p for n, p in pairs.items() if outcomes[n] is None and p.needs_residual(null)}
+            _score_pairs(shared, needing, outcomes, lambda pair: (RESIDUAL,), progress)
+    # The shared digest's reading is split evenly over the pairs that used it.
+    scored = [n for n in pairs if outcomes[n] is None]
+    shared_work = [seconds / max(1, len(scored)) for seconds in _digest_work(shared)]
+    for number in scored:
+        pair = pairs[number]
+        result = pair.result([own + part for own, part in zip(_digest_work(pair.digest_b), shared_work)])
+        outcomes[number] = pair_record(result, shared, pair.digest_b, device, null)
+    return outcomes
+
+
+def _score_pairs(shared, pairs, outcomes, groups_of, progress):
+    """Fill the similarities of {number: PairScoring}: equal-depth pairs in one pass over the
+    shared digest's layers, the others each in a pass of its own."""
+    equal = {n: p for n, p in pairs.items() if p.same_depth}
+    bar = dict(disable=None if progress else True, leave=False, unit="layer")
+    for i in tqdm(range(shared.num_layers) if equal else (), desc=f"layers ({len(equal)} models)", **bar):
+        kernels = shared.layer(i)
+        for number, pair in equal.items():
+            if outcomes[number] is not None:
+                continue
+            try:
+                pair.add_layer(i, kernels, pair.digest_b.layer(i), groups_of(pair))
+            except AwmError as err:
+                outcomes[number] = err
+    for number, pair in pairs.items():
+        if number not in equal:
+            try:
+                pair.pass_over_layers(groups_of(pair), progress)
+            except AwmError as err:
+                outcomes[number] = err
 
 
 def _correspondence_record(test):
@@ -374,19 +492,11 @@ def digest_path(path, device, keep_layers=False, with_circuit=True, progress=Fal
 
 def compare_digests(digest_a, digest_b, device, null, progress=True, residual="auto"):
     """Compare two digests and assemble the JSON-ready report (scores in percent)."""
-    if digest_a.precision != digest_b.precision:
-        raise ComparisonError(f"digests of different precision ({digest_a.precision} vs {digest_b.precision})")
     return pair_record(compare(digest_a, digest_b, device, progress, residual, null), digest_a, digest_b, device, null)
 
 
 def pair_record(result, digest_a, digest_b, device, null):
     """The JSON-ready report of compare()'s result (rounded to percent in place)."""
     result = report.to_percent(result)
-    timings = {
-        "read_s": round(digest_a.read_seconds + digest_b.read_seconds, 3),
-        "gram_s": round(digest_a.compute_seconds + digest_b.compute_seconds, 3),
-        **result["timings"],
-        "device": str(device),
-        "precision": digest_a.precision,
-    }
+    timings = {**result["timings"], "device": str(device), "precision": digest_a.precision}
     return report.pair_report(result, digest_a.meta, digest_b.meta, null, timings)

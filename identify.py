@@ -5,6 +5,7 @@ the N x N matrix and the lineage picture. Both digest each model once and keep e
 pair on disk, so an interrupted run resumes where it stopped; both run their pieces through
 an executor (this process, or Ray tasks).
 """
+import functools
 import os
 
 import torch
@@ -25,6 +26,11 @@ def options(with_circuit=True, vocab_match="bytes", precision="exact"):
 
 
 # ----------------------------------------------------------------------------- tasks
+# Entries scored against one stored digest in one pass over its layers. A batch's pairs are
+# saved when it ends, so a run killed mid-batch recomputes at most this many pairs.
+BATCH_ENTRIES = 8
+
+
 def add_task(job):
     """Digest one model into the library: {"reference", "name", "status"} or an "error"."""
     directory, reference, name, opts, device, suspect = job
@@ -35,28 +41,62 @@ def add_task(job):
         return {"reference": reference, "name": name, "error": str(err)}
 
 
-def pair_task(job):
-    """Score two stored entries (a cached record when this pair was scored before)."""
-    directory, (name_a, suspect_a), (name_b, suspect_b), opts, device, null = job
+def _checked_record(library, name, suspect, opts):
+    record = read_record(library.entry_path(name, suspect))
+    if record["options"] != opts:
+        raise CheckpointError(library.entry_path(name, suspect), f"built with other options ({record['options']}); rebuild it with --add")
+    return record
+
+
+def batch_task(job):
+    """Score one stored digest (model a: a suspect or an entry) against a batch of entries
+    (model b), reading its layers once; pairs scored before are read from disk instead.
+    Returns [{"record"} or {"error"}] in the batch's order."""
+    directory, (name, suspect), others, opts, device, null = job
     library = Library(directory)
+    cache = library.pair_cache()
     try:
-        records = [read_record(library.entry_path(n, s)) for n, s in ((name_a, suspect_a), (name_b, suspect_b))]
-        for name, record in zip((name_a, name_b), records):
-            if record["options"] != opts:
-                raise CheckpointError(library.entry_path(name), f"built with other options ({record['options']}); rebuild it with --add")
-        cache = library.pair_cache()
-        key = cache.key(records[0]["build_id"], records[1]["build_id"], opts, null)
+        build_id = _checked_record(library, name, suspect, opts)["build_id"]
+    except CheckpointError as err:
+        return [{"error": str(err)} for _ in others]
+    outcomes, to_score = {}, {}
+    for other in others:
+        try:
+            key = cache.key(build_id, _checked_record(library, other, False, opts)["build_id"], opts, null)
+        except CheckpointError as err:
+            outcomes[other] = {"error": str(err)}
+            continue
         cached = cache.get(key)
         if cached is not None:
-            return {"record": cached}
+            outcomes[other] = {"record": cached}
+        else:
+            to_score[other] = key
+    if to_score:
         device = torch.device(device)
-        digests = [library.open(name_a, device, suspect_a), library.open(name_b, device, suspect_b)]
-        record = fingerprint.compare_digests(*digests, device, null, progress=False)
-    except (CheckpointError, ComparisonError) as err:
-        return {"error": str(err)}
-    record["model_a"]["name"], record["model_b"]["name"] = name_a, name_b
-    cache.put(key, record)
-    return {"record": record}
+        try:
+            shared = library.open(name, device, suspect)
+            records = fingerprint.compare_many(shared, [functools.partial(library.open, o, device) for o in to_score], device, null)
+        except AwmError as err:
+            records = [err] * len(to_score)
+        for (other, key), record in zip(to_score.items(), records):
+            if isinstance(record, AwmError):
+                outcomes[other] = {"error": str(record)}
+                continue
+            record["model_a"]["name"], record["model_b"]["name"] = name, other
+            cache.put(key, record)
+            outcomes[other] = {"record": record}
+    return [outcomes[other] for other in others]
+
+
+def batch_jobs(directory, shared, others, opts, device, null, executor):
+    """batch_task jobs for (shared, other) over the others: batches of at most BATCH_ENTRIES,
+    split over the executor's workers when it has several."""
+    size = max(1, min(BATCH_ENTRIES, -(-len(others) // executors.workers(executor))))
+    return [(directory, shared, others[start:start + size], opts, device, null) for start in range(0, len(others), size)]
+
+
+def run_batches(jobs, executor, description, progress):
+    return [outcome for done in executors.run_all(batch_task, jobs, executor, description, progress) for outcome in done]
 
 
 # ----------------------------------------------------------------------------- identify
@@ -70,8 +110,8 @@ def identify(suspect, directory, opts, device, null, executor="local", progress=
     added = executors.run_all(add_task, [(library.directory, suspect, None, opts, task_device, True)], executor, "digest suspect", progress)[0]
     if "error" in added:
         raise AwmError(added["error"])
-    jobs = [(library.directory, (added["name"], True), (entry, False), opts, task_device, null) for entry in entries]
-    outcomes = executors.run_all(pair_task, jobs, executor, "entries", progress)
+    jobs = batch_jobs(library.directory, (added["name"], True), entries, opts, task_device, null, executor)
+    outcomes = run_batches(jobs, executor, "entry batches", progress)
     matches = [o["record"] for o in outcomes if "record" in o]
     matches.sort(key=lambda r: (VERDICT_ORDER.get(r["verdict"], 9), -(r["scores"]["final"] or 0.0)))
     return {
@@ -117,10 +157,19 @@ def add_models_named(names, directory, opts, device, executor="local", progress=
 
 
 def score_pairs(directory, named_pairs, opts, device, null, executor="local", progress=False):
-    """Outcomes ({"record"} or {"error"}) of entry pairs [(name_a, name_b), ...], in order."""
+    """Outcomes ({"record"} or {"error"}) of entry pairs [(name_a, name_b), ...], in order;
+    the pairs that share model a are scored in batches (its layers read once per batch)."""
     task_device = executors.task_device(executor, device.type)
-    jobs = [(directory, (a, False), (b, False), opts, task_device, null) for a, b in named_pairs]
-    return executors.run_all(pair_task, jobs, executor, "pairs", progress)
+    by_first = {}
+    for number, (a, b) in enumerate(named_pairs):
+        by_first.setdefault(a, []).append(number)
+    jobs = [job for a, numbers in by_first.items()
+            for job in batch_jobs(directory, (a, False), [named_pairs[n][1] for n in numbers], opts, task_device, null, executor)]
+    order = [number for numbers in by_first.values() for number in numbers]
+    outcomes = [None] * len(named_pairs)
+    for number, outcome in zip(order, run_batches(jobs, executor, "pair batches", progress)):
+        outcomes[number] = outcome
+    return outcomes
 
 
 def family_pairs(directory):

@@ -289,6 +289,8 @@ class StoredDigest:
         self.read_seconds += time.perf_counter() - started
         return fingerprint.LayerKernels(query, key, circuit)
 
+    release_embedding = fingerprint.ModelDigest.release_embedding
+
     def size_bytes(self):
         return self.embedding.numel() * self.embedding.element_size()
 

@@ -20,11 +20,15 @@ def gram(weight):
     """Linear kernel over hidden dims: K[i, j] = <column i, column j> of W.
 
     K is symmetric, so only the block upper triangle is multiplied and mirrored: about half
-    the flops of W^T W, with bit-identical entries.
+    the flops of W^T W. Small kernels are one product with the upper triangle mirrored too:
+    every Gram is exactly symmetric, which the CKA pass relies on.
     """
     hidden = weight.shape[1]
     if hidden <= 2 * GRAM_BLOCK:
-        return weight.t() @ weight
+        kernel = weight.t() @ weight
+        upper = torch.triu_indices(hidden, hidden, 1, device=kernel.device)
+        kernel[upper[1], upper[0]] = kernel[upper[0], upper[1]]
+        return kernel
     kernel = torch.empty(hidden, hidden, dtype=weight.dtype, device=weight.device)
     for start in range(0, hidden, GRAM_BLOCK):
         stop = min(start + GRAM_BLOCK, hidden)
@@ -56,6 +60,7 @@ class Kernel:
     matrix: torch.Tensor
     index: torch.Tensor = None
     sign: torch.Tensor = None
+    symmetric: bool = False           # exactly symmetric (a Gram): column sums are the row sums
     sums: OffDiagonalSums = None      # filled by the first pass over it
     _norm_squared: float = None
 
@@ -84,7 +89,7 @@ class Kernel:
         """The same kernel with its rows and columns gathered once: for one kept and compared many times."""
         if self.index is None:
             return self
-        return Kernel(select_kernel(self.matrix, self.index), None, self.sign, self.sums, self._norm_squared)
+        return Kernel(select_kernel(self.matrix, self.index), None, self.sign, self.symmetric, self.sums, self._norm_squared)
 
     def norm_squared(self):
         """||U(M)||^2."""
@@ -108,15 +113,16 @@ class _SumsAccumulator:
         # Matrix-vector products: a float64 reduction over dim 0 is several times slower.
         signs = self.signs
         self.rows[start:stop] = (block @ signs) * signs[start:stop]
-        self.cols += signs[start:stop] @ block
+        if not self.kernel.symmetric:
+            self.cols += signs[start:stop] @ block
         self.squares += float(torch.dot(block.reshape(-1), block.reshape(-1)))
 
     def finish(self):
         kernel = self.kernel
         diagonal = kernel.matrix.diagonal()
         diagonal = (diagonal if kernel.index is None else diagonal[kernel.index]).double()
-        kernel.sums = OffDiagonalSums(diagonal, self.rows - diagonal, self.cols * self.signs - diagonal,
-                                      self.squares - float(diagonal @ diagonal))
+        cols = self.rows if kernel.symmetric else self.cols * self.signs
+        kernel.sums = OffDiagonalSums(diagonal, self.rows - diagonal, cols - diagonal, self.squares - float(diagonal @ diagonal))
 
 
 def _combined_sign(x, y):
@@ -235,13 +241,18 @@ class ColumnProducts:
         return ColumnProducts(*(getattr(self, f) + getattr(other, f) for f in fields))
 
 
-def row_blocks(rows, device, chunk_rows=COSINE_CHUNK_ROWS):
-    """float32 blocks of rows(start, stop) on `device` until the rows run out (for the
-    principal axes' token sample, usually a single block)."""
-    start = 0
-    while (block := rows(start, start + chunk_rows)).shape[0]:
-        yield block.to(device=device, dtype=torch.float32)
-        start += block.shape[0]
+class _Staging:
+    """One float32 buffer on the device that each block of rows is copied into: a fresh
+    buffer per block costs more in page faults than the copy itself."""
+
+    def __init__(self, device):
+        self.device, self.buffer = device, None
+
+    def __call__(self, rows):
+        if self.buffer is None or self.buffer.shape[0] < rows.shape[0] or self.buffer.shape[1:] != rows.shape[1:]:
+            self.buffer = None                    # freed before its successor is allocated
+            self.buffer = torch.empty(rows.shape, dtype=torch.float32, device=self.device)
+        return self.buffer[:rows.shape[0]].copy_(rows)
 
 
 def column_products(rows_a, rows_b, device, basis_a=None, basis_b=None, chunk_rows=COSINE_CHUNK_ROWS):
@@ -252,12 +263,12 @@ def column_products(rows_a, rows_b, device, basis_a=None, basis_b=None, chunk_ro
     along: A^T (A basis) costs a thin product on rows that are already loaded.
     """
     thin = lambda block, basis: block.t() @ (block @ basis) if basis is not None else block.new_zeros(block.shape[1], 0)
-    # An explicit loop, not row_blocks: rebinding block_a / block_b frees each float32 block
-    # before the next is gathered (suspended generators would keep two alive per side).
+    stage_a, stage_b = _Staging(device), _Staging(device)
     totals, count = None, 0
-    while (block_a := rows_a(count, count + chunk_rows)).shape[0]:
-        block_a = block_a.to(device=device, dtype=torch.float32)
-        block_b = rows_b(count, count + chunk_rows).to(device=device, dtype=torch.float32)
+    while (raw := rows_a(count, count + chunk_rows)).shape[0]:
+        block_a = stage_a(raw)
+        block_b = stage_b(rows_b(count, count + chunk_rows))
+        del raw
         parts = (block_a.t() @ block_b, block_a.sum(0), block_b.sum(0), (block_a * block_a).sum(0), (block_b * block_b).sum(0),
                  thin(block_a, basis_a), thin(block_b, basis_b))
         totals = list(parts) if totals is None else [t.add_(p) for t, p in zip(totals, parts)]
@@ -286,22 +297,21 @@ class CommonDirections:
     covariance_basis: torch.Tensor
 
 
-def principal_axes(rows, hidden, count, device, iterations=2, oversample=8):
-    """Top `count` principal axes of the centered rows by blocked subspace iteration, each
-    pass Cov @ Q = X^T (X Q) - n mu (mu^T Q): the rows are never centered or copied whole.
-    The axes only need to span the dominant directions, so a few passes suffice."""
-    total, sums = 0, torch.zeros(hidden, device=device)
-    for block in row_blocks(rows, device):
-        sums += block.sum(0)
-        total += block.shape[0]
-    mean = sums / total
+def principal_axes(sample, count, iterations=2, oversample=8, chunk_rows=COSINE_CHUNK_ROWS):
+    """Top `count` principal axes of the centered rows of `sample` (tokens x hidden, float32)
+    by blocked subspace iteration, each pass Cov @ Q = X^T (X Q) - n mu (mu^T Q) over blocks of
+    rows: the sample is never centered or copied. The axes only need to span the dominant
+    directions, so a few passes suffice."""
+    total, hidden = sample.shape
+    blocks = sample.split(chunk_rows)
+    mean = sum(block.sum(0) for block in blocks) / total
 
     def covariance_times(matrix):
-        product = sum(block.t() @ (block @ matrix) for block in row_blocks(rows, device))
+        product = sum(block.t() @ (block @ matrix) for block in blocks)
         return product - total * mean[:, None] * (mean @ matrix)[None, :]
 
     generator = torch.Generator().manual_seed(0)
-    q = torch.linalg.qr(torch.randn(hidden, min(hidden, count + oversample), generator=generator).to(device))[0]
+    q = torch.linalg.qr(torch.randn(hidden, min(hidden, count + oversample), generator=generator).to(sample.device))[0]
     for _ in range(iterations):
         q = torch.linalg.qr(covariance_times(q))[0]
     values, vectors = torch.linalg.eigh(q.t() @ covariance_times(q))

@@ -98,6 +98,43 @@ def test_identify_command_prints_a_ranked_table_and_writes_json(tmp_path, models
     assert [m["model_b"]["name"] for m in saved["matches"]] == ["base", "other"]
 
 
+def test_the_suspect_digest_is_read_once_for_all_equal_depth_entries(tmp_path, models, monkeypatch):
+    directory = build(tmp_path, models)
+    reads = {}
+    real_layer = library.StoredDigest.layer
+
+    def counted(self, index):
+        reads[os.path.basename(self.entry)] = reads.get(os.path.basename(self.entry), 0) + 1
+        return real_layer(self, index)
+
+    monkeypatch.setattr(library.StoredDigest, "layer", counted)
+    result = identify.identify(models["suspect"], directory, OPTIONS, CPU, awm.load_null(None))
+    by_entry = {r["model_b"]["name"]: r for r in result["matches"]}
+    passes = lambda name: 1 + (by_entry[name]["residual_scores"]["final"] is not None)   # plain pass, residual pass
+    layers = by_entry["base"]["evidence"]["layers_a"]
+    equal_depth = [n for n, r in by_entry.items() if r["evidence"]["layers_b"] == layers]
+    assert sorted(equal_depth) == ["base", "other", "tuned"]
+    # One pass over the suspect for the equal-depth entries (two if one needs residual scores);
+    # the depth-pruned entry needs every layer pair and makes passes of its own.
+    shared_passes = max(passes(n) for n in equal_depth)
+    assert reads["suspect"] == layers * (shared_passes + passes("deep"))
+    assert all(reads[n] == layers * passes(n) for n in equal_depth)
+
+
+def test_an_entry_that_fails_mid_pass_is_listed_and_the_others_are_scored(tmp_path, models):
+    directory = build(tmp_path, models, ("base", "tuned", "other"))
+    kernels = os.path.join(directory, "tuned", library.KERNEL_FILE)
+    info = library.files.read_safetensors_header(kernels)["layers.2.key"]
+    with open(kernels, "r+b") as handle:                   # a NaN in layer 2: found only when that layer is read
+        handle.seek(info.begin)
+        handle.write(torch.tensor([float("nan")], dtype=torch.float32).numpy().tobytes())
+    result = identify.identify(models["suspect"], directory, OPTIONS, CPU, awm.load_null(None))
+    assert [(s["entry"], "layers.2.key" in s["reason"] and "NaN" in s["reason"]) for s in result["not_compared"]] == [("tuned", True)]
+    by_entry = {r["model_b"]["name"]: r for r in result["matches"]}
+    direct = awm.compare(models["suspect"], models["base"], device="cpu").to_dict()
+    assert without_run_details(by_entry["base"]) == without_run_details(direct) and by_entry["base"]["verdict"] == "derived"
+
+
 # ----------------------------------------------------------------------------- resuming
 def test_a_second_identify_reuses_the_suspect_digest_and_every_scored_pair(tmp_path, models, monkeypatch):
     directory = build(tmp_path, models, ("base", "other"))

@@ -88,6 +88,10 @@ def test_u_inner_equals_inner_product_of_u_centered_signed_matrices(symmetric):
     assert x.norm_squared() == pytest.approx(float(u_center(selected).square().sum()), rel=1e-9)
     assert sm.u_inner(y, x) == pytest.approx(sm.u_inner(x, y), rel=1e-12)
     assert sm.u_inner(x.selected(), y) == pytest.approx(sm.u_inner(x, y), rel=1e-12)
+    if symmetric:      # a Gram's column sums taken as its row sums
+        x_sym, y_sym = sm.Kernel(a, index, sign[index], symmetric=True), sm.Kernel(b[:20, :20], symmetric=True)
+        assert sm.u_inner(x_sym, y_sym) == pytest.approx(sm.u_inner(x, y), rel=1e-12)
+        assert x_sym.norm_squared() == pytest.approx(x.norm_squared(), rel=1e-12)
 
 
 def test_cka_invariant_to_output_rotation_and_scale():
@@ -163,6 +167,9 @@ def test_blocked_gram_equals_the_plain_product():
     weight = torch.randn(300, 1300, generator=generator)      # wider than two Gram blocks, uneven tail
     assert torch.allclose(sm.gram(weight), weight.t() @ weight, rtol=1e-5, atol=1e-3)
     assert torch.equal(sm.gram(weight), sm.gram(weight).t())
+    small = torch.randn(300, 96, generator=generator)           # one product, mirrored as well
+    assert torch.equal(sm.gram(small), sm.gram(small).t())
+    assert torch.allclose(sm.gram(small), small.t() @ small, rtol=1e-5, atol=1e-4)
 
 
 def test_cka_exact_where_float32_accumulation_is_not():

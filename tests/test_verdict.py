@@ -33,8 +33,8 @@ def direct_residual_cosine(a, b, basis_a, basis_b):
 def test_residual_cosine_from_products_equals_the_direct_computation():
     generator = torch.Generator().manual_seed(0)
     a, b = torch.randn(500, 24, generator=generator) + 2.0, torch.randn(500, 32, generator=generator)
-    axes_a = sm.principal_axes(rows_of(a), 24, 3, CPU)
-    axes_b = sm.principal_axes(rows_of(b), 32, 4, CPU)
+    axes_a = sm.principal_axes(a, 3)
+    axes_b = sm.principal_axes(b, 4)
     products = sm.column_products(rows_of(a[:230]), rows_of(b[:230]), CPU, axes_a, axes_b, chunk_rows=50) + \
         sm.column_products(rows_of(a[230:]), rows_of(b[230:]), CPU, axes_a, axes_b, chunk_rows=64)
     residual = sm.residual_cosine(products, sm.common_directions(products, "a", axes_a), sm.common_directions(products, "b", axes_b))
@@ -45,7 +45,7 @@ def test_principal_axes_span_the_top_eigenvectors_of_the_covariance():
     generator = torch.Generator().manual_seed(1)
     spectrum = torch.cat([torch.tensor([30.0, 20.0, 12.0]), torch.ones(37)])
     x = torch.randn(4000, 40, generator=generator) * spectrum.sqrt() @ torch.linalg.qr(torch.randn(40, 40, generator=generator))[0]
-    axes = sm.principal_axes(rows_of(x), 40, 3, CPU)
+    axes = sm.principal_axes(x, 3, chunk_rows=700)
     top = torch.linalg.eigh(torch.cov(x.t()))[1][:, -3:]
     # Same subspace: the projection of the true axes onto ours keeps their full length.
     assert torch.linalg.matrix_norm(axes.t() @ top) ** 2 == pytest.approx(3.0, abs=1e-3)
