@@ -52,7 +52,7 @@ def batch_task(job):
     """Score one stored digest (model a: a suspect or an entry) against a batch of entries
     (model b), reading its layers once; pairs scored before are read from disk instead.
     Returns [{"record"} or {"error"}] in the batch's order."""
-    directory, (name, suspect), others, opts, device, null = job
+    directory, (name, suspect), others, opts, device, null, progress = job
     library = Library(directory)
     cache = library.pair_cache()
     try:
@@ -75,7 +75,8 @@ def batch_task(job):
         device = torch.device(device)
         try:
             shared = library.open(name, device, suspect)
-            records = fingerprint.compare_many(shared, [functools.partial(library.open, o, device) for o in to_score], device, null)
+            openers = [functools.partial(library.open, o, device) for o in to_score]
+            records = fingerprint.compare_many(shared, openers, device, null, progress)
         except AwmError as err:
             records = [err] * len(to_score)
         for (other, key), record in zip(to_score.items(), records):
@@ -88,11 +89,12 @@ def batch_task(job):
     return [outcomes[other] for other in others]
 
 
-def batch_jobs(directory, shared, others, opts, device, null, executor):
+def batch_jobs(directory, shared, others, opts, device, null, executor, progress):
     """batch_task jobs for (shared, other) over the others: batches of at most BATCH_ENTRIES,
-    split over the executor's workers when it has several."""
+    split evenly over the executor's workers when it has several (whose tasks show no bars)."""
     size = max(1, min(BATCH_ENTRIES, -(-len(others) // executors.workers(executor))))
-    return [(directory, shared, others[start:start + size], opts, device, null) for start in range(0, len(others), size)]
+    inner = progress and executor == "local"
+    return [(directory, shared, others[start:start + size], opts, device, null, inner) for start in range(0, len(others), size)]
 
 
 def run_batches(jobs, executor, description, progress):
@@ -110,7 +112,7 @@ def identify(suspect, directory, opts, device, null, executor="local", progress=
     added = executors.run_all(add_task, [(library.directory, suspect, None, opts, task_device, True)], executor, "digest suspect", progress)[0]
     if "error" in added:
         raise AwmError(added["error"])
-    jobs = batch_jobs(library.directory, (added["name"], True), entries, opts, task_device, null, executor)
+    jobs = batch_jobs(library.directory, (added["name"], True), entries, opts, task_device, null, executor, progress)
     outcomes = run_batches(jobs, executor, "entry batches", progress)
     matches = [o["record"] for o in outcomes if "record" in o]
     matches.sort(key=lambda r: (VERDICT_ORDER.get(r["verdict"], 9), -(r["scores"]["final"] or 0.0)))
@@ -164,7 +166,7 @@ def score_pairs(directory, named_pairs, opts, device, null, executor="local", pr
     for number, (a, b) in enumerate(named_pairs):
         by_first.setdefault(a, []).append(number)
     jobs = [job for a, numbers in by_first.items()
-            for job in batch_jobs(directory, (a, False), [named_pairs[n][1] for n in numbers], opts, task_device, null, executor)]
+            for job in batch_jobs(directory, (a, False), [named_pairs[n][1] for n in numbers], opts, task_device, null, executor, progress)]
     order = [number for numbers in by_first.values() for number in numbers]
     outcomes = [None] * len(named_pairs)
     for number, outcome in zip(order, run_batches(jobs, executor, "pair batches", progress)):

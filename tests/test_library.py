@@ -201,6 +201,28 @@ def test_a_suite_killed_mid_run_resumes_without_recomputing(tmp_path, larger_mod
     assert [without_run_details(r) for r in resumed["pairs"]] == [without_run_details(r) for r in fresh.pairs]
 
 
+def test_an_identify_killed_mid_run_resumes_with_the_stored_suspect_digest(tmp_path, larger_models):
+    directory = str(tmp_path / "lib")
+    identify.add_models([larger_models[n] for n in ("base", "tuned", "other")], directory, OPTIONS, CPU)
+    output = tmp_path / "matches.json"
+    command = [sys.executable, os.path.join(ROOT, "main.py"), "--library", directory, "--identify", larger_models["suspect"],
+               "--output", str(output), "--device", "cpu", "--quiet"]
+    running = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    suspect_record = os.path.join(directory, library.SUSPECTS, "suspect", library.DIGEST_FILE)
+    deadline = time.time() + 240
+    while time.time() < deadline and not os.path.isfile(suspect_record):
+        time.sleep(0.01)
+    running.send_signal(signal.SIGKILL)                  # the suspect is digested, the pairs are under way
+    running.wait()
+    assert os.path.isfile(suspect_record) and not output.exists()
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    resumed = json.loads(output.read_text())
+    assert resumed["suspect_digest"] == "reused"
+    fresh = identify.identify(larger_models["suspect"], build(tmp_path / "fresh", larger_models, ("base", "tuned", "other")),
+                              OPTIONS, CPU, awm.load_null(None))
+    assert [without_run_details(r) for r in resumed["matches"]] == [without_run_details(r) for r in fresh["matches"]]
+
+
 # ----------------------------------------------------------------------------- bad entries
 def test_bad_entries_are_listed_with_their_reason_and_harm_nothing(tmp_path, models, capsys):
     directory = build(tmp_path, models, ("base", "tuned", "other", "deep"))
