@@ -13,7 +13,7 @@ import torch
 import executors
 import fingerprint
 import report
-from errors import AwmError, CheckpointError, ComparisonError
+from errors import AwmError, CheckpointError
 from library import Library, read_record
 
 # Best matches first: a derived verdict outranks a higher score with another verdict.

@@ -249,8 +249,7 @@ class _Staging:
         self.device, self.buffer = device, None
 
     def __call__(self, rows):
-        if self.buffer is None or self.buffer.shape[0] < rows.shape[0] or self.buffer.shape[1:] != rows.shape[1:]:
-            self.buffer = None                    # freed before its successor is allocated
+        if self.buffer is None or self.buffer.shape[0] < rows.shape[0]:
             self.buffer = torch.empty(rows.shape, dtype=torch.float32, device=self.device)
         return self.buffer[:rows.shape[0]].copy_(rows)
 
@@ -268,7 +267,7 @@ def column_products(rows_a, rows_b, device, basis_a=None, basis_b=None, chunk_ro
     while (raw := rows_a(count, count + chunk_rows)).shape[0]:
         block_a = stage_a(raw)
         block_b = stage_b(rows_b(count, count + chunk_rows))
-        del raw
+        del raw                                   # the gathered rows, once staged
         parts = (block_a.t() @ block_b, block_a.sum(0), block_b.sum(0), (block_a * block_a).sum(0), (block_b * block_b).sum(0),
                  thin(block_a, basis_a), thin(block_b, basis_b))
         totals = list(parts) if totals is None else [t.add_(p) for t, p in zip(totals, parts)]

@@ -4,8 +4,6 @@ The maths is checked against direct, slow formulas; the test's level on pure noi
 verdict end to end on pairs whose truth is known by construction, including independent
 models with the anisotropic embeddings that inflate the paper's score.
 """
-import os
-
 import pytest
 import torch
 
