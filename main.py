@@ -34,9 +34,11 @@ from the Hub:
 
 a fingerprint library:
   --add stores each model's digest (embedding, per-layer W_q / W_k Grams and QK circuit,
-  float32: scores from it equal scores from the weights); --identify reads the suspect once
-  and ranks every entry; --map scores all pairs and draws the family map. Runs killed at any
-  point resume: stored digests and scored pairs are not recomputed.
+  float32: scores from it equal scores from the weights); --identify digests the suspect
+  once, scores the entries in batches of 8 that read its digest once (a 7B suspect against 8
+  entries: about 1/5 of the time of the 8 pairs from the weights) and ranks them; --map scores
+  all pairs and draws the family map. Runs killed at any point resume: stored digests and
+  scored pairs are not recomputed.
 
 examples:
   python main.py --demo

@@ -327,3 +327,16 @@ def test_a_ray_suite_scores_as_the_local_one_digesting_each_model_once(local_ray
     again = awm.run_suite(suite, results_dir=str(tmp_path / "ray"), device="cpu", executor="ray")   # all stored: nothing rebuilt
     assert json.loads((tmp_path / "ray" / "scores.json").read_text())["model_reads"] == {}
     assert [without_run_details(r) for r in again.pairs] == [without_run_details(r) for r in local.pairs]
+
+
+def test_a_ray_identify_splits_the_entries_over_the_workers_and_scores_as_the_local_one(local_ray, tmp_path, models):
+    directory = build(tmp_path, models)
+    import executors
+
+    jobs = identify.batch_jobs(directory, ("suspect", True), ["base", "deep", "other", "tuned"], OPTIONS, "cpu", None, "ray", False)
+    size = -(-4 // executors.workers("ray"))                      # one batch per CPU (2 here) run at once
+    assert [job[2] for job in jobs] == [["base", "deep", "other", "tuned"][i:i + size] for i in range(0, 4, size)]
+    on_ray = identify.identify(models["suspect"], directory, OPTIONS, CPU, awm.load_null(None), executor="ray")
+    local = identify.identify(models["suspect"], build(tmp_path / "local", models), OPTIONS, CPU, awm.load_null(None))
+    assert [without_run_details(r) for r in on_ray["matches"]] == [without_run_details(r) for r in local["matches"]]
+
