@@ -435,10 +435,10 @@ def compare_many(shared, openers, device, null=report.PAPER_NULL, progress=False
         except AwmError as err:
             outcomes[number] = err
     with allocator.reusing_freed_memory():
-        _score_pairs(shared, pairs, outcomes, lambda pair: pair.groups(residual), progress)
+        _layer_passes(shared, pairs, outcomes, lambda pair: pair.groups(residual), progress)
         if residual == "auto":
             needing = {n: p for n, p in pairs.items() if outcomes[n] is None and p.needs_residual(null)}
-            _score_pairs(shared, needing, outcomes, lambda pair: (RESIDUAL,), progress)
+            _layer_passes(shared, needing, outcomes, lambda pair: (RESIDUAL,), progress)
     # The shared digest's reading is split evenly over the pairs that used it.
     scored = [n for n in pairs if outcomes[n] is None]
     shared_work = [seconds / max(1, len(scored)) for seconds in _digest_work(shared)]
@@ -449,7 +449,7 @@ def compare_many(shared, openers, device, null=report.PAPER_NULL, progress=False
     return outcomes
 
 
-def _score_pairs(shared, pairs, outcomes, groups_of, progress):
+def _layer_passes(shared, pairs, outcomes, groups_of, progress):
     """Fill the similarities of {number: PairScoring}: equal-depth pairs in one pass over the
     shared digest's layers, the others each in a pass of its own."""
     equal = {n: p for n, p in pairs.items() if p.same_depth}

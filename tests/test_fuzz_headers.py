@@ -3,8 +3,10 @@
 Only the tool's own CheckpointError may come out, each case must finish quickly, and no
 hostile header may make the process allocate more than a bounded amount of memory.
 """
+import atexit
 import os
 import resource
+import shutil
 import struct
 import tempfile
 
@@ -32,6 +34,7 @@ def valid_files():
 
 
 SAFETENSORS_SEED, GGUF_SEED, FOLDER = valid_files()
+atexit.register(shutil.rmtree, FOLDER, ignore_errors=True)
 
 
 def parse(reader, data, suffix):
