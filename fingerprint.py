@@ -69,6 +69,8 @@ def qk_circuit(w_q, w_k, heads, input_gain=None, q_gain=None, k_gain=None, dtype
 class ModelDigest:
     """Everything a comparison needs from one model, read once."""
 
+    kept_axes = None      # (device, sampled token ids, axes) of its last alignment: see _principal_axes
+
     def __init__(self, checkpoint, device, keep_layers=False, with_circuit=True, progress=False, precision="exact"):
         started = time.perf_counter()
         self.precision = precision
@@ -91,7 +93,7 @@ class ModelDigest:
 
     def release_embedding(self):
         """Drop what only the alignment reads (embedding, vocabulary): the layers stay readable."""
-        self.embedding = self.vocab = None
+        self.embedding = self.vocab = self.kept_axes = None
 
     def size_bytes(self):
         """Memory this digest holds: the embedding, plus the layer kernels when kept."""
@@ -207,9 +209,16 @@ def align(base, target, device):
 
 def _principal_axes(digest, ids, device):
     """The embedding's top principal axes from an even sample of the shared tokens, so the
-    only pass over all of them stays the cosine's."""
-    sample = digest.embedding[ids[::max(1, len(ids) // AXES_SAMPLE_TOKENS)]].to(device=device, dtype=torch.float32)
-    return sm.principal_axes(sample, common_axes(digest.hidden_size))
+    only pass over all of them stays the cosine's. Kept on the digest for its next pair: a
+    model compared with many others of its tokenizer samples the same tokens each time."""
+    sample_ids = ids[::max(1, len(ids) // AXES_SAMPLE_TOKENS)]
+    kept = digest.kept_axes
+    if kept is not None and kept[0] == device and torch.equal(kept[1], sample_ids):
+        return kept[2]
+    sample = digest.embedding[sample_ids].to(device=device, dtype=torch.float32)
+    axes = sm.principal_axes(sample, common_axes(digest.hidden_size))
+    digest.kept_axes = (device, sample_ids, axes)
+    return axes
 
 
 # ----------------------------------------------------------------------------- layer scores
@@ -344,17 +353,14 @@ class PairScoring:
             self.sims[rows, index, index] = values[rows]
         self.cka_seconds += time.perf_counter() - started
 
-    def fill(self, sims, groups):
-        """Take the groups' similarities from a pass of layer_similarities."""
-        for group in groups:
-            self.sims[GROUP_ROWS[group]] = sims[GROUP_ROWS[group]]
-
     def pass_over_layers(self, groups, progress):
         """This pair's own pass over both models' layers, timed without the digests' reading
         and products."""
-        work = lambda: sum(d.read_seconds + d.compute_seconds for d in (self.digest_a, self.digest_b))
+        work = lambda: sum(_digest_work(self.digest_a, self.digest_b))
         started, work_before = time.perf_counter(), work()
-        self.fill(layer_similarities(self.base, self.target, self.alignment, progress, groups), groups)
+        sims = layer_similarities(self.base, self.target, self.alignment, progress, groups)
+        for group in groups:
+            self.sims[GROUP_ROWS[group]] = sims[GROUP_ROWS[group]]
         self.cka_seconds += time.perf_counter() - started - (work() - work_before)
 
     def needs_residual(self, null):
@@ -455,10 +461,11 @@ def _layer_passes(shared, pairs, outcomes, groups_of, progress):
     equal = {n: p for n, p in pairs.items() if p.same_depth}
     bar = dict(disable=None if progress else True, leave=False, unit="layer")
     for i in tqdm(range(shared.num_layers) if equal else (), desc=f"layers ({len(equal)} models)", **bar):
+        going = [(n, p) for n, p in equal.items() if outcomes[n] is None]
+        if not going:
+            break                       # every pair has failed: the shared layers are not needed
         kernels = shared.layer(i)
-        for number, pair in equal.items():
-            if outcomes[number] is not None:
-                continue
+        for number, pair in going:
             try:
                 pair.add_layer(i, kernels, pair.digest_b.layer(i), groups_of(pair))
             except AwmError as err:

@@ -230,6 +230,8 @@ def check_current(record, entry):
 class StoredDigest:
     """A library entry with the interface of fingerprint.ModelDigest, read lazily per layer."""
 
+    kept_axes = None
+
     def __init__(self, entry, device):
         started = time.perf_counter()
         self.entry, self.device = entry, device

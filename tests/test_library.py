@@ -121,6 +121,21 @@ def test_the_suspect_digest_is_read_once_for_all_equal_depth_entries(tmp_path, m
     assert all(reads[n] == layers * passes(n) for n in equal_depth)
 
 
+def test_the_suspect_principal_axes_are_computed_once_per_batch(tmp_path, models, monkeypatch):
+    directory = build(tmp_path, models)
+    samples = []
+    real_axes = sm.principal_axes
+
+    def counted(sample, count, **kwargs):
+        samples.append(sample.shape)
+        return real_axes(sample, count, **kwargs)
+
+    monkeypatch.setattr(sm, "principal_axes", counted)
+    result = identify.identify(models["suspect"], directory, OPTIONS, CPU, awm.load_null(None))
+    # One tokenizer for all: the suspect's token sample is the same for every entry.
+    assert len(result["matches"]) == 4 and len(samples) == 4 + 1
+
+
 def test_an_entry_that_fails_mid_pass_is_listed_and_the_others_are_scored(tmp_path, models):
     directory = build(tmp_path, models, ("base", "tuned", "other"))
     kernels = os.path.join(directory, "tuned", library.KERNEL_FILE)
