@@ -56,30 +56,32 @@ def batch_task(job):
     library = Library(directory)
     cache = library.pair_cache()
     try:
-        build_id = _checked_record(library, name, suspect, opts)["build_id"]
+        shared_entry = _checked_record(library, name, suspect, opts)
     except CheckpointError as err:
         return [{"error": str(err)} for _ in others]
     outcomes, to_score = {}, {}
     for other in others:
         try:
-            key = cache.key(build_id, _checked_record(library, other, False, opts)["build_id"], opts, null)
+            entry = _checked_record(library, other, False, opts)
         except CheckpointError as err:
             outcomes[other] = {"error": str(err)}
             continue
+        key = cache.key(shared_entry["build_id"], entry["build_id"], opts, null)
         cached = cache.get(key)
         if cached is not None:
             outcomes[other] = {"record": cached}
         else:
-            to_score[other] = key
+            to_score[other] = (key, entry)
     if to_score:
         device = torch.device(device)
         try:
-            shared = library.open(name, device, suspect)
-            openers = [functools.partial(library.open, o, device) for o in to_score]
+            # The records just read are handed on: an entry's vocabulary is parsed once.
+            shared = library.open(name, device, suspect, shared_entry)
+            openers = [functools.partial(library.open, o, device, False, entry) for o, (_, entry) in to_score.items()]
             records = fingerprint.compare_many(shared, openers, device, null, progress)
         except AwmError as err:
             records = [err] * len(to_score)
-        for (other, key), record in zip(to_score.items(), records):
+        for (other, (key, _)), record in zip(to_score.items(), records):
             if isinstance(record, AwmError):
                 outcomes[other] = {"error": str(record)}
                 continue

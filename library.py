@@ -232,10 +232,11 @@ class StoredDigest:
 
     kept_axes = None
 
-    def __init__(self, entry, device):
+    def __init__(self, entry, device, record=None):
+        """record: the entry's record when the caller has already read it."""
         started = time.perf_counter()
         self.entry, self.device = entry, device
-        self.record = read_record(entry)
+        self.record = record if record is not None else read_record(entry)
         check_current(self.record, entry)
         self.meta = self.record["meta"]
         self.name = self.record["name"]
@@ -340,8 +341,8 @@ class Library:
         build_entry(os.path.dirname(target), name, checkpoint, identity, options, device, progress)
         return name, "added"
 
-    def open(self, name, device, suspect=False):
-        return StoredDigest(self.entry_path(name, suspect), device)
+    def open(self, name, device, suspect=False, record=None):
+        return StoredDigest(self.entry_path(name, suspect), device, record)
 
     def pair_cache(self):
         return PairCache(os.path.join(self.directory, PAIRS))
