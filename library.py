@@ -236,15 +236,15 @@ class StoredDigest:
         """record: the entry's record when the caller has already read it."""
         started = time.perf_counter()
         self.entry, self.device = entry, device
-        self.record = record if record is not None else read_record(entry)
-        check_current(self.record, entry)
-        self.meta = self.record["meta"]
-        self.name = self.record["name"]
-        self.hidden_size, self.num_layers = int(self.record["hidden_size"]), int(self.record["num_layers"])
-        self.with_circuit = bool(self.record["options"]["with_circuit"])
-        self.precision = self.record["options"]["precision"]
+        record = record if record is not None else read_record(entry)
+        check_current(record, entry)
+        self.meta = record["meta"]
+        self.name = record["name"]
+        self.hidden_size, self.num_layers = int(record["hidden_size"]), int(record["num_layers"])
+        self.with_circuit = bool(record["options"]["with_circuit"])
+        self.precision = record["options"]["precision"]
         try:
-            self.vocab = decode_vocab(self.record.get("vocab"))
+            self.vocab = decode_vocab(record.get("vocab"))
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(os.path.join(entry, DIGEST_FILE), "library entry has a corrupt vocabulary") from None
         self.path = os.path.join(entry, KERNEL_FILE)
