@@ -1,11 +1,12 @@
 """The Python API: the same records as the command line, typed; errors as exceptions."""
 import json
+import os
 
+import factory
 import pytest
 
 import awm
-import factory
-import main
+from awm import cli
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +23,14 @@ def without_timings(record):
 
 def test_compare_returns_exactly_the_cli_record(pair, tmp_path, capsys):
     out = tmp_path / "cli.json"
-    assert main.main(["--model_paths", str(pair / "base"), str(pair / "copy"), "--quiet", "--output", str(out)]) == 0
+    assert cli.main(["--model_paths", str(pair / "base"), str(pair / "copy"), "--quiet", "--output", str(out)]) == 0
     capsys.readouterr()
     report = awm.compare(pair / "base", pair / "copy", device="cpu")
     assert capsys.readouterr() == ("", "")                       # silent by default
-    cli = json.loads(out.read_text())
-    api = json.loads(json.dumps(report.to_dict()))
-    assert without_timings(api) == without_timings(cli)
-    assert set(api["timings"]) == set(cli["timings"])
+    from_cli = json.loads(out.read_text())
+    from_api = json.loads(json.dumps(report.to_dict()))
+    assert without_timings(from_api) == without_timings(from_cli)
+    assert set(from_api["timings"]) == set(from_cli["timings"])
 
 
 def test_report_fields_are_typed_with_the_json_names(pair):
@@ -46,7 +47,7 @@ def test_bad_input_raises_the_tools_exception_with_the_cli_message(pair, tmp_pat
     missing = str(tmp_path / "nope")
     with pytest.raises(awm.CheckpointError) as caught:
         awm.compare(str(pair / "base"), missing)
-    assert main.main(["--model_paths", str(pair / "base"), missing, "--quiet"]) == 2
+    assert cli.main(["--model_paths", str(pair / "base"), missing, "--quiet"]) == 2
     assert capsys.readouterr().err.strip() == f"error: {caught.value}"
     assert isinstance(caught.value, awm.AwmError)
 
@@ -67,15 +68,19 @@ def test_run_suite_returns_what_it_writes(pair, tmp_path):
     assert result.verdict_confusion == written["verdict_confusion"] and not result.interrupted
 
 
-def test_the_package_installs_every_module_and_package():
+def test_the_wheel_installs_one_import_name_with_every_module(tmp_path):
+    """`pip install .` puts exactly the awm package (and its dist-info) into site-packages,
+    with every module of the source tree."""
     import glob
-    import os
-    import tomllib
+    import subprocess
+    import sys
+    import zipfile
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with open(os.path.join(root, "pyproject.toml"), "rb") as handle:
-        setup = tomllib.load(handle)["tool"]["setuptools"]
-    modules = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(root, "*.py"))}
-    packages = {os.path.basename(os.path.dirname(p)) for p in glob.glob(os.path.join(root, "*", "__init__.py"))}
-    assert set(setup["py-modules"]) == modules
-    assert set(setup["packages"]) == packages - {"tests"}
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), root],
+                   check=True, capture_output=True)
+    (wheel,) = glob.glob(str(tmp_path / "awm-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"awm", f"awm-{awm.__version__}.dist-info"}
+    sources = {os.path.relpath(p, root) for p in glob.glob(os.path.join(root, "awm", "**", "*.py"), recursive=True)}
+    assert sources == {n for n in names if n.endswith(".py")}

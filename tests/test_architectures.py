@@ -14,7 +14,7 @@ import torch
 import transformers as tf
 from safetensors.torch import save_file
 
-from readers.model_reader import ModelCheckpoint
+from awm.readers.model_reader import ModelCheckpoint
 
 SMALL = dict(vocab_size=96, max_position_embeddings=64)
 
@@ -179,7 +179,7 @@ def test_unknown_family_names_the_architecture_and_its_attention_tensors(tmp_pat
     save_file({"backbone.embed.weight": torch.zeros(4, 8), "backbone.blocks.0.mixer.in_proj.weight": torch.zeros(8, 8),
                "backbone.blocks.0.attn.qkv.weight": torch.zeros(24, 8)}, os.path.join(tmp_path, "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba_x", "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1}))
-    from errors import CheckpointError
+    from awm.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match=r"'mamba_x' is not in the architecture table.*backbone.blocks.0.attn.qkv.weight"):
         ModelCheckpoint(tmp_path)
@@ -189,7 +189,7 @@ def test_mla_is_reported_as_unsupported_with_the_reason(tmp_path):
     save_file({"model.embed_tokens.weight": torch.zeros(4, 8), "model.layers.0.self_attn.kv_a_proj_with_mqa.weight": torch.zeros(8, 8)},
               os.path.join(tmp_path, "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "deepseek_v3", "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1}))
-    from errors import CheckpointError
+    from awm.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="latent attention"):
         ModelCheckpoint(tmp_path)

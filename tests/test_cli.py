@@ -4,10 +4,9 @@ import os
 import subprocess
 import sys
 
+import factory
 import pytest
 import torch
-
-import factory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "main.py")

@@ -7,13 +7,13 @@ must stay >= 99 % while independent models stay below 2 %.
 """
 import copy
 
+import factory
 import pytest
 import torch
 import transformers as tf
 
-import factory
-import fingerprint
-import report
+from awm import pair, verdict
+from awm.digest import digest_path
 
 CPU = torch.device("cpu")
 HEADS, HIDDEN, LAYERS, VOCAB = 4, 64, 2, 96
@@ -135,8 +135,8 @@ def save(model, state, directory, config_changes=None):
 
 
 def scores(a, b):
-    digests = [fingerprint.digest_path(p, CPU) for p in (a, b)]
-    return fingerprint.compare_digests(*digests, CPU, report.PAPER_NULL, progress=False)["scores"]
+    digests = [digest_path(p, CPU) for p in (a, b)]
+    return pair.compare_digests(*digests, CPU, verdict.PAPER_NULL, progress=False)["scores"]
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,9 @@
 import os
 import subprocess
 
-import configs
-import download_plan
 import factory
+
+from awm import configs, downloads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,26 +17,26 @@ BIN_ONLY = ["config.json", "qwen.tiktoken", "pytorch_model-00001-of-00002.bin", 
 
 
 def test_selects_only_what_awm_reads():
-    assert download_plan.select_files(LLAMA3_REPO) == [
+    assert downloads.select_files(LLAMA3_REPO) == [
         "config.json", "model-00001-of-00004.safetensors", "model-00002-of-00004.safetensors",
         "model.safetensors.index.json", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
 
 
 def test_no_duplicate_bin_when_safetensors_exist_and_bin_when_alone():
-    assert download_plan.select_files(BOTH_FORMATS) == ["config.json", "model.safetensors", "tokenizer.model"]
-    assert download_plan.select_files(BIN_ONLY) == ["config.json", "pytorch_model-00001-of-00002.bin",
+    assert downloads.select_files(BOTH_FORMATS) == ["config.json", "model.safetensors", "tokenizer.model"]
+    assert downloads.select_files(BIN_ONLY) == ["config.json", "pytorch_model-00001-of-00002.bin",
                                                     "pytorch_model-00002-of-00002.bin", "pytorch_model.bin.index.json",
                                                     "qwen.tiktoken"]
-    assert download_plan.select_files(["config.json", "README.md"]) == []
+    assert downloads.select_files(["config.json", "README.md"]) == []
 
 
 def test_missing_models_land_in_the_folder_main_reads(tmp_path):
-    rows = download_plan.missing("pruning_pairs", str(tmp_path))
+    rows = downloads.missing("pruning_pairs", str(tmp_path))
     assert {r[0] for r in rows} == set(configs.suite_models("pruning_pairs"))
     for name, repo, folder in rows:
         assert repo == configs.MODELS[name] and folder == configs.model_dir(name, str(tmp_path))
     factory.make_llama(configs.model_dir("Llama-3.2-1B", str(tmp_path)), vocab=50)
-    assert "Llama-3.2-1B" not in {r[0] for r in download_plan.missing("pruning_pairs", str(tmp_path))}
+    assert "Llama-3.2-1B" not in {r[0] for r in downloads.missing("pruning_pairs", str(tmp_path))}
 
 
 def test_script_lists_suites_and_skips_complete_ones(tmp_path):

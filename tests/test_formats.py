@@ -4,23 +4,23 @@ import glob
 import json
 import os
 
+import factory
 import pytest
 import torch
 
-import factory
-import fingerprint
-import report
-from readers import vocabulary
-from errors import CheckpointError
-from readers.model_reader import ModelCheckpoint
+from awm import pair, verdict
+from awm.digest import digest_path
+from awm.errors import CheckpointError
+from awm.readers import vocabulary
+from awm.readers.model_reader import ModelCheckpoint
 
 CPU = torch.device("cpu")
 TOKENS = factory.byte_level_tokens(300)
 
 
 def score(a, b):
-    digests = [fingerprint.digest_path(p, CPU) for p in (a, b)]
-    return fingerprint.compare_digests(*digests, CPU, report.PAPER_NULL, progress=False)
+    digests = [digest_path(p, CPU) for p in (a, b)]
+    return pair.compare_digests(*digests, CPU, verdict.PAPER_NULL, progress=False)
 
 
 @pytest.fixture(scope="module")

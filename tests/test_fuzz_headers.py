@@ -10,14 +10,14 @@ import shutil
 import struct
 import tempfile
 
+import factory
 import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, given, settings
 from safetensors.torch import save_file
 
-import factory
-from readers.checkpoint_files import GGUFStore, read_safetensors_header
-from errors import CheckpointError
+from awm.errors import CheckpointError
+from awm.readers.checkpoint_files import GGUFStore, read_safetensors_header
 
 FUZZ = settings(max_examples=250, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture], derandomize=True)
 MEMORY_GROWTH_LIMIT_KB = 512 * 1024

@@ -10,16 +10,16 @@ import os
 import subprocess
 import sys
 
+import factory
 import pytest
 import torch
 import transformers as tf
+from hub_server import FakeHub
 
 import awm
-import factory
-import main
-from errors import CheckpointError
-from hub_server import FakeHub
-from readers import hub, range_cache
+from awm import cli
+from awm.errors import CheckpointError
+from awm.readers import hub, range_cache
 
 TOKENS = factory.byte_level_tokens(300)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,7 +142,7 @@ def test_multimodal_wrapper_from_the_hub_skips_the_vision_tower(fake_hub, tmp_pa
     remote = awm.compare("org/llava", "org/llama", device="cpu")
     local = awm.compare(tmp_path / "llava", tmp_path / "llama", device="cpu")
     assert comparable(remote) == comparable(local)
-    from readers.checkpoint_files import read_safetensors_header
+    from awm.readers.checkpoint_files import read_safetensors_header
 
     header = read_safetensors_header(str(tmp_path / "llava" / "model.safetensors"))
     vision_bytes = sum(t.end - t.begin for n, t in header.items() if "vision" in n)
@@ -153,7 +153,7 @@ def test_multimodal_wrapper_from_the_hub_skips_the_vision_tower(fake_hub, tmp_pa
 # ----------------------------------------------------------------------------- bytes
 def needed_bytes(folder):
     """Bytes of the tensors the score reads, from the local copy's headers, and their count."""
-    from readers.model_reader import ModelCheckpoint
+    from awm.readers.model_reader import ModelCheckpoint
 
     checkpoint = ModelCheckpoint(folder)
     tensors = [checkpoint.store.tensors[n] for n in checkpoint.tensors_for_score()]
@@ -229,7 +229,7 @@ def test_a_revision_pin_reads_that_commit(fake_hub, repos, tmp_path):
 
 # ----------------------------------------------------------------------------- errors
 def one_line_error(capsys, *models):
-    code = main.main(["--model_paths", *models, "--quiet", "--device", "cpu"])
+    code = cli.main(["--model_paths", *models, "--quiet", "--device", "cpu"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "Traceback" not in err, err
     return err
@@ -245,7 +245,7 @@ def test_missing_gated_and_unsupported_repos_are_one_clear_line(fake_hub, repos,
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
     assert "org/gated: gated repo" in one_line_error(capsys, "org/gated", "org/base")
     monkeypatch.setenv("HF_TOKEN", "hf_good")
-    assert main.main(["--model_paths", "org/gated", "org/base", "--quiet", "--device", "cpu"]) == 0
+    assert cli.main(["--model_paths", "org/gated", "org/base", "--quiet", "--device", "cpu"]) == 0
     capsys.readouterr()
     assert "no such file" in one_line_error(capsys, "hf://org/base/missing.gguf", "org/base")
     bin_only = tmp_path / "bin"
@@ -346,10 +346,9 @@ def test_a_suite_reads_each_remote_model_once(fake_hub, repos, tmp_path):
 
 
 def test_built_in_suites_take_missing_models_from_their_repos(tmp_path):
-    import configs
-    import suites
+    from awm import configs, suite_files
 
-    assert suites.model_location("Llama-2-7b-hf", str(tmp_path), from_hub=True) == "hf://" + configs.MODELS["Llama-2-7b-hf"]
-    assert suites.model_location("Llama-2-7b-hf", str(tmp_path)) == str(tmp_path / "Llama-2-7b-hf")
+    assert suite_files.model_location("Llama-2-7b-hf", str(tmp_path), from_hub=True) == "hf://" + configs.MODELS["Llama-2-7b-hf"]
+    assert suite_files.model_location("Llama-2-7b-hf", str(tmp_path)) == str(tmp_path / "Llama-2-7b-hf")
     os.makedirs(tmp_path / "Llama-2-7b-hf")
-    assert suites.model_location("Llama-2-7b-hf", str(tmp_path), from_hub=True) == str(tmp_path / "Llama-2-7b-hf")
+    assert suite_files.model_location("Llama-2-7b-hf", str(tmp_path), from_hub=True) == str(tmp_path / "Llama-2-7b-hf")

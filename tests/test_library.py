@@ -8,22 +8,27 @@ import subprocess
 import sys
 import time
 
+import factory
 import pytest
 import torch
+from test_hub import TOKENS, derived, full_llama_tensors
 
 import awm
-import factory
-import fingerprint
-import identify
-import library
-import lineage
-import main
-import similarity_metrics as sm
-from test_hub import TOKENS, derived, full_llama_tensors
+from awm import (
+    cli,
+    embedding_stats,
+    identification,
+    library,
+    library_entry,
+    library_tasks,
+    lineage,
+)
+from awm import similarity_metrics as sm
+from awm.verdict import load_reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = torch.device("cpu")
-OPTIONS = identify.options()
+OPTIONS = library_tasks.options()
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +59,7 @@ def without_run_details(record):
 
 def build(tmp_path, models, names=("base", "tuned", "other", "deep")):
     directory = str(tmp_path / "lib")
-    outcomes = identify.add_models([models[n] for n in names], directory, OPTIONS, CPU)
+    outcomes = library_tasks.add_models([models[n] for n in names], directory, OPTIONS, CPU)
     assert all("error" not in o for o in outcomes), outcomes
     return directory
 
@@ -64,14 +69,14 @@ def test_packed_grams_unpack_bit_for_bit():
     for hidden in (96, 2 * sm.GRAM_BLOCK, 2 * sm.GRAM_BLOCK + 77):
         weight = torch.randn(160, hidden, generator=torch.Generator().manual_seed(hidden))
         kernel = sm.gram(weight)
-        packed = library.pack_upper(kernel)
-        assert packed.numel() == library.packed_length(hidden) < (hidden * hidden if hidden > 2 * sm.GRAM_BLOCK else hidden * hidden + 1)
-        assert torch.equal(library.unpack_upper(packed, hidden), kernel)
+        packed = library_entry.pack_upper(kernel)
+        assert packed.numel() == library_entry.packed_length(hidden) < (hidden * hidden if hidden > 2 * sm.GRAM_BLOCK else hidden * hidden + 1)
+        assert torch.equal(library_entry.unpack_upper(packed, hidden), kernel)
 
 
 def test_identify_scores_equal_scores_from_the_weights(tmp_path, models):
     directory = build(tmp_path, models)
-    result = identify.identify(models["suspect"], directory, OPTIONS, CPU, awm.load_null(None))
+    result = identification.identify(models["suspect"], directory, OPTIONS, CPU, load_reference(None))
     by_entry = {r["model_b"]["name"]: r for r in result["matches"]}
     assert set(by_entry) == {"base", "tuned", "other", "deep"} and not result["not_compared"]
     for name in by_entry:
@@ -91,7 +96,7 @@ def test_the_python_api_builds_a_library_and_identifies(tmp_path, models):
 def test_identify_command_prints_a_ranked_table_and_writes_json(tmp_path, models, capsys):
     directory = build(tmp_path, models, ("base", "other"))
     out = tmp_path / "matches.json"
-    assert main.main(["--library", directory, "--identify", models["suspect"], "--device", "cpu", "--quiet", "--output", str(out)]) == 0
+    assert cli.main(["--library", directory, "--identify", models["suspect"], "--device", "cpu", "--quiet", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed.index(" base ") < printed.index(" other ") and "best match: base (derived)" in printed
     saved = json.loads(out.read_text())
@@ -101,14 +106,14 @@ def test_identify_command_prints_a_ranked_table_and_writes_json(tmp_path, models
 def test_the_suspect_digest_is_read_once_for_all_equal_depth_entries(tmp_path, models, monkeypatch):
     directory = build(tmp_path, models)
     reads = {}
-    real_layer = library.StoredDigest.layer
+    real_layer = library_entry.StoredDigest.layer
 
     def counted(self, index):
         reads[os.path.basename(self.entry)] = reads.get(os.path.basename(self.entry), 0) + 1
         return real_layer(self, index)
 
-    monkeypatch.setattr(library.StoredDigest, "layer", counted)
-    result = identify.identify(models["suspect"], directory, OPTIONS, CPU, awm.load_null(None))
+    monkeypatch.setattr(library_entry.StoredDigest, "layer", counted)
+    result = identification.identify(models["suspect"], directory, OPTIONS, CPU, load_reference(None))
     by_entry = {r["model_b"]["name"]: r for r in result["matches"]}
     passes = lambda name: 1 + (by_entry[name]["residual_scores"]["final"] is not None)   # plain pass, residual pass
     layers = by_entry["base"]["evidence"]["layers_a"]
@@ -124,26 +129,26 @@ def test_the_suspect_digest_is_read_once_for_all_equal_depth_entries(tmp_path, m
 def test_the_suspect_principal_axes_are_computed_once_per_batch(tmp_path, models, monkeypatch):
     directory = build(tmp_path, models)
     samples = []
-    real_axes = sm.principal_axes
+    real_axes = embedding_stats.principal_axes
 
     def counted(sample, count, **kwargs):
         samples.append(sample.shape)
         return real_axes(sample, count, **kwargs)
 
-    monkeypatch.setattr(sm, "principal_axes", counted)
-    result = identify.identify(models["suspect"], directory, OPTIONS, CPU, awm.load_null(None))
+    monkeypatch.setattr(embedding_stats, "principal_axes", counted)
+    result = identification.identify(models["suspect"], directory, OPTIONS, CPU, load_reference(None))
     # One tokenizer for all: the suspect's token sample is the same for every entry.
     assert len(result["matches"]) == 4 and len(samples) == 4 + 1
 
 
 def test_an_entry_that_fails_mid_pass_is_listed_and_the_others_are_scored(tmp_path, models):
     directory = build(tmp_path, models, ("base", "tuned", "other"))
-    kernels = os.path.join(directory, "tuned", library.KERNEL_FILE)
-    info = library.files.read_safetensors_header(kernels)["layers.2.key"]
+    kernels = os.path.join(directory, "tuned", library_entry.KERNEL_FILE)
+    info = library_entry.files.read_safetensors_header(kernels)["layers.2.key"]
     with open(kernels, "r+b") as handle:                   # a NaN in layer 2: found only when that layer is read
         handle.seek(info.begin)
         handle.write(torch.tensor([float("nan")], dtype=torch.float32).numpy().tobytes())
-    result = identify.identify(models["suspect"], directory, OPTIONS, CPU, awm.load_null(None))
+    result = identification.identify(models["suspect"], directory, OPTIONS, CPU, load_reference(None))
     assert [(s["entry"], "layers.2.key" in s["reason"] and "NaN" in s["reason"]) for s in result["not_compared"]] == [("tuned", True)]
     by_entry = {r["model_b"]["name"]: r for r in result["matches"]}
     direct = awm.compare(models["suspect"], models["base"], device="cpu").to_dict()
@@ -153,29 +158,29 @@ def test_an_entry_that_fails_mid_pass_is_listed_and_the_others_are_scored(tmp_pa
 # ----------------------------------------------------------------------------- resuming
 def test_a_second_identify_reuses_the_suspect_digest_and_every_scored_pair(tmp_path, models, monkeypatch):
     directory = build(tmp_path, models, ("base", "other"))
-    first = identify.identify(models["suspect"], directory, OPTIONS, CPU, awm.load_null(None))
+    first = identification.identify(models["suspect"], directory, OPTIONS, CPU, load_reference(None))
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("recomputed")
 
-    monkeypatch.setattr(fingerprint, "compare_digests", must_not_run)
-    monkeypatch.setattr(fingerprint, "ModelDigest", must_not_run)
-    again = identify.identify(models["suspect"], directory, OPTIONS, CPU, awm.load_null(None))
+    monkeypatch.setattr(library_tasks, "compare_many", must_not_run)
+    monkeypatch.setattr(library_entry, "ModelDigest", must_not_run)
+    again = identification.identify(models["suspect"], directory, OPTIONS, CPU, load_reference(None))
     assert again["suspect_digest"] == "reused" and again["matches"] == first["matches"]
-    assert identify.add_models([models["base"]], directory, OPTIONS, CPU)[0]["status"] == "up to date"
+    assert library_tasks.add_models([models["base"]], directory, OPTIONS, CPU)[0]["status"] == "up to date"
 
 
 def test_a_changed_source_rebuilds_its_entry(tmp_path, models):
     directory = build(tmp_path, models, ("base",))
-    before = library.read_record(os.path.join(directory, "base"))
+    before = library_entry.read_record(os.path.join(directory, "base"))
     weights = os.path.join(models["base"], "model.safetensors")
     stat = os.stat(weights)
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))
     try:
-        assert identify.add_models([models["base"]], directory, OPTIONS, CPU)[0]["status"] == "added"
+        assert library_tasks.add_models([models["base"]], directory, OPTIONS, CPU)[0]["status"] == "added"
     finally:
         os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert library.read_record(os.path.join(directory, "base"))["build_id"] != before["build_id"]
+    assert library_entry.read_record(os.path.join(directory, "base"))["build_id"] != before["build_id"]
 
 
 @pytest.fixture(scope="module")
@@ -218,12 +223,12 @@ def test_a_suite_killed_mid_run_resumes_without_recomputing(tmp_path, larger_mod
 
 def test_an_identify_killed_mid_run_resumes_with_the_stored_suspect_digest(tmp_path, larger_models):
     directory = str(tmp_path / "lib")
-    identify.add_models([larger_models[n] for n in ("base", "tuned", "other")], directory, OPTIONS, CPU)
+    library_tasks.add_models([larger_models[n] for n in ("base", "tuned", "other")], directory, OPTIONS, CPU)
     output = tmp_path / "matches.json"
     command = [sys.executable, os.path.join(ROOT, "main.py"), "--library", directory, "--identify", larger_models["suspect"],
                "--output", str(output), "--device", "cpu", "--quiet"]
     running = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    suspect_record = os.path.join(directory, library.SUSPECTS, "suspect", library.DIGEST_FILE)
+    suspect_record = os.path.join(directory, library.SUSPECTS, "suspect", library_entry.DIGEST_FILE)
     deadline = time.time() + 240
     while time.time() < deadline and not os.path.isfile(suspect_record):
         time.sleep(0.01)
@@ -233,25 +238,25 @@ def test_an_identify_killed_mid_run_resumes_with_the_stored_suspect_digest(tmp_p
     assert subprocess.run(command, capture_output=True).returncode == 0
     resumed = json.loads(output.read_text())
     assert resumed["suspect_digest"] == "reused"
-    fresh = identify.identify(larger_models["suspect"], build(tmp_path / "fresh", larger_models, ("base", "tuned", "other")),
-                              OPTIONS, CPU, awm.load_null(None))
+    fresh = identification.identify(larger_models["suspect"], build(tmp_path / "fresh", larger_models, ("base", "tuned", "other")),
+                              OPTIONS, CPU, load_reference(None))
     assert [without_run_details(r) for r in resumed["matches"]] == [without_run_details(r) for r in fresh["matches"]]
 
 
 # ----------------------------------------------------------------------------- bad entries
 def test_bad_entries_are_listed_with_their_reason_and_harm_nothing(tmp_path, models, capsys):
     directory = build(tmp_path, models, ("base", "tuned", "other", "deep"))
-    with open(os.path.join(directory, "tuned", library.DIGEST_FILE), "w") as handle:
+    with open(os.path.join(directory, "tuned", library_entry.DIGEST_FILE), "w") as handle:
         handle.write("{not json")
-    kernels = os.path.join(directory, "other", library.KERNEL_FILE)
+    kernels = os.path.join(directory, "other", library_entry.KERNEL_FILE)
     os.truncate(kernels, os.path.getsize(kernels) // 2)
-    record_path = os.path.join(directory, "deep", library.DIGEST_FILE)
+    record_path = os.path.join(directory, "deep", library_entry.DIGEST_FILE)
     record = json.loads(open(record_path).read())
     record["version"] = "0.0.1"
     with open(record_path, "w") as handle:
         json.dump(record, handle)
     untouched = {n: os.path.getsize(os.path.join(directory, "base", n)) for n in os.listdir(os.path.join(directory, "base"))}
-    assert main.main(["--library", directory, "--identify", models["suspect"], "--device", "cpu", "--quiet"]) == 0
+    assert cli.main(["--library", directory, "--identify", models["suspect"], "--device", "cpu", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "not compared: tuned: " in printed and "corrupt (not JSON" in printed
     assert "not compared: other: " in printed and "truncated" in printed
@@ -266,14 +271,14 @@ def test_not_a_library_and_nothing_to_compare_are_one_line_errors(tmp_path, mode
     (stranger / "notes.txt").write_text("mine")
     for argv in (["--library", str(stranger), "--identify", models["suspect"]], ["--library", str(stranger), "--add", models["base"]],
                  ["--identify", models["suspect"]]):
-        assert main.main(argv + ["--device", "cpu", "--quiet"]) == 2
+        assert cli.main(argv + ["--device", "cpu", "--quiet"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err, err
     other_width = tmp_path / "narrow"
     factory.make_llama(str(other_width), hidden=64)
     os.remove(other_width / "tokenizer.json")                            # no vocabulary, another width
     directory = build(tmp_path, {"narrow": str(other_width)}, ("narrow",))
-    assert main.main(["--library", directory, "--identify", models["suspect"], "--device", "cpu", "--quiet"]) == 2
+    assert cli.main(["--library", directory, "--identify", models["suspect"], "--device", "cpu", "--quiet"]) == 2
     captured = capsys.readouterr()
     assert "not compared: narrow: cannot align hidden dimensions" in captured.out
     assert "no library entry could be compared" in captured.err
@@ -281,13 +286,13 @@ def test_not_a_library_and_nothing_to_compare_are_one_line_errors(tmp_path, mode
 
 def test_two_processes_adding_to_one_library_at_once(tmp_path, models):
     directory = str(tmp_path / "shared")
-    identify.add_models([models["other"]], directory, OPTIONS, CPU)      # the library exists before the race
+    library_tasks.add_models([models["other"]], directory, OPTIONS, CPU)      # the library exists before the race
     command = lambda *paths: [sys.executable, os.path.join(ROOT, "main.py"), "--library", directory, "--add", *paths, "--device", "cpu", "--quiet"]
     racers = [subprocess.Popen(command(models["base"], models["tuned"])), subprocess.Popen(command(models["tuned"], models["base"]))]
     assert [p.wait(timeout=300) for p in racers] == [0, 0]
     assert sorted(n for n in os.listdir(directory) if not n.startswith(".")) == ["awm-library.json", "base", "other", "tuned"]
     assert not [n for n in os.listdir(directory) if n.startswith((".building", ".retired"))]
-    result = identify.identify(models["suspect"], directory, OPTIONS, CPU, awm.load_null(None))
+    result = identification.identify(models["suspect"], directory, OPTIONS, CPU, load_reference(None))
     assert len(result["matches"]) == 3 and not result["not_compared"]
 
 
@@ -295,7 +300,7 @@ def test_two_processes_adding_to_one_library_at_once(tmp_path, models):
 def test_family_map_draws_the_derived_pairs(tmp_path, models):
     directory = build(tmp_path, models, ("base", "tuned", "other"))
     results = tmp_path / "map"
-    assert main.main(["--library", directory, "--map", "--results_dir", str(results), "--device", "cpu", "--quiet"]) == 0
+    assert cli.main(["--library", directory, "--map", "--results_dir", str(results), "--device", "cpu", "--quiet"]) == 0
     graph = json.loads((results / "lineage.json").read_text())
     assert [(e["a"], e["b"]) for e in graph["edges"]] == [("base", "tuned")] and graph["pairs_compared"] == 3
     assert graph["families"] == [["base", "tuned"], ["other"]]
@@ -310,7 +315,7 @@ def test_families_are_connected_groups():
 # ----------------------------------------------------------------------------- Ray
 @pytest.fixture(scope="module")
 def local_ray():
-    import executors
+    from awm import executors
 
     ray = executors.connect_ray()
     yield ray
@@ -326,7 +331,7 @@ def crash_once(marker):
 
 
 def test_ray_retries_a_task_whose_worker_died(local_ray, tmp_path):
-    import executors
+    from awm import executors
 
     local_ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # workers cannot import tests/
     assert executors.run_all(crash_once, [str(tmp_path / "marker")], "ray") == ["survived"]
@@ -346,12 +351,12 @@ def test_a_ray_suite_scores_as_the_local_one_digesting_each_model_once(local_ray
 
 def test_a_ray_identify_splits_the_entries_over_the_workers_and_scores_as_the_local_one(local_ray, tmp_path, models):
     directory = build(tmp_path, models)
-    import executors
+    from awm import executors
 
-    jobs = identify.batch_jobs(directory, ("suspect", True), ["base", "deep", "other", "tuned"], OPTIONS, "cpu", None, "ray", False)
+    jobs = library_tasks.batch_jobs(directory, ("suspect", True), ["base", "deep", "other", "tuned"], OPTIONS, "cpu", None, "ray", False)
     size = -(-4 // executors.workers("ray"))                      # one batch per CPU (2 here) run at once
     assert [job[2] for job in jobs] == [["base", "deep", "other", "tuned"][i:i + size] for i in range(0, 4, size)]
-    on_ray = identify.identify(models["suspect"], directory, OPTIONS, CPU, awm.load_null(None), executor="ray")
-    local = identify.identify(models["suspect"], build(tmp_path / "local", models), OPTIONS, CPU, awm.load_null(None))
+    on_ray = identification.identify(models["suspect"], directory, OPTIONS, CPU, load_reference(None), executor="ray")
+    local = identification.identify(models["suspect"], build(tmp_path / "local", models), OPTIONS, CPU, load_reference(None))
     assert [without_run_details(r) for r in on_ray["matches"]] == [without_run_details(r) for r in local["matches"]]
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import similarity_metrics as sm
+from awm import similarity_metrics as sm
 
 
 def hsic_u_statistic(k, l):

@@ -2,22 +2,22 @@
 import json
 import os
 
+import factory
 import pytest
 import sentencepiece
 import torch
 
-import factory
-import fingerprint
-import report
-from errors import ComparisonError
-from readers.model_reader import ModelCheckpoint
+from awm import pair, verdict
+from awm.digest import digest_path
+from awm.errors import ComparisonError
+from awm.readers.model_reader import ModelCheckpoint
 
 CPU = torch.device("cpu")
 
 
 def compare_paths(a, b):
-    digests = [fingerprint.digest_path(p, CPU) for p in (a, b)]
-    return fingerprint.compare_digests(*digests, CPU, report.PAPER_NULL, progress=False)
+    digests = [digest_path(p, CPU) for p in (a, b)]
+    return pair.compare_digests(*digests, CPU, verdict.PAPER_NULL, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_unigram_tokenizer_json_and_sentencepiece_model_share_tokens(tmp_path):
     corpus.write_text("\n".join(f"the quick brown fox {i} jumps over the lazy dog number {i * 7}" for i in range(400)))
     sentencepiece.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=320,
                                              model_type="unigram", byte_fallback=True, minloglevel=2)
-    from readers import vocabulary
+    from awm.readers import vocabulary
 
     sp_vocab = vocabulary.from_sentencepiece(str(tmp_path / "sp.model"))
     processor = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "sp.model"))
@@ -143,7 +143,7 @@ def test_unigram_tokenizer_json_and_sentencepiece_model_share_tokens(tmp_path):
 
 
 def test_byte_level_and_metaspace_spellings_meet_on_bytes():
-    from readers import vocabulary
+    from awm.readers import vocabulary
 
     assert vocabulary.byte_level_key("\u0120the") == vocabulary.metaspace_key("\u2581the") == b" the"
     assert vocabulary.byte_level_key("\u010a") == vocabulary.metaspace_key("<0x0A>") == b"\n"

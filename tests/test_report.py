@@ -1,11 +1,10 @@
 """The verdict rule and the Z-score, on numbers chosen around their thresholds."""
 import pytest
 
-import evaluation
-import report
+from awm import evaluation, verdict
 
-NULL = report.PAPER_NULL
-THRESHOLD = NULL["mean"] + report.DERIVED_Z * NULL["std"]
+NULL = verdict.PAPER_NULL
+THRESHOLD = NULL["mean"] + verdict.DERIVED_Z * NULL["std"]
 ABOVE, BELOW = THRESHOLD + 0.01, THRESHOLD - 0.01
 
 
@@ -13,19 +12,19 @@ def correspondence(p_value, matched=100, dims=256):
     return {"matched_dims": matched, "target_dims": dims, "p_value": p_value}
 
 
-SHARED = correspondence(report.CORRESPONDENCE_P)
-NONE = correspondence(report.CORRESPONDENCE_P * 1.01, matched=1)
+SHARED = correspondence(verdict.CORRESPONDENCE_P)
+NONE = correspondence(verdict.CORRESPONDENCE_P * 1.01, matched=1)
 
 
 def call(final, circuit, test, residual_final=0.0, residual_circuit=0.0):
     residual = {"final": residual_final, "qk_circuit": residual_circuit}
-    return report.verdict({"final": final, "qk_circuit": circuit}, residual, test, NULL)
+    return verdict.verdict({"final": final, "qk_circuit": circuit}, residual, test, NULL)
 
 
 def test_z_score_is_absolute_distance_in_standard_deviations():
-    assert report.z_score(NULL["mean"] + 0.56, NULL) == pytest.approx(2.0)
-    assert report.z_score(NULL["mean"] - 0.56, NULL) == pytest.approx(2.0)
-    assert report.z_score(None, NULL) is None
+    assert verdict.z_score(NULL["mean"] + 0.56, NULL) == pytest.approx(2.0)
+    assert verdict.z_score(NULL["mean"] - 0.56, NULL) == pytest.approx(2.0)
+    assert verdict.z_score(None, NULL) is None
 
 
 @pytest.mark.parametrize("final,circuit,test,residual,expected", [

@@ -3,11 +3,11 @@ import json
 import shutil
 import struct
 
+import factory
 import pytest
 import torch
 
-import factory
-import main
+from awm import cli
 
 TOKENS = factory.byte_level_tokens(300)
 
@@ -31,7 +31,7 @@ def clone(good, name, source="good"):
 
 
 def run_cli(capsys, *paths):
-    code = main.main(["--model_paths", *map(str, paths), "--quiet", "--device", "cpu"])
+    code = cli.main(["--model_paths", *map(str, paths), "--quiet", "--device", "cpu"])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -165,10 +165,10 @@ def test_path_problems(good, capsys, tmp_path):
 
 
 def test_debug_shows_the_traceback(good, capsys, tmp_path):
-    from errors import CheckpointError
+    from awm.errors import CheckpointError
 
     with pytest.raises(CheckpointError):
-        main.main(["--model_paths", str(good[0] / "good"), str(tmp_path / "absent"), "--quiet", "--debug"])
+        cli.main(["--model_paths", str(good[0] / "good"), str(tmp_path / "absent"), "--quiet", "--debug"])
 
 
 # ----------------------------------------------------------------------------- degenerate but valid
@@ -178,7 +178,7 @@ def test_zero_attention_matrix_is_reported_as_undefined(good, capsys, tmp_path):
     zeroed["model.layers.1.self_attn.q_proj.weight"] = torch.zeros_like(tensors["model.layers.1.self_attn.q_proj.weight"])
     path = factory.write_safetensors_model(str(tmp_path / "zero"), zeroed, factory.llama_config(64, 4, 4, 2, 300), TOKENS)
     output = tmp_path / "zero.json"
-    assert main.main(["--model_paths", str(good[0] / "good"), path, "--quiet", "--output", str(output)]) == 0
+    assert cli.main(["--model_paths", str(good[0] / "good"), path, "--quiet", "--output", str(output)]) == 0
     out = capsys.readouterr().out
     assert "CKA undefined for 1 layer" in out
     layer = json.loads(output.read_text())["layers"][1]
@@ -189,12 +189,12 @@ def test_hidden_size_larger_than_the_token_overlap_is_flagged(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     factory.make_llama(str(a), vocab=40)
     factory.make_llama(str(b), vocab=40, seed=3)
-    assert main.main(["--model_paths", str(a), str(b), "--quiet"]) == 0
+    assert cli.main(["--model_paths", str(a), str(b), "--quiet"]) == 0
     assert "underdetermined" in capsys.readouterr().out
 
 
 def test_single_layer_model(tmp_path, capsys):
     a = tmp_path / "one"
     factory.make_llama(str(a), layers=1, vocab=300)
-    assert main.main(["--model_paths", str(a), str(a), "--quiet"]) == 0
+    assert cli.main(["--model_paths", str(a), str(a), "--quiet"]) == 0
     assert "1 vs 1" in capsys.readouterr().out

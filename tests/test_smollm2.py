@@ -8,13 +8,12 @@ and (5) an independent model of the same architecture scores near zero on both.
 import os
 
 import pytest
+import surgery
 import torch
 import transformers
 
-import calibration_zoo
-import demo
-import fingerprint
-import report
+from awm import console, demo, disguise, gguf_convert, pair, verdict
+from awm.digest import digest_path
 
 CPU = torch.device("cpu")
 PROMPT = torch.tensor([[1, 504, 3458, 282, 4376, 314, 30, 2372, 28, 253, 2]])
@@ -24,8 +23,8 @@ READ_BY_AWM = ("embed_tokens.weight", "q_proj.weight", "k_proj.weight", "input_l
 @pytest.fixture(scope="module")
 def smol(tmp_path_factory):
     path = demo.fetch_smollm2()
-    state, config, tokenizer = demo.gguf_to_llama(path)
-    original = fingerprint.digest_path(path, CPU, keep_layers=True)
+    state, config, tokenizer = gguf_convert.gguf_to_llama(path)
+    original = digest_path(path, CPU, keep_layers=True)
     return {"path": path, "state": state, "config": config, "tokenizer": tokenizer,
             "digest": original, "root": tmp_path_factory.mktemp("smol")}
 
@@ -43,9 +42,9 @@ def score_against_original(smol, state, name):
     """Write only what AWM reads (embedding, W_q, W_k, norm gains) and compare with the GGUF."""
     directory = str(smol["root"] / name)
     kept = {k: v.contiguous() for k, v in state.items() if k.endswith(READ_BY_AWM)}
-    demo.write_hf_model(directory, kept, smol["config"], smol["tokenizer"])
-    suspect = fingerprint.digest_path(directory, CPU)
-    return fingerprint.compare_digests(smol["digest"], suspect, CPU, report.PAPER_NULL, progress=False)
+    gguf_convert.write_hf_model(directory, kept, smol["config"], smol["tokenizer"])
+    suspect = digest_path(directory, CPU)
+    return pair.compare_digests(smol["digest"], suspect, CPU, verdict.PAPER_NULL, progress=False)
 
 
 def test_reader_and_conversion_match_transformers_gguf_loader(smol):
@@ -64,16 +63,16 @@ def with_paper_disguise(transform):
     """The paper's own disguise (permute, sign-flip, rescale hidden dims) followed by transform."""
     def apply(state, config):
         layers = config["num_hidden_layers"]
-        state = demo.disguise.permute_hidden(state, layers, torch.Generator().manual_seed(3))
-        return transform(state, layers, demo.heads_of(config)), demo.disguise.scaled_config(config)
+        state = disguise.permute_hidden(state, layers, torch.Generator().manual_seed(3))
+        return transform(state, layers, demo.heads_of(config)), disguise.scaled_config(config)
     return apply
 
 
 DISGUISES = {
     # name: (function-preserving transform -> (state, config), minimum paper score, maximum paper score)
     "demo: permute+sign+scale, rotate RoPE pairs": (lambda s, c: demo.disguised(s, c), 99.9, None),
-    "fold norm gains": (with_paper_disguise(lambda s, layers, heads: demo.disguise.fold_norm_gains(s, layers)), None, 99.0),
-    "scale RoPE pairs exp(2.5 N)": (with_paper_disguise(lambda s, layers, heads: demo.disguise.scale_rope_pairs(
+    "fold norm gains": (with_paper_disguise(lambda s, layers, heads: disguise.fold_norm_gains(s, layers)), None, 99.0),
+    "scale RoPE pairs exp(2.5 N)": (with_paper_disguise(lambda s, layers, heads: disguise.scale_rope_pairs(
         s, layers, heads, torch.Generator().manual_seed(5), spread=2.5)), None, 60.0),
     "both (heavy demo disguise)": (lambda s, c: demo.disguised(s, c, heavy=True), None, 60.0),
 }
@@ -106,7 +105,7 @@ def test_independent_model_of_same_architecture_scores_near_zero(smol):
 
 def test_real_weakest_positive_inherited_embedding_mostly_redrawn_attention_is_derived(smol):
     """Like the paper's hardest positive (~3.8 %): attention 80 % re-drawn, embedding kept."""
-    state = calibration_zoo.weak_positive(smol["state"], smol["config"]["num_hidden_layers"], keep=0.2)
+    state = surgery.weak_positive(smol["state"], smol["config"]["num_hidden_layers"], keep=0.2)
     result = score_against_original(smol, state, "weak_positive")
     assert 1.5 < result["scores"]["final"] < 10.0
     assert result["verdict"] == "derived"
@@ -114,18 +113,18 @@ def test_real_weakest_positive_inherited_embedding_mostly_redrawn_attention_is_d
 
 def test_real_width_pruned_copy_is_derived_with_its_dims_found(smol):
     keep = torch.randperm(576, generator=torch.Generator().manual_seed(8))[:448].sort().values
-    state = calibration_zoo.prune_hidden(smol["state"], keep)
+    state = surgery.prune_hidden(smol["state"], keep)
     directory = str(smol["root"] / "width_pruned")
-    demo.write_hf_model(directory, {k: v for k, v in state.items() if k.endswith(READ_BY_AWM)},
+    gguf_convert.write_hf_model(directory, {k: v for k, v in state.items() if k.endswith(READ_BY_AWM)},
                         {**smol["config"], "hidden_size": 448, "head_dim": 64}, smol["tokenizer"])
-    result = fingerprint.compare_digests(smol["digest"], fingerprint.digest_path(directory, CPU), CPU, report.PAPER_NULL, progress=False)
+    result = pair.compare_digests(smol["digest"], digest_path(directory, CPU), CPU, verdict.PAPER_NULL, progress=False)
     assert result["evidence"]["correspondence"]["matched_dims"] == 448
     assert result["scores"]["final"] > 99.0 and result["verdict"] == "derived"
 
 
 def test_demo_end_to_end(smol, capsys):
-    assert demo.run(CPU, progress=False, out_dir=str(smol["root"] / "demo")) == 0
-    out = capsys.readouterr().out
+    out = "\n".join(console.demo_lines(*demo.run(CPU, progress=False, out_dir=str(smol["root"] / "demo"))))
+    assert capsys.readouterr().out == ""                         # the library prints nothing
     blocks = {label: out.split(f"({label})")[1].split("\n\n")[0] for label in ("disguised", "independent", "heavily disguised")}
     assert "-> DERIVED" in blocks["disguised"] and "-> INDEPENDENT" in blocks["independent"]
     assert "-> DERIVED" in blocks["heavily disguised"]

@@ -2,17 +2,21 @@
 import json
 import os
 
+import factory
 import pytest
 import torch
 
-import configs
-import evaluation
-import factory
-import fingerprint
-import identify
-import awm
-import main
-import suites
+from awm import (
+    cli,
+    configs,
+    evaluation,
+    library_tasks,
+    pair,
+    suite_files,
+    suite_run,
+)
+from awm.digest import ModelDigest
+from awm.verdict import load_reference
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +51,7 @@ def suite_file(tmp_path_factory):
 def test_suite_run_writes_every_output_and_skips_the_broken_pair(suite_file, tmp_path, capsys):
     _, spec = suite_file
     results = tmp_path / "results"
-    code = main.main(["--config", str(spec), "--results_dir", str(results), "--quiet"])
+    code = cli.main(["--config", str(spec), "--results_dir", str(results), "--quiet"])
     out = capsys.readouterr().out
     assert code == 0
     assert "5 of 6 pairs scored, 1 skipped" in out and "missing_model: does not exist" in out
@@ -77,17 +81,17 @@ def test_suite_run_writes_every_output_and_skips_the_broken_pair(suite_file, tmp
 
 def test_each_model_is_read_once_and_layers_computed_once(suite_file, monkeypatch):
     _, spec = suite_file
-    name, pairs = suites.resolve([str(spec)])
+    name, pairs = suite_files.resolve([str(spec)])
     calls = []
-    original = fingerprint.ModelDigest.layer
+    original = ModelDigest.layer
 
     def counting(self, index):
         calls.append((self.checkpoint.path, index))
         return original(self, index)
 
-    monkeypatch.setattr(fingerprint.ModelDigest, "layer", counting)
-    run = suites.SuiteRun(name, pairs, torch.device("cpu"), awm.load_null(None), str(spec.parent / "r2"), 10 ** 9,
-                          identify.options(), progress=False)
+    monkeypatch.setattr(ModelDigest, "layer", counting)
+    run = suite_run.SuiteRun(name, pairs, torch.device("cpu"), load_reference(None), str(spec.parent / "r2"), 10 ** 9,
+                          library_tasks.options(), progress=False)
     run.run()
     reads = {path: n for path, n in run.cache.loads.items()}
     assert set(reads.values()) == {1}
@@ -97,7 +101,7 @@ def test_each_model_is_read_once_and_layers_computed_once(suite_file, monkeypatc
 
 def test_interrupted_run_keeps_finished_pairs(suite_file, tmp_path, monkeypatch):
     _, spec = suite_file
-    real = fingerprint.compare_digests
+    real = pair.compare_digests
     calls = []
 
     def stop_on_second(*args, **kwargs):
@@ -106,9 +110,9 @@ def test_interrupted_run_keeps_finished_pairs(suite_file, tmp_path, monkeypatch)
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fingerprint, "compare_digests", stop_on_second)
+    monkeypatch.setattr(suite_run, "compare_digests", stop_on_second)
     results = tmp_path / "interrupted"
-    assert main.main(["--config", str(spec), "--results_dir", str(results), "--quiet"]) == 130
+    assert cli.main(["--config", str(spec), "--results_dir", str(results), "--quiet"]) == 130
     data = json.loads((results / "scores.json").read_text())
     assert len(data["pairs"]) == 1 and data["complete"] is False
     assert not [f for f in os.listdir(results) if f.startswith(".tmp-")]
@@ -119,7 +123,7 @@ def test_custom_null_stats_change_the_z_score(suite_file, tmp_path, capsys):
     null = tmp_path / "null.json"
     null.write_text(json.dumps({"mean": 1.0, "std": 0.5}))
     output = tmp_path / "pair.json"
-    main.main(["--model_paths", str(root / "base"), str(root / "finetune"), "--null_stats", str(null), "--output", str(output), "--quiet"])
+    cli.main(["--model_paths", str(root / "base"), str(root / "finetune"), "--null_stats", str(null), "--output", str(output), "--quiet"])
     data = json.loads(output.read_text())
     assert data["reference"]["mean"] == 1.0 and "null.json" in data["reference"]["name"]
     assert data["scores"]["z_score"] == pytest.approx(abs(data["scores"]["final"] - 1.0) / 0.5, abs=1e-3)
@@ -129,12 +133,12 @@ def test_yaml_suite_with_paths_and_list_pairs(suite_file, tmp_path):
     root, _ = suite_file
     spec = tmp_path / "pairs.yaml"
     spec.write_text(f"pairs:\n  - [{root / 'base'}, {root / 'finetune'}]\n")
-    name, pairs = suites.resolve([str(spec)])
+    name, pairs = suite_files.resolve([str(spec)])
     assert name == "pairs" and pairs[0].name == "base vs finetune" and pairs[0].label is None
 
 
 def test_unknown_suite_is_a_clear_error(capsys):
-    assert main.main(["--config", "no_such_suite", "--quiet"]) == 2
+    assert cli.main(["--config", "no_such_suite", "--quiet"]) == 2
     assert "neither a built-in suite" in capsys.readouterr().err
 
 

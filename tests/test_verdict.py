@@ -4,13 +4,13 @@ The maths is checked against direct, slow formulas; the test's level on pure noi
 verdict end to end on pairs whose truth is known by construction, including independent
 models with the anisotropic embeddings that inflate the paper's score.
 """
+import factory
 import pytest
 import torch
 
-import factory
-import fingerprint
-import report
-import similarity_metrics as sm
+from awm import console, pair, verdict
+from awm import similarity_metrics as sm
+from awm.digest import digest_path
 
 CPU = torch.device("cpu")
 
@@ -93,14 +93,14 @@ def compare_tensors(tmp_path, tensors_a, tensors_b, hidden, vocab, hidden_b=None
     for name, tensors, width in (("a", tensors_a, hidden), ("b", tensors_b, hidden_b or hidden)):
         paths.append(factory.write_safetensors_model(str(tmp_path / name), tensors, factory.llama_config(width, 4, 4, 2, vocab),
                                                      factory.byte_level_tokens(vocab)))
-    digests = [fingerprint.digest_path(p, CPU) for p in paths]
-    return fingerprint.compare_digests(*digests, CPU, report.PAPER_NULL, progress=False, residual=residual)
+    digests = [digest_path(p, CPU) for p in paths]
+    return pair.compare_digests(*digests, CPU, verdict.PAPER_NULL, progress=False, residual=residual)
 
 
 def test_anisotropic_independent_models_score_high_yet_are_called_independent(tmp_path):
     result = compare_tensors(tmp_path, factory.anisotropic_llama_tensors(seed=1), factory.anisotropic_llama_tensors(seed=2), 128, 3000)
     assert result["scores"]["z_score"] > 50                  # the paper's rule alone would say "derived"
-    assert result["evidence"]["correspondence"]["p_value"] > report.CORRESPONDENCE_P
+    assert result["evidence"]["correspondence"]["p_value"] > verdict.CORRESPONDENCE_P
     assert abs(result["residual_scores"]["final"]) < 2.0
     assert result["verdict"] == "independent"
     assert "directions that all embedding columns share" in result["verdict_reason"]
@@ -153,6 +153,6 @@ def test_embedding_transplant_with_unrelated_attention_is_not_called_independent
 def test_report_explains_the_evidence_in_the_console(tmp_path):
     result = compare_tensors(tmp_path, factory.anisotropic_llama_tensors(seed=1), factory.anisotropic_llama_tensors(seed=2), 128, 3000)
     result["timings"]["total_s"] = 0.0
-    text = "\n".join(report.summary_lines(result))
+    text = "\n".join(console.summary_lines(result))
     assert "correspondence" in text and "dims match one to one" in text
     assert "without shared" in text and "INDEPENDENT" in text

@@ -2,15 +2,14 @@
 published implementation's rule, reproduced here against transformers' own get_vocab())."""
 import json
 
+import factory
 import pytest
 import torch
 import transformers
 
-import factory
-import fingerprint
-import main
-from readers import vocabulary
-from readers.model_reader import ModelCheckpoint
+from awm import alignment, cli
+from awm.readers import vocabulary
+from awm.readers.model_reader import ModelCheckpoint
 
 CPU = torch.device("cpu")
 BPE_FIELDS = dict(dropout=None, unk_token=None, continuing_subword_prefix=None, end_of_word_suffix=None,
@@ -67,7 +66,7 @@ def published_shared_pairs(path_a, path_b):
 
 def shared_pairs(path_a, path_b, match):
     vocab_a, vocab_b = (ModelCheckpoint(p, match).vocab for p in (path_a, path_b))
-    ids_a, ids_b = fingerprint.shared_token_ids(vocab_a, vocab_b)
+    ids_a, ids_b = alignment.shared_token_ids(vocab_a, vocab_b)
     return sorted(zip(ids_a.tolist(), ids_b.tolist()))
 
 
@@ -92,6 +91,6 @@ def test_spelling_keys_are_the_vocabulary_strings(tmp_path):
 
 def test_cli_reports_the_match_rule(two_kinds, tmp_path, capsys):
     out = tmp_path / "r.json"
-    assert main.main(["--model_paths", *two_kinds, "--vocab_match", "spelling", "--quiet", "--output", str(out)]) == 0
+    assert cli.main(["--model_paths", *two_kinds, "--vocab_match", "spelling", "--quiet", "--output", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["model_a"]["vocab_match"] == "spelling" and data["evidence"]["shared_tokens"] == 2

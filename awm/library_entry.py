@@ -1,0 +1,264 @@
+"""A library entry on disk: what one model's stored digest looks like, how it is written and
+how it is read back.
+
+An entry is a folder holding `digest.json` (tool version, the source and how to tell that it
+changed, the model's description and vocabulary) and `kernels.safetensors` (the embedding in
+its stored precision; per layer the W_q and W_k Grams as their upper row blocks and the QK
+circuit, all float32). These are exactly the matrices a comparison from the weights computes,
+so a score from an entry equals the score from the weights. Entries are built in a scratch
+folder and renamed into place: a reader never sees half an entry, and builders running at
+the same time do not collide.
+"""
+import base64
+import json
+import os
+import shutil
+import struct
+import tempfile
+import time
+import uuid
+
+import torch
+from tqdm import tqdm
+
+from awm import cka
+from awm.atomic import write_json_atomic
+from awm.digest import LayerKernels, ModelDigest
+from awm.errors import CheckpointError
+from awm.readers import checkpoint_files as files
+from awm.version import VERSION
+
+DIGEST_FILE, KERNEL_FILE = "digest.json", "kernels.safetensors"
+ENTRY_FORMAT = 1
+DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+TORCH_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
+
+
+# ----------------------------------------------------------------------------- kernels on disk
+def gram_block(hidden):
+    """The row block of cka.gram: small kernels are one full product (stored whole)."""
+    return cka.GRAM_BLOCK if hidden > 2 * cka.GRAM_BLOCK else hidden
+
+
+def packed_length(hidden):
+    block = gram_block(hidden)
+    return sum((min(start + block, hidden) - start) * (hidden - start) for start in range(0, hidden, block))
+
+
+def pack_upper(kernel):
+    """The row blocks cka.gram multiplies (diagonal block rightwards): about half of K."""
+    hidden, block = kernel.shape[0], gram_block(kernel.shape[0])
+    return torch.cat([kernel[start:start + block, start:].reshape(-1) for start in range(0, hidden, block)])
+
+
+def unpack_upper(packed, hidden):
+    """K back from its upper row blocks, mirrored exactly as cka.gram mirrors: bit-identical."""
+    block, position = gram_block(hidden), 0
+    kernel = torch.empty(hidden, hidden, dtype=packed.dtype, device=packed.device)
+    for start in range(0, hidden, block):
+        stop = min(start + block, hidden)
+        rows = packed[position:position + (stop - start) * (hidden - start)].view(stop - start, hidden - start)
+        position += rows.numel()
+        kernel[start:stop, start:] = rows
+        kernel[stop:, start:stop] = rows[:, stop - start:].t()
+    return kernel
+
+
+class StreamingSafetensorsWriter:
+    """A standard safetensors file written tensor by tensor, in declared order, so a 70B
+    model's kernels never have to be in memory together."""
+
+    def __init__(self, handle, layout, metadata=None):
+        self.handle, self.layout, self.position = handle, list(layout), 0
+        header, offset = {"__metadata__": metadata or {}}, 0
+        for name, dtype, shape in self.layout:
+            size = files.SAFETENSORS_DTYPES[dtype] * int(torch.Size(shape).numel())
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+            offset += size
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        handle.write(struct.pack("<Q", len(raw)) + raw)
+        self.header = header
+
+    def write(self, name, tensor):
+        expected, dtype, shape = self.layout[self.position]
+        if name != expected or DTYPE_NAMES[tensor.dtype] != dtype or tuple(tensor.shape) != tuple(shape):
+            raise ValueError(f"expected {expected} {dtype} {shape}, got {name} {tensor.dtype} {tuple(tensor.shape)}")
+        self.handle.write(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy())
+        self.position += 1
+
+
+def kernel_layout(digest):
+    hidden, packed = digest.hidden_size, packed_length(digest.hidden_size)
+    layout = [("embedding", DTYPE_NAMES[digest.embedding.dtype], tuple(digest.embedding.shape))]
+    for i in range(digest.num_layers):
+        layout += [(f"layers.{i}.query", "F32", (packed,)), (f"layers.{i}.key", "F32", (packed,))]
+        if digest.with_circuit:
+            layout.append((f"layers.{i}.circuit", "F32", (hidden, hidden)))
+    return layout
+
+
+# ----------------------------------------------------------------------------- vocabularies as JSON
+def encode_vocab(vocab):
+    """Byte keys (ordinary tokens) and str keys (control tokens) stay distinct in JSON."""
+    if not vocab:
+        return None
+    return {"bytes": [[base64.b64encode(k).decode(), i] for k, i in vocab.items() if isinstance(k, bytes)],
+            "names": [[k, i] for k, i in vocab.items() if isinstance(k, str)]}
+
+
+def decode_vocab(encoded):
+    if not encoded:
+        return None
+    vocab = {base64.b64decode(k): int(i) for k, i in encoded["bytes"]}
+    vocab.update((k, int(i)) for k, i in encoded["names"])
+    return vocab
+
+
+# ----------------------------------------------------------------------------- one entry
+def build_entry(folder, name, checkpoint, identity, options, device, progress=False):
+    """Digest a model into `folder/name` (built aside, renamed into place); returns the path."""
+    with_circuit = options["with_circuit"]
+    digest = ModelDigest(checkpoint, device, with_circuit=with_circuit, progress=progress, precision=options["precision"])
+    record = {"tool": "awm", "version": VERSION, "entry_format": ENTRY_FORMAT, "name": name,
+              "build_id": uuid.uuid4().hex, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "source": identity, "options": options, "meta": digest.meta, "hidden_size": digest.hidden_size,
+              "num_layers": digest.num_layers, "vocab": encode_vocab(digest.vocab)}
+    os.makedirs(folder, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=f".building-{name}-", dir=folder)
+    try:
+        with open(os.path.join(scratch, KERNEL_FILE), "wb") as handle:
+            writer = StreamingSafetensorsWriter(handle, kernel_layout(digest), {"format": "awm-digest", "entry": name})
+            writer.write("embedding", digest.embedding)
+            for i in tqdm(range(digest.num_layers), desc=f"digest {name}", unit="layer", leave=False, disable=None if progress else True):
+                kernels = digest.layer(i)
+                writer.write(f"layers.{i}.query", pack_upper(kernels.query))
+                writer.write(f"layers.{i}.key", pack_upper(kernels.key))
+                if with_circuit:
+                    writer.write(f"layers.{i}.circuit", kernels.circuit)
+            handle.flush()
+            os.fsync(handle.fileno())
+        write_json_atomic(os.path.join(scratch, DIGEST_FILE), record)
+        return publish(scratch, os.path.join(folder, name))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def publish(scratch, target):
+    """Move a finished entry into place; an older entry there is replaced, a concurrent
+    builder's identical one is kept."""
+    try:
+        os.rename(scratch, target)
+        return target
+    except OSError:
+        pass                                   # the name is taken
+    retired = tempfile.mkdtemp(prefix=".retired-", dir=os.path.dirname(target))
+    try:
+        os.rename(target, os.path.join(retired, "entry"))
+    except OSError:
+        pass                                   # another builder retired it first
+    try:
+        os.rename(scratch, target)
+    except OSError:
+        pass                                   # another builder published first: theirs stands
+    shutil.rmtree(retired, ignore_errors=True)
+    return target
+
+
+def read_record(entry):
+    path = os.path.join(entry, DIGEST_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            record = json.load(handle)
+    except OSError as err:
+        raise CheckpointError(path, f"library entry is incomplete ({err.strerror})") from None
+    except ValueError as err:
+        raise CheckpointError(path, f"library entry is corrupt (not JSON: {err.__class__.__name__})") from None
+    needed = ("tool", "version", "entry_format", "source", "options", "meta", "hidden_size", "num_layers", "build_id")
+    if not isinstance(record, dict) or record.get("tool") != "awm" or any(k not in record for k in needed):
+        raise CheckpointError(path, "not an awm library entry")
+    if isinstance(record["options"], dict):
+        record["options"].setdefault("precision", "exact")     # entries from before --precision
+    return record
+
+
+def is_current(record):
+    """An entry from another tool version or entry format cannot be trusted to score the same."""
+    return record["version"] == VERSION and record["entry_format"] == ENTRY_FORMAT
+
+
+def check_current(record, entry):
+    if not is_current(record):
+        raise CheckpointError(entry, f"built by awm {record['version']} (entry format {record['entry_format']}); this is awm "
+                                     f"{VERSION}: rebuild it with --add")
+
+
+class StoredDigest:
+    """A library entry with the interface of ModelDigest, read lazily per layer."""
+
+    kept_axes = None
+
+    def __init__(self, entry, device, record=None):
+        """record: the entry's record when the caller has already read it."""
+        started = time.perf_counter()
+        self.entry, self.device = entry, device
+        record = record if record is not None else read_record(entry)
+        check_current(record, entry)
+        self.meta = record["meta"]
+        self.name = record["name"]
+        self.hidden_size, self.num_layers = int(record["hidden_size"]), int(record["num_layers"])
+        self.with_circuit = bool(record["options"]["with_circuit"])
+        self.precision = record["options"]["precision"]
+        try:
+            self.vocab = decode_vocab(record.get("vocab"))
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(os.path.join(entry, DIGEST_FILE), "library entry has a corrupt vocabulary") from None
+        self.path = os.path.join(entry, KERNEL_FILE)
+        self.tensors = files.read_safetensors_header(self.path) if os.path.isfile(self.path) else None
+        if self.tensors is None:
+            raise CheckpointError(self.path, "library entry is incomplete (no kernels file)")
+        self._check_layout()
+        self.embedding = self._read("embedding")
+        self.layer_reads = 0
+        self.read_seconds, self.compute_seconds = time.perf_counter() - started, 0.0
+
+    def _check_layout(self):
+        packed, hidden = packed_length(self.hidden_size), self.hidden_size
+        expected = {f"layers.{i}.{kind}": shape for i in range(self.num_layers)
+                    for kind, shape in (("query", (packed,)), ("key", (packed,))) + ((("circuit", (hidden, hidden)),) if self.with_circuit else ())}
+        for name, shape in expected.items():
+            info = self.tensors.get(name)
+            if info is None or info.shape != shape or info.dtype != "F32":
+                raise CheckpointError(self.path, f"library entry is corrupt: tensor '{name}' missing or malformed")
+        embedding = self.tensors.get("embedding")
+        if embedding is None or len(embedding.shape) != 2 or embedding.shape[1] != hidden or embedding.dtype not in TORCH_DTYPES:
+            raise CheckpointError(self.path, "library entry is corrupt: embedding missing or malformed")
+
+    def _read(self, name):
+        """One tensor, read straight into its buffer (several times faster than faulting in a
+        memory map page by page); the header's offsets were validated against the file size."""
+        info = self.tensors[name]
+        tensor = torch.empty(info.shape, dtype=TORCH_DTYPES[info.dtype])
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(info.begin)
+                got = handle.readinto(tensor.view(-1).view(torch.uint8).numpy())
+        except OSError as err:
+            raise CheckpointError(self.path, f"cannot read '{name}' ({err.strerror or err})") from None
+        if got != info.end - info.begin:
+            raise CheckpointError(self.path, f"library entry is truncated: tensor '{name}' is cut short")
+        return files.check_finite(tensor, self.path, name)
+
+    def layer(self, index):
+        started = time.perf_counter()
+        query = unpack_upper(self._read(f"layers.{index}.query").to(self.device), self.hidden_size)
+        key = unpack_upper(self._read(f"layers.{index}.key").to(self.device), self.hidden_size)
+        circuit = self._read(f"layers.{index}.circuit").to(self.device) if self.with_circuit else None
+        self.layer_reads += 1
+        self.read_seconds += time.perf_counter() - started
+        return LayerKernels(query, key, circuit)
+
+    release_embedding = ModelDigest.release_embedding
+
+    def size_bytes(self):
+        return self.embedding.numel() * self.embedding.element_size()

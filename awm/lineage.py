@@ -1,0 +1,34 @@
+"""The family map of a set of models: which pairs are derived, and the families they form.
+
+Edges are the pairs whose verdict is derived (or derived, disguised), with their scores; a
+family is a connected group of such edges. Models with no derived edge stand alone.
+"""
+from awm.verdict import is_derived
+
+
+def lineage_graph(records):
+    """{"nodes", "edges", "families", "pairs_compared"} from scored pair records."""
+    nodes = list(dict.fromkeys(n for r in records for n in (r["model_a"]["name"], r["model_b"]["name"])))
+    edges = [{"a": r["model_a"]["name"], "b": r["model_b"]["name"], "verdict": r["verdict"],
+              "awm": r["scores"]["final"], "qk_circuit": r["scores"]["qk_circuit"],
+              "dims_confirmed": (r["evidence"].get("correspondence") or {}).get("fraction")}
+             for r in records if is_derived(r["verdict"])]
+    return {"nodes": nodes, "edges": edges, "families": families(nodes, edges), "pairs_compared": len(records)}
+
+
+def families(nodes, edges):
+    """Connected groups of models under the derived edges (union-find), largest first."""
+    parent = {n: n for n in nodes}
+
+    def root(node):
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for edge in edges:
+        parent[root(edge["a"])] = root(edge["b"])
+    groups = {}
+    for node in nodes:
+        groups.setdefault(root(node), []).append(node)
+    return sorted(groups.values(), key=lambda group: (-len(group), group[0]))

@@ -1,0 +1,40 @@
+"""One pair's JSON record: scores in percent, the verdict, the evidence, per-layer values."""
+import math
+
+from awm import verdict as rule
+from awm.version import VERSION
+
+
+def to_percent(result):
+    """Scores are computed as fractions and reported in percent, rounded to 1e-4 %."""
+    pct = lambda v: None if v is None else round(100.0 * v, 4)
+    result["scores"] = {k: pct(v) for k, v in result["scores"].items()}
+    result["residual_scores"] = {k: pct(v) for k, v in result["residual_scores"].items()}
+    for layer in result["layers"]:
+        for key in ("wq", "wk", "qk_circuit"):
+            layer[key] = pct(layer[key])
+    return result
+
+
+def pair_report(result, meta_a, meta_b, null, timings):
+    """Assemble the stable JSON record of one pair."""
+    scores = result["scores"]
+    call, reason = rule.verdict(scores, result["residual_scores"], result["evidence"]["correspondence"], null)
+    return {
+        "tool": "awm",
+        "version": VERSION,
+        "model_a": meta_a,
+        "model_b": meta_b,
+        "scores": {**scores, "z_score": _round(rule.z_score(scores["final"], null))},
+        "residual_scores": result["residual_scores"],
+        "verdict": call,
+        "verdict_reason": reason,
+        "reference": null,
+        "evidence": result["evidence"],
+        "layers": result["layers"],
+        "timings": timings,
+    }
+
+
+def _round(value, digits=3):
+    return None if value is None or not math.isfinite(value) else round(value, digits)

@@ -1,0 +1,149 @@
+"""Run many pairs: built-in suites, a user's suite file, or every pair of a library's entries.
+
+Each model is read once; every scored pair is kept on disk (a killed run resumes) and the
+outputs are rewritten atomically after every pair, so an interrupted run keeps what finished.
+A model that cannot be read skips its pairs with the reason; the rest still run.
+"""
+import os
+
+from tqdm import tqdm
+
+from awm import library_tasks, suite_outputs
+from awm.digest_cache import DigestCache, default_budget, reuse_order
+from awm.errors import CheckpointError, ComparisonError
+from awm.library import PairCache, source_identity
+from awm.pair import compare_digests
+from awm.suite_files import SuitePair, resolve
+
+
+class SuiteRun:
+    """Score a list of pairs and write the outputs. Locally, each model is digested in memory
+    and reused across its pairs; with a library (``--executor ray``, or a family map over an
+    existing library) digests are stored entries and pairs run as executor tasks. Either way
+    every scored pair is kept on disk, so a killed run resumes without recomputing them."""
+
+    def __init__(self, name, pairs, device, null, results_dir, budget, options, progress=True,
+                 executor="local", library=None, from_library=False):
+        self.name, self.pairs, self.device, self.null = name, pairs, device, null
+        self.results_dir, self.progress = results_dir, progress
+        self.options = options
+        self.cache = DigestCache(device, budget, options, progress)
+        self.executor, self.library, self.from_library = executor, library, from_library
+        self.pair_cache = PairCache(os.path.join(results_dir, ".pairs"))
+        self.identities = {}
+        self.records, self.skipped = [], []
+        self.resumed = 0
+
+    def run(self):
+        os.makedirs(self.results_dir, exist_ok=True)
+        interrupted = False
+        try:
+            if self.executor == "local" and not self.from_library:
+                for pair in tqdm(reuse_order(self.pairs), desc="pairs", unit="pair", disable=None if self.progress else True):
+                    self._run_pair(pair)
+                    self.write_tables()
+            else:
+                self._run_on_library()
+        except KeyboardInterrupt:
+            interrupted = True
+        self.write_tables(final=True)
+        if self.records:
+            self.write_plots()
+        return interrupted
+
+    def _identity(self, path):
+        if path not in self.identities:
+            try:
+                self.identities[path] = source_identity(path)
+            except CheckpointError:
+                self.identities[path] = None       # reading it will say what is wrong
+        return self.identities[path]
+
+    def _pair_key(self, pair):
+        identities = [self._identity(p) for p in (pair.path_a, pair.path_b)]
+        return None if None in identities else PairCache.key(*identities, self.options, self.null)
+
+    def _run_pair(self, pair):
+        key = self._pair_key(pair)
+        cached = self.pair_cache.get(key) if key else None
+        if cached is not None:
+            self.resumed += 1
+            self._keep(pair, cached)
+            return
+        try:
+            digest_a = self.cache.get(pair.path_a)
+            digest_b = self.cache.get(pair.path_b, pinned=(pair.path_a,))
+            result = compare_digests(digest_a, digest_b, self.device, self.null, progress=self.progress)
+        except (CheckpointError, ComparisonError) as err:
+            self.skipped.append({"pair": pair.name, "suite": pair.suite, "reason": str(err)})
+            return
+        if key:
+            self.pair_cache.put(key, result)
+        self._keep(pair, result)
+
+    def _keep(self, pair, result):
+        result["model_a"]["name"], result["model_b"]["name"] = pair.name_a, pair.name_b
+        self.records.append({"pair": pair.name, "suite": pair.suite, "label": pair.label, "category": pair.category, **result})
+
+    def _run_on_library(self):
+        """Digests as stored entries (each model once), then every pair from them, as executor tasks."""
+        library = self.library or os.path.join(self.results_dir, "library")
+        names, failed = {}, {}
+        if self.from_library:
+            names = {p: p for pair in self.pairs for p in (pair.path_a, pair.path_b)}
+        else:
+            taken = {}
+            paths = list(dict.fromkeys(p for pair in self.pairs for p in (pair.path_a, pair.path_b)))
+            wanted = {path: library_tasks.entry_name_for(path, taken) for path in paths}
+            for path, outcome in zip(paths, library_tasks.add_models_named(wanted, library, self.options, self.device, self.executor, self.progress)):
+                if "error" in outcome:
+                    failed[path] = outcome["error"]
+                else:
+                    names[path] = outcome["name"]
+                    if outcome["status"] == "added":
+                        self.cache.loads[path] += 1
+        runnable = [pair for pair in self.pairs if pair.path_a in names and pair.path_b in names]
+        outcomes = library_tasks.score_pairs(library, [(names[p.path_a], names[p.path_b]) for p in runnable], self.options,
+                                                 self.device, self.null, self.executor, self.progress)
+        results = dict(zip(runnable, outcomes))
+        for pair in reuse_order(self.pairs):      # the order a local run reports them in
+            outcome = results.get(pair) or {"error": failed.get(pair.path_a) or failed.get(pair.path_b)}
+            if "record" in outcome:
+                self._keep(pair, outcome["record"])
+            else:
+                self.skipped.append({"pair": pair.name, "suite": pair.suite, "reason": outcome["error"]})
+
+    # ------------------------------------------------------------------ outputs
+    @property
+    def model_reads(self):
+        return self.cache.loads
+
+    def metrics(self):
+        return suite_outputs.suite_metrics(self.records)
+
+    def write_tables(self, final=False):
+        suite_outputs.write_tables(self, final)
+
+    def write_plots(self):
+        suite_outputs.write_plots(self.results_dir, self.records)
+
+
+def run_suite(specs, device, null, options, results_dir=None, checkpoint_dir=None, cache_gb=None, progress=False,
+              from_hub=False, executor="local", library=None):
+    """Resolve suites, score every pair, write the outputs; returns (run, interrupted).
+    options: library_tasks.options(...), what every digest depends on besides the weights."""
+    name, pairs = resolve(specs, checkpoint_dir, from_hub)
+    results_dir = os.path.abspath(results_dir or os.path.join("results", suite_outputs.safe_name(name)))
+    run = SuiteRun(name, pairs, device, null, results_dir, default_budget(cache_gb), options, progress, executor, library)
+    return run, run.run()
+
+
+def run_family_map(library, device, null, results_dir=None, progress=False, options=None, executor="local"):
+    """Every pair of a library's entries: the N x N matrix, the heatmap and the lineage map."""
+    pairs = [SuitePair("library", a, a, b, b) for a, b in library_tasks.family_pairs(library)]
+    if not pairs:
+        raise CheckpointError(library, "a family map needs at least two entries")
+    results_dir = os.path.abspath(results_dir or os.path.join("results", "library-map"))
+    run = SuiteRun("library map", pairs, device, null, results_dir, 0, options or library_tasks.options(), progress, executor,
+                   library, from_library=True)
+    return run, run.run()

@@ -1,0 +1,63 @@
+"""Model surgery on Llama-style state dicts (Hugging Face names): what pruning, MoE upcycling
+and a mostly re-drawn attention do to a parent. The tests and the calibration zoo use them."""
+import torch
+
+
+def prune_hidden(state, keep):
+    """Keep only the residual dims in `keep` in every tensor that reads or writes the residual."""
+    pruned = {}
+    for name, tensor in state.items():
+        if name.endswith(("embed_tokens.weight", "lm_head.weight", "q_proj.weight", "k_proj.weight",
+                          "v_proj.weight", "gate_proj.weight", "up_proj.weight")):
+            tensor = tensor[:, keep]
+        elif name.endswith(("o_proj.weight", "down_proj.weight")):
+            tensor = tensor[keep, :]
+        elif name.endswith("norm.weight"):
+            tensor = tensor[keep]
+        pruned[name] = tensor.contiguous()
+    return pruned
+
+
+def drop_layers(state, dropped):
+    kept = [i for i in range(1 + max(int(k.split(".")[2]) for k in state if k.startswith("model.layers.")))
+            if i not in dropped]
+    renumber = {old: new for new, old in enumerate(kept)}
+    out = {}
+    for name, tensor in state.items():
+        parts = name.split(".")
+        if parts[:2] == ["model", "layers"]:
+            if int(parts[2]) in dropped:
+                continue
+            parts[2] = str(renumber[int(parts[2])])
+        out[".".join(parts)] = tensor
+    return out, len(kept)
+
+
+def upcycle_to_moe(state, experts=4):
+    """Mixtral-style MoE: every expert starts as a copy of the dense MLP (attention untouched)."""
+    out = {}
+    for name, tensor in state.items():
+        for dense, expert in (("mlp.gate_proj", "w1"), ("mlp.down_proj", "w2"), ("mlp.up_proj", "w3")):
+            if f".{dense}." in name:
+                for e in range(experts):
+                    out[name.replace(dense, f"block_sparse_moe.experts.{e}.{expert}")] = tensor.clone()
+                break
+        else:
+            out[name] = tensor
+    for layer in {int(k.split(".")[2]) for k in state if k.startswith("model.layers.")}:
+        hidden = state["model.embed_tokens.weight"].shape[1]
+        out[f"model.layers.{layer}.block_sparse_moe.gate.weight"] = 0.02 * torch.randn(experts, hidden)
+    return out
+
+
+def weak_positive(state, layers, keep=0.2, seed=0):
+    """Embedding inherited, attention mostly re-drawn: W' = keep*W + noise of W's scale."""
+    generator = torch.Generator().manual_seed(seed)
+    out = dict(state)
+    for i in range(layers):
+        for proj in ("q_proj", "k_proj"):
+            name = f"model.layers.{i}.self_attn.{proj}.weight"
+            w = state[name]
+            noise = torch.randn(w.shape, generator=generator) * w.std()
+            out[name] = keep * w + (1 - keep ** 2) ** 0.5 * noise
+    return out
