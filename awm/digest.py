@@ -15,7 +15,7 @@ FLOAT32 = 4
 # Precision of the per-layer products (Grams, circuit). "exact": float32 throughout. "fast":
 # bfloat16 operands and results (float32 accumulation inside the product), about twice the
 # CPU rate on AVX512-BF16 / AMX cores and on GPUs; the results' rounding moves per-layer CKAs by
-# up to ~1e-3 percentage points (README, Performance), so it is not the default.
+# up to ~1e-3 percentage points (docs/performance.md), so it is not the default.
 PRODUCT_DTYPES = {"exact": torch.float32, "fast": torch.bfloat16}
 
 

@@ -121,7 +121,7 @@ def digest_work(*digests):
 
 
 def compare(digest_a, digest_b, device, progress=True, residual="auto", null=rule.PAPER_NULL):
-    """Full AWM comparison of two digests; returns a plain dict (see README, JSON schema).
+    """Full AWM comparison of two digests; returns a plain dict (docs/output.md).
 
     residual: "auto" computes the residual scores when the verdict needs them (a second pass
     over the layers), "always" in the same pass as the plain ones.

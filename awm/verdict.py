@@ -34,7 +34,7 @@ def z_score(score_percent, null):
 
 # The embedding-correspondence test must reach this p-value before a score can count as
 # evidence of derivation: below it, the LAP alignment the scores rest on may pair dims that
-# only share a common direction (see README, "How the verdict is reached").
+# only share a common direction (docs/method.md, the verdict).
 CORRESPONDENCE_P = 1e-3
 
 
