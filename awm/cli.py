@@ -11,6 +11,7 @@ from awm.atomic import write_json_atomic
 from awm.devices import resolve_device, set_threads
 from awm.errors import AwmError
 from awm.executors import EXECUTORS
+from awm.readers.vocabulary import VOCAB_MATCHES
 from awm.verdict import load_reference
 
 HELP_EPILOG = """\
@@ -103,7 +104,7 @@ def build_parser():
                         help="memory for per-model layer kernels reused across a suite's pairs (default: 40%% of RAM)")
     parser.add_argument("--paper_only", action="store_true",
                         help="skip the QK-circuit score: only the paper's products, about 40%% less CPU time")
-    parser.add_argument("--vocab_match", choices=("bytes", "spelling"), default="bytes",
+    parser.add_argument("--vocab_match", choices=VOCAB_MATCHES, default="bytes",
                         help="shared tokens: those standing for the same bytes (default; 'Ġthe' = '▁the'), or "
                              "identical vocabulary spellings, as the published implementation does (its exact numbers)")
     parser.add_argument("--precision", choices=("exact", "fast"), default="exact",

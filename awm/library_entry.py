@@ -219,7 +219,6 @@ class StoredDigest:
             raise CheckpointError(self.path, "library entry is incomplete (no kernels file)")
         self._check_layout()
         self.embedding = self._read("embedding")
-        self.layer_reads = 0
         self.read_seconds, self.compute_seconds = time.perf_counter() - started, 0.0
 
     def _check_layout(self):
@@ -254,7 +253,6 @@ class StoredDigest:
         query = unpack_upper(self._read(f"layers.{index}.query").to(self.device), self.hidden_size)
         key = unpack_upper(self._read(f"layers.{index}.key").to(self.device), self.hidden_size)
         circuit = self._read(f"layers.{index}.circuit").to(self.device) if self.with_circuit else None
-        self.layer_reads += 1
         self.read_seconds += time.perf_counter() - started
         return LayerKernels(query, key, circuit)
 
