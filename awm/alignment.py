@@ -1,15 +1,20 @@
 """Steps 1 and 2 of the method: the shared vocabulary, and the hidden-dimension alignment
 (embedding-column cosines, a linear assignment), with the test of whether the matched dims
-genuinely correspond."""
+genuinely correspond. When they do not, the embedding is asked once more, for an orthogonal
+map instead of a pairing (awm.embedding_rotation); the body's witness is awm.body_alignment.
+
+An Alignment maps the base's hidden space to the target's: a pairing of dims with signs
+(`base_index`, `sign`), or a dense map with orthonormal columns (`map`)."""
 import time
 from dataclasses import dataclass
 
 import torch
 
+from awm import embedding_rotation
 from awm import embedding_stats as stats
 from awm.assignment import align_hidden
 from awm.correspondence import CorrespondenceTest, correspondence_test
-from awm.errors import ComparisonError
+from awm.verdict import CORRESPONDENCE_P, EMBEDDING_PERMUTATION, EMBEDDING_ROTATION
 
 # Principal axes of each embedding that the residual cosine and residual scores remove: the
 # mean vector plus this many axes (at most 1/16 of the dims) take out what the columns of
@@ -27,9 +32,12 @@ def common_axes(hidden):
     return max(1, min(COMMON_AXES, hidden // 16))
 
 
+STORED_ORDER = "stored order"            # no shared tokens: the paper's score compares dims as stored
+
+
 @dataclass
 class Alignment:
-    base_index: torch.Tensor
+    base_index: torch.Tensor              # base dim of each target dim (None: a dense map)
     sign: torch.Tensor
     shared_tokens: int
     aligned: bool
@@ -39,6 +47,24 @@ class Alignment:
     correspondence: CorrespondenceTest = None
     base_common: torch.Tensor = None      # orthonormal common directions, base coordinates
     target_common: torch.Tensor = None    # the same for the target
+    basis: str = EMBEDDING_PERMUTATION
+    map: torch.Tensor = None              # base dims x target dims, orthonormal columns
+    shared_ids: tuple = None              # (base ids, target ids) of the shared tokens
+    axes: tuple = None                    # (target, base) principal axes over them
+
+    @property
+    def passed(self):
+        """Its test confirmed it (p at or below the verdict's bound)."""
+        return self.correspondence is not None and self.correspondence.p_value <= CORRESPONDENCE_P
+
+    @property
+    def usable(self):
+        """It maps the base's dims to the target's at all (no shared tokens and unequal widths: no)."""
+        return self.base_index is not None or self.map is not None
+
+    @property
+    def testable(self):
+        return self.shared_tokens >= MIN_TEST_TOKENS
 
 
 def shared_token_ids(base_vocab, target_vocab):
@@ -60,10 +86,12 @@ def align(base, target, device):
     if base_ids is None or len(base_ids) == 0:
         why = "one model has no tokenizer" if not (base.vocab and target.vocab) else "the tokenizers share no tokens"
         if base.hidden_size != target.hidden_size:
-            raise ComparisonError(f"cannot align hidden dimensions: {why} and the hidden sizes differ ({base.hidden_size} vs {target.hidden_size})")
+            return Alignment(None, None, 0, False, float("nan"), f"UNALIGNED: {why} and the hidden sizes differ ({base.hidden_size} "
+                             f"vs {target.hidden_size}): the paper's score is undefined; only the body can align the dims",
+                             {"cosine_s": 0.0, "lap_s": 0.0}, basis=STORED_ORDER)
         identity = torch.arange(target.hidden_size)
         return Alignment(identity, torch.ones(target.hidden_size), 0, False, float("nan"),
-                         f"UNALIGNED: {why}; dims compared in stored order", {"cosine_s": 0.0, "lap_s": 0.0})
+                         f"UNALIGNED: {why}; dims compared in stored order", {"cosine_s": 0.0, "lap_s": 0.0}, basis=STORED_ORDER)
     started = time.perf_counter()
     axes = [_principal_axes(digest, ids, device) for digest, ids in ((target, target_ids), (base, base_ids))]
     # Two interleaved halves of the shared tokens: the test finds partners on one and checks
@@ -88,7 +116,18 @@ def align(base, target, device):
         note = f"only {len(base_ids)} shared tokens for {target.hidden_size} hidden dims: the alignment is underdetermined"
     return Alignment(base_index, sign, len(base_ids), True, quality, note, timings, test,
                      base_common=stats.projector_basis(products.sum_b / products.rows, axes[1]),
-                     target_common=stats.projector_basis(products.sum_a / products.rows, axes[0]))
+                     target_common=stats.projector_basis(products.sum_a / products.rows, axes[0]),
+                     shared_ids=(base_ids, target_ids), axes=tuple(axes))
+
+
+def rotation_alignment(base, target, permutation, device):
+    """The embedding's second witness: an orthogonal map fitted and tested on a token sample
+    (awm.embedding_rotation), for pairs whose permutation failed its test."""
+    started = time.perf_counter()
+    (base_ids, target_ids), (target_axes, base_axes) = permutation.shared_ids, permutation.axes
+    rotation, test = embedding_rotation.fit(base.embedding, base_ids, target.embedding, target_ids, base_axes, target_axes, device)
+    return Alignment(None, None, permutation.shared_tokens, True, float("nan"), timings={"rotation_s": round(time.perf_counter() - started, 3)},
+                     correspondence=test, basis=EMBEDDING_ROTATION, map=rotation)
 
 
 def _principal_axes(digest, ids, device):

@@ -26,6 +26,13 @@ def compare_many(shared, openers, device, null=PAPER_NULL, progress=False, resid
             outcomes[number] = err
     with allocator.reusing_freed_memory():
         _layer_passes(shared, pairs, outcomes, lambda pair: pair.groups(residual), progress)
+        for number, pair in pairs.items():          # pairs whose embedding is no witness ask the body
+            if outcomes[number] is None:
+                try:
+                    pair.ask_the_body(progress)
+                    pair.check_the_body_weights(null)
+                except AwmError as err:
+                    outcomes[number] = err
         if residual == "auto":
             needing = {n: p for n, p in pairs.items() if outcomes[n] is None and p.needs_residual(null)}
             _layer_passes(shared, needing, outcomes, lambda pair: (RESIDUAL,), progress)

@@ -46,6 +46,30 @@ def _correspondence_line(test):
             f"(p {'<=' if test['matched_dims'] else '='} {test['p_value']:.2g}; median {test['median_matched_sigmas']:.1f} sigma)")
 
 
+def _witness_line(alignment, aligned):
+    """Which alignment the verdict rests on, when it is not the embedding's permutation."""
+    basis = alignment["basis"]
+    if basis is None:
+        tried = ", ".join(w["witness"] for w in alignment["witnesses"]) or "none testable"
+        return f"no alignment passed its held-out test (tried: {tried})"
+    witness = next(w for w in alignment["witnesses"] if w["witness"] == basis)
+    line = (f"rests on the {basis}: {witness['matched_dims']}/{witness['target_dims']} dims confirmed on held-out "
+            f"{'layers' if basis.startswith('body') else 'tokens'} (p <= {witness['p_value']:.2g})")
+    if basis != "embedding permutation":
+        line += f"; under it AWM {_fmt(aligned['final'])}, QK circuit {_fmt(aligned['qk_circuit'])}"
+    return line
+
+
+def _body_weights_line(test):
+    found = (f"{test['matched_rows']}/{test['rows']} W_q / W_k rows recognisable on {len(test['layers'])} layers "
+             f"(p {'<=' if test['matched_rows'] else '='} {test['p_value']:.2g})")
+    if test["confirmed"]:
+        return f"{found}: the body's weights were inherited"
+    if test["decisive"]:
+        return f"{found}: the body's weights are not the other model's"
+    return f"{found}: too weak to tell at this width and score (an inherited row would stand {test['expected_sigmas']:.1f} sigma out)"
+
+
 def summary_lines(report):
     """The human summary of one pair: scores first, then the evidence behind them."""
     ev, sc, ref = report["evidence"], report["scores"], report["reference"]
@@ -74,6 +98,9 @@ def summary_lines(report):
         f"  QK-circuit score   {_fmt(sc['qk_circuit'])}   (disguise-robust: norm-gain folding, RoPE-pair scaling)",
         f"  correspondence     {_correspondence_line(ev.get('correspondence'))}",
         f"  without shared     {_residual_line(report['residual_scores'])}",
+        f"  witness            {_witness_line(ev['alignment'], report['aligned_scores'])}",
+        *([f"  body weights       {_body_weights_line(ev['body_weights'])}"] if ev.get("body_weights") else []),
+        f"  inherited          embedding {report['inheritance']['embedding']}, transformer body {report['inheritance']['body']}",
         f"  verdict            {report['verdict'].upper()}: {report['verdict_reason']}",
         f"  computed           {_computed_line(report.get('timings') or {})}",
     ]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from awm import cka
+from awm import body_rows, cka
 
 FLOAT32 = 4
 # Precision of the per-layer products (Grams, circuit). "exact": float32 throughout. "fast":
@@ -79,6 +79,9 @@ class ModelDigest:
         self._kept = {} if keep_layers else None
         self.with_circuit = with_circuit
         self.layer_reads = 0
+        self.profiles = {}        # per-layer body profiles, when a pair asks the body (awm.body_alignment)
+        self.rows = {}            # W_q / W_k rows of a few layers, for the body-weights test (awm.body_rows)
+        self._row_layers = set(body_rows.row_layers(self.num_layers))
         self.read_seconds = time.perf_counter() - started
         self.compute_seconds = 0.0
 
@@ -93,7 +96,8 @@ class ModelDigest:
     def size_bytes(self):
         """Memory this digest holds: the embedding, plus the layer kernels when kept."""
         kept = self.layer_bytes(self.checkpoint, self.with_circuit) if self._kept is not None else 0
-        return self.embedding.numel() * self.embedding.element_size() + kept
+        rows = sum(w.numel() * w.element_size() for pair in self.rows.values() for w in pair)
+        return self.embedding.numel() * self.embedding.element_size() + kept + rows
 
     def layer(self, index):
         if self._kept is not None and index in self._kept:
@@ -102,11 +106,14 @@ class ModelDigest:
         ckpt = self.checkpoint
         w_q, w_k = ckpt.query_key(index, self.device)
         family = ckpt.family.family
+        input_gain = ckpt.attention_input_gain(index) if self.with_circuit or index in self._row_layers else None
         gains = (
-            ckpt.attention_input_gain(index),
+            input_gain,
             ckpt.optional_vector(family.q_norm, index, family.norm_offset),
             ckpt.optional_vector(family.k_norm, index, family.norm_offset),
         ) if self.with_circuit else None
+        if index in self._row_layers and index not in self.rows:
+            self.rows[index] = body_rows.folded_rows(w_q, w_k, input_gain)
         self.layer_reads += 1
         read_done = time.perf_counter()
         dtype = PRODUCT_DTYPES[self.precision]

@@ -104,3 +104,31 @@ def scale_rope_pairs(state, layers, heads, generator, spread=1.0):
         size = torch.exp(spread * torch.randn(g, p, generator=generator))
         return size[..., None, None] * torch.eye(2)
     return _pair_transform(state, layers, heads, scaled)
+
+
+def random_rotation(hidden, generator, block=None):
+    """A random orthogonal matrix (Haar), dense or block-diagonal with blocks of `block` dims."""
+    size = block or hidden
+    blocks = []
+    for start in range(0, hidden, size):
+        width = min(size, hidden - start)
+        q, r = torch.linalg.qr(torch.randn(width, width, generator=generator, dtype=torch.float64))
+        blocks.append(q * torch.sign(r.diagonal())[None, :])
+    return torch.block_diag(*blocks).float()
+
+
+def rotate_residual(state, layers, rotation):
+    """Rotate the residual stream by an orthogonal matrix Q, as rotation-based quantization and
+    SliceGPT do: norm gains are folded first (RMSNorm with unit gain commutes with Q), then the
+    embedding and every weight that reads the residual get W Q, every weight that writes it
+    gets Q^T W. A rectangular Q (hidden x k, orthonormal columns) also slices the stream."""
+    state = fold_norm_gains(state, layers)
+    out = dict(state)
+    out["model.embed_tokens.weight"] = state["model.embed_tokens.weight"] @ rotation
+    for name in _layer_names(state, layers, READS_RESIDUAL) + ["lm_head.weight"]:
+        out[name] = state[name] @ rotation
+    for name in _layer_names(state, layers, WRITES_RESIDUAL):
+        out[name] = rotation.t() @ state[name]
+    for name in _layer_names(state, layers, NORMS) + ["model.norm.weight"]:
+        out[name] = torch.ones(rotation.shape[1])
+    return out

@@ -4,7 +4,8 @@ how it is read back.
 An entry is a folder holding `digest.json` (tool version, the source and how to tell that it
 changed, the model's description and vocabulary) and `kernels.safetensors` (the embedding in
 its stored precision; per layer the W_q and W_k Grams as their upper row blocks and the QK
-circuit, all float32). These are exactly the matrices a comparison from the weights computes,
+circuit, all float32; the norm-folded W_q and W_k rows of a few layers, bfloat16, for the
+body-weights test). These are exactly the matrices a comparison from the weights computes,
 so a score from an entry equals the score from the weights. Entries are built in a scratch
 folder and renamed into place: a reader never sees half an entry, and builders running at
 the same time do not collide.
@@ -21,7 +22,7 @@ import uuid
 import torch
 from tqdm import tqdm
 
-from awm import cka
+from awm import body_rows, cka
 from awm.atomic import write_json_atomic
 from awm.digest import LayerKernels, ModelDigest
 from awm.errors import CheckpointError
@@ -29,7 +30,7 @@ from awm.readers import checkpoint_files as files
 from awm.version import VERSION
 
 DIGEST_FILE, KERNEL_FILE = "digest.json", "kernels.safetensors"
-ENTRY_FORMAT = 1
+ENTRY_FORMAT = 2
 DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 TORCH_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 
@@ -95,6 +96,10 @@ def kernel_layout(digest):
         layout += [(f"layers.{i}.query", "F32", (packed,)), (f"layers.{i}.key", "F32", (packed,))]
         if digest.with_circuit:
             layout.append((f"layers.{i}.circuit", "F32", (hidden, hidden)))
+        if i in body_rows.row_layers(digest.num_layers):
+            heads = digest.checkpoint.heads
+            layout += [(f"layers.{i}.query_rows", "BF16", (heads.n_head * heads.head_dim, hidden)),
+                       (f"layers.{i}.key_rows", "BF16", (heads.n_kv * heads.head_dim, hidden))]
     return layout
 
 
@@ -136,6 +141,9 @@ def build_entry(folder, name, checkpoint, identity, options, device, progress=Fa
                 writer.write(f"layers.{i}.key", pack_upper(kernels.key))
                 if with_circuit:
                     writer.write(f"layers.{i}.circuit", kernels.circuit)
+                if i in digest.rows:
+                    writer.write(f"layers.{i}.query_rows", digest.rows[i][0])
+                    writer.write(f"layers.{i}.key_rows", digest.rows[i][1])
             handle.flush()
             os.fsync(handle.fileno())
         write_json_atomic(os.path.join(scratch, DIGEST_FILE), record)
@@ -219,6 +227,7 @@ class StoredDigest:
             raise CheckpointError(self.path, "library entry is incomplete (no kernels file)")
         self._check_layout()
         self.embedding = self._read("embedding")
+        self.profiles = {}
         self.read_seconds, self.compute_seconds = time.perf_counter() - started, 0.0
 
     def _check_layout(self):
@@ -229,6 +238,11 @@ class StoredDigest:
             info = self.tensors.get(name)
             if info is None or info.shape != shape or info.dtype != "F32":
                 raise CheckpointError(self.path, f"library entry is corrupt: tensor '{name}' missing or malformed")
+        for i in body_rows.row_layers(self.num_layers):
+            for kind in ("query_rows", "key_rows"):
+                info = self.tensors.get(f"layers.{i}.{kind}")
+                if info is None or len(info.shape) != 2 or info.shape[1] != hidden or info.dtype != "BF16":
+                    raise CheckpointError(self.path, f"library entry is corrupt: tensor 'layers.{i}.{kind}' missing or malformed")
         embedding = self.tensors.get("embedding")
         if embedding is None or len(embedding.shape) != 2 or embedding.shape[1] != hidden or embedding.dtype not in TORCH_DTYPES:
             raise CheckpointError(self.path, "library entry is corrupt: embedding missing or malformed")
@@ -257,6 +271,13 @@ class StoredDigest:
         return LayerKernels(query, key, circuit)
 
     release_embedding = ModelDigest.release_embedding
+
+    @property
+    def rows(self):
+        """The stored W_q / W_k rows of the row layers, read when a body-weights test asks (not
+        kept: a batch of entries holds no more than its alignments)."""
+        return {i: (self._read(f"layers.{i}.query_rows"), self._read(f"layers.{i}.key_rows"))
+                for i in body_rows.row_layers(self.num_layers)}
 
     def size_bytes(self):
         return self.embedding.numel() * self.embedding.element_size()

@@ -10,6 +10,8 @@ def to_percent(result):
     pct = lambda v: None if v is None else round(100.0 * v, 4)
     result["scores"] = {k: pct(v) for k, v in result["scores"].items()}
     result["residual_scores"] = {k: pct(v) for k, v in result["residual_scores"].items()}
+    if result.get("aligned_scores") is not None:
+        result["aligned_scores"] = {k: pct(v) for k, v in result["aligned_scores"].items()}
     for layer in result["layers"]:
         for key in ("wq", "wk", "qk_circuit"):
             layer[key] = pct(layer[key])
@@ -18,8 +20,9 @@ def to_percent(result):
 
 def pair_report(result, meta_a, meta_b, null, timings):
     """Assemble the stable JSON record of one pair."""
-    scores = result["scores"]
-    call, reason = rule.verdict(scores, result["residual_scores"], result["evidence"]["correspondence"], null)
+    scores, evidence = result["scores"], result["evidence"]
+    call, reason = rule.verdict(scores, result["residual_scores"], evidence["correspondence"], null, evidence["alignment"],
+                                result["aligned_scores"], evidence["body_weights"])
     return {
         "tool": "awm",
         "version": VERSION,
@@ -27,8 +30,10 @@ def pair_report(result, meta_a, meta_b, null, timings):
         "model_b": meta_b,
         "scores": {**scores, "z_score": _round(rule.z_score(scores["final"], null))},
         "residual_scores": result["residual_scores"],
+        "aligned_scores": result["aligned_scores"],
         "verdict": call,
         "verdict_reason": reason,
+        "inheritance": rule.inheritance(call, evidence["alignment"], evidence["body_weights"]),
         "reference": null,
         "evidence": result["evidence"],
         "layers": result["layers"],

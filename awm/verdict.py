@@ -47,32 +47,98 @@ def _dims(test):
     return f"{test['matched_dims']} of {test['target_dims']} dims, p <= {test['p_value']:.2g}"
 
 
-def verdict(scores, residual, correspondence, null):
+# The witnesses an alignment can rest on (awm.alignment names them the same).
+EMBEDDING_PERMUTATION, EMBEDDING_ROTATION, BODY_PERMUTATION = "embedding permutation", "embedding rotation", "body permutation"
+EMBEDDING_WITNESSES = (EMBEDDING_PERMUTATION, EMBEDDING_ROTATION)
+WHAT_IT_SHOWS = {
+    EMBEDDING_PERMUTATION: "the embedding dimensions correspond one to one ({dims})",
+    EMBEDDING_ROTATION: ("the embeddings are related by a rotation of the hidden space, not by a pairing of dims "
+                         "({dims} in the rotated coordinates, on held-out tokens), as rotation-based quantization leaves them"),
+    BODY_PERMUTATION: ("the transformer bodies' hidden dims correspond one to one ({dims}, found on some layers and "
+                       "confirmed on the others) though the embeddings do not: the embedding was redrawn or replaced"),
+}
+
+
+def _legacy_alignment(correspondence):
+    """Records without the alignment evidence: the embedding permutation was the only witness."""
+    if correspondence is None:
+        return {"basis": None, "witnesses": []}
+    witness = {"witness": EMBEDDING_PERMUTATION, "confirmed": correspondence["p_value"] <= CORRESPONDENCE_P, **correspondence}
+    return {"basis": EMBEDDING_PERMUTATION if witness["confirmed"] else None, "witnesses": [witness]}
+
+
+def verdict(scores, residual, correspondence, null, alignment=None, aligned=None, body_weights=None):
     """derived / derived (disguised) / independent / inconclusive, with a plain reason.
 
-    A score counts only when the alignment under it is real: the embeddings' dims must
-    correspond one to one beyond the directions every column shares. Without that, a high
-    score is what anisotropic embeddings give any pair, and the residual scores decide.
+    A score counts only when the alignment under it is real: one of the witnesses (the
+    embedding's permutation, the embedding's rotation, the body's permutation) must pass its
+    held-out test, and the verdict reads the scores under that witness's alignment. Without
+    any, a high score is what anisotropic embeddings give any pair, and the residual scores
+    decide. When the alignment comes from the embedding, the body's own weight rows must be
+    recognisable too (body_weights), or only the embedding was inherited.
+    alignment, body_weights: the record's evidence fields; aligned: its aligned_scores.
     """
+    alignment = alignment or _legacy_alignment(correspondence)
+    basis = alignment["basis"]
     final, circuit = scores.get("final"), scores.get("qk_circuit")
+    if basis is not None and basis != EMBEDDING_PERMUTATION:
+        final, circuit = (aligned or {}).get("final"), (aligned or {}).get("qk_circuit")
     if final is None:
+        if basis is None and circuit is None and any("p_value" in w for w in alignment["witnesses"]):
+            return "inconclusive", (f"{_none_of(alignment['witnesses'])}, and without an alignment the scores are undefined "
+                                    "(no shared tokens and different widths)")
         return "undefined", "the AWM score is undefined for these weights"
-    if correspondence is None:
+    if basis is not None:
+        shared = WHAT_IT_SHOWS[basis].format(dims=_dims(_confirmed(alignment)))
+        call, reason = _aligned_verdict(basis, shared, final, circuit, null, scores.get("final"))
+        if is_derived(call) and body_weights is not None and not body_weights["confirmed"] and body_weights["decisive"]:
+            return _embedding_only_verdict(shared, reason, body_weights, final, circuit, null)
+        return call, reason
+    if not alignment["witnesses"]:
         return _unaligned_verdict(final, circuit, null)
-    z = z_score(final, null)
-    if correspondence["p_value"] <= CORRESPONDENCE_P:
-        shared = f"the embedding dimensions correspond one to one ({_dims(correspondence)})"
-        if above_reference(final, null):
-            reason = f"{shared} and the AWM score {final:.2f} % is {z:.0f} sigma above independent pairs"
-            if circuit is not None and circuit - final >= DISGUISE_GAP:
-                reason += f"; the QK-circuit score ({circuit:.1f} %) is far higher, as after a reparametrizing disguise"
-            return "derived", reason
-        if above_reference(circuit, null):
-            return "derived (disguised)", (f"{shared}; the stored attention weights look unrelated but what attention "
-                                           "computes matches: the weights were reparametrized")
-        return "inconclusive", (f"{shared}, but neither score rises above independent pairs: only the embedding "
-                                "was inherited, or the attention weights were retrained beyond what the scores can see")
-    none = f"the embeddings show no one-to-one dimension correspondence (p = {correspondence['p_value']:.2g})"
+    return _no_correspondence_verdict(alignment["witnesses"], final, circuit, residual, null)
+
+
+def _confirmed(alignment):
+    return next(w for w in alignment["witnesses"] if w["witness"] == alignment["basis"])
+
+
+def _aligned_verdict(basis, shared, final, circuit, null, paper_final):
+    under = "" if basis == EMBEDDING_PERMUTATION else " under that alignment"
+    if above_reference(final, null):
+        reason = f"{shared} and{under} the AWM score {final:.2f} % is {z_score(final, null):.0f} sigma above independent pairs"
+        if basis != EMBEDDING_PERMUTATION and paper_final is not None:
+            reason += f" (the paper's score, on the embedding's pairing: {paper_final:.2f} %)"
+        if circuit is not None and circuit - final >= DISGUISE_GAP:
+            reason += f"; the QK-circuit score ({circuit:.1f} %) is far higher, as after a reparametrizing disguise"
+        return "derived", reason
+    if above_reference(circuit, null):
+        return "derived (disguised)", (f"{shared}; the stored attention weights look unrelated but what attention "
+                                       "computes matches: the weights were reparametrized")
+    return "inconclusive", (f"{shared}, but neither score rises above independent pairs{under}: only the embedding "
+                            "was inherited, or the attention weights were retrained beyond what the scores can see")
+
+
+def _none_of(witnesses):
+    asked = ", ".join(f"{w['witness']} p = {w['p_value']:.2g}" for w in witnesses if "p_value" in w)
+    return f"no witness shows a correspondence of the hidden dims ({asked})"
+
+
+def _embedding_only_verdict(shared, reason, body_weights, final, circuit, null):
+    """The embedding's dims correspond and the scores are high, but no weight row of the body
+    is the donor's: a body trained afresh on an inherited embedding, or a disguise that mixed
+    every head's rows (which leaves the QK circuit, not the Grams)."""
+    rows = f"{body_weights['matched_rows']} of {body_weights['rows']} W_q / W_k rows recognisable, p = {body_weights['p_value']:.2g}"
+    if above_reference(circuit, null) and final is not None and circuit - final >= DISGUISE_GAP:
+        return "derived (disguised)", (f"{reason}; the body's weight rows are not recognisable ({rows}) but what attention "
+                                       "computes matches: each head's weights were reparametrized")
+    return "inconclusive", (f"{shared}, but the transformer body's weights are not the other model's "
+                            f"({rows}): its similarity (AWM {final:.2f} %) is what a body trained afresh on this embedding "
+                            "learns. Only the embedding was inherited")
+
+
+def _no_correspondence_verdict(witnesses, final, circuit, residual, null):
+    none = _none_of(witnesses)
     if not (above_reference(final, null) or above_reference(circuit, null)):
         return "independent", f"{none}, and both scores lie within the range of independently trained models"
     if not (above_reference(residual.get("final"), null) or above_reference(residual.get("qk_circuit"), null)):
@@ -83,10 +149,28 @@ def verdict(scores, residual, correspondence, null):
                             "related training, not evidence of derivation")
 
 
+SHARED, NOT_SHARED, UNKNOWN = "shared", "not shared", "unknown"
+
+
+def inheritance(call, alignment, body_weights=None):
+    """What the weights show was taken over: the embedding and the transformer body, each
+    shared, not shared, or unknown (nothing could test it)."""
+    witnesses = {w["witness"]: w for w in alignment["witnesses"]}
+    embedding_tested = [w for name, w in witnesses.items() if name in EMBEDDING_WITNESSES]
+    embedding = UNKNOWN if not embedding_tested else SHARED if any(w["confirmed"] for w in embedding_tested) else NOT_SHARED
+    if is_derived(call):
+        body = SHARED
+    elif alignment["basis"] is not None or "p_value" in witnesses.get(BODY_PERMUTATION, {}) or body_weights is not None:
+        body = NOT_SHARED
+    else:
+        body = UNKNOWN
+    return {"embedding": embedding, "body": body}
+
+
 def _unaligned_verdict(final, circuit, null):
-    """No correspondence test possible (no shared vocabulary: dims in stored order; or too
-    few shared tokens): the paper's rule applies as it stands."""
-    caveat = " (no correspondence test: no shared vocabulary, or too few shared tokens to test)"
+    """No witness could be tested (no shared tokens, a body too shallow to hold layers out):
+    the paper's rule applies as it stands, to the dims in stored order."""
+    caveat = " (no correspondence test: too few shared tokens, and too few layers to test the body)"
     if above_reference(final, null):
         return "derived", f"AWM score {final:.2f} % is {z_score(final, null):.0f} sigma above independent pairs{caveat}"
     if above_reference(circuit, null):

@@ -61,3 +61,28 @@ def weak_positive(state, layers, keep=0.2, seed=0):
             noise = torch.randn(w.shape, generator=generator) * w.std()
             out[name] = keep * w + (1 - keep ** 2) ** 0.5 * noise
     return out
+
+
+def redraw_embedding(state, generator, rows=None):
+    """A fresh random embedding (the output head tied to it) at the original's scale; the
+    transformer body untouched. `rows`: a vocabulary of another size (a tokenizer transplant)."""
+    embedding = state["model.embed_tokens.weight"]
+    out = {k: v for k, v in state.items() if k != "lm_head.weight"}
+    out["model.embed_tokens.weight"] = torch.randn(rows or embedding.shape[0], embedding.shape[1], generator=generator) * embedding.std()
+    return out
+
+
+def extend_embedding(state, new_rows, generator):
+    """New tokens appended: the old rows kept, the new ones drawn at the old rows' scale."""
+    embedding = state["model.embed_tokens.weight"]
+    out = {k: v for k, v in state.items() if k != "lm_head.weight"}
+    fresh = torch.randn(new_rows, embedding.shape[1], generator=generator) * embedding.std()
+    out["model.embed_tokens.weight"] = torch.cat([embedding, fresh])
+    return out
+
+
+def with_embedding(state, donor):
+    """`state` with the donor's input embedding (and an output head tied to it)."""
+    out = {k: v for k, v in state.items() if k != "lm_head.weight"}
+    out["model.embed_tokens.weight"] = donor["model.embed_tokens.weight"].clone()
+    return out

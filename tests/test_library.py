@@ -3,6 +3,7 @@ suspect against every entry, a family map draws the lineage, interrupted runs re
 entries are reported without harming the rest, and Ray runs give the same answers."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -278,9 +279,15 @@ def test_not_a_library_and_nothing_to_compare_are_one_line_errors(tmp_path, mode
     factory.make_llama(str(other_width), hidden=64)
     os.remove(other_width / "tokenizer.json")                            # no vocabulary, another width
     directory = build(tmp_path, {"narrow": str(other_width)}, ("narrow",))
+    # Only the body can align these: it is asked, finds nothing, and the entry is still ranked.
+    assert cli.main(["--library", directory, "--identify", models["suspect"], "--device", "cpu", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "narrow" in out and "inconclusive" in out
+    os.remove(os.path.join(directory, "narrow", library_entry.KERNEL_FILE))   # now nothing can be compared
+    shutil.rmtree(os.path.join(directory, library.PAIRS))                     # (nor read from an earlier run)
     assert cli.main(["--library", directory, "--identify", models["suspect"], "--device", "cpu", "--quiet"]) == 2
     captured = capsys.readouterr()
-    assert "not compared: narrow: cannot align hidden dimensions" in captured.out
+    assert "not compared: narrow:" in captured.out and "incomplete" in captured.out
     assert "no library entry could be compared" in captured.err
 
 

@@ -105,13 +105,16 @@ def test_no_tokenizer_equal_width_is_compared_unaligned(base_model, tmp_path):
     assert result["scores"]["final"] == pytest.approx(100.0, abs=1e-3)
 
 
-def test_no_shared_tokens_and_different_width_is_an_error(base_model, tmp_path):
+def test_no_shared_tokens_and_different_width_leave_the_body_to_align_the_dims(base_model, tmp_path):
     path, tensors = base_model
     keep = torch.arange(48)
     copy = write_variant(tmp_path, "other_vocab", factory.prune(tensors, keep, [0, 1, 2, 3]), hidden=48)
     factory.write_tokenizer_json(copy, [f"zz{i}\u00e9" for i in range(400)], specials=())
-    with pytest.raises(ComparisonError, match="share no tokens"):
-        compare_paths(path, copy)
+    result = compare_paths(path, copy)
+    assert result["scores"]["final"] is None and any("share no tokens" in note for note in result["evidence"]["notes"])
+    assert result["evidence"]["alignment"]["basis"] == "body permutation"
+    assert result["aligned_scores"]["final"] > 99.0 and result["verdict"] == "derived"
+    assert result["inheritance"] == {"embedding": "unknown", "body": "shared"}
 
 
 def test_token_ids_beyond_the_embedding_are_dropped(tmp_path):

@@ -128,3 +128,43 @@ def test_demo_end_to_end(smol, capsys):
     blocks = {label: out.split(f"({label})")[1].split("\n\n")[0] for label in ("disguised", "independent", "heavily disguised")}
     assert "-> DERIVED" in blocks["disguised"] and "-> INDEPENDENT" in blocks["independent"]
     assert "-> DERIVED" in blocks["heavily disguised"]
+
+
+# ----------------------------------------------------------------------------- a new embedding
+def score_variant(smol, state, name, config=None, tokenizer=None):
+    directory = str(smol["root"] / name)
+    kept = {k: v.contiguous() for k, v in state.items() if k.endswith(READ_BY_AWM)}
+    gguf_convert.write_hf_model(directory, kept, config or smol["config"], tokenizer or smol["tokenizer"])
+    return pair.compare_digests(smol["digest"], digest_path(directory, CPU), CPU, verdict.PAPER_NULL, progress=False)
+
+
+def test_real_redrawn_embedding_is_derived_by_the_body(smol):
+    state = surgery.redraw_embedding(smol["state"], torch.Generator().manual_seed(41))
+    result = score_variant(smol, state, "redrawn")
+    assert abs(result["scores"]["final"]) < 1.0                          # the paper's score sees nothing
+    assert result["evidence"]["alignment"]["basis"] == "body permutation"
+    assert result["aligned_scores"]["final"] > 99.0 and result["verdict"] == "derived"
+    assert result["inheritance"] == {"embedding": "not shared", "body": "shared"}
+
+
+def test_real_tokenizer_transplant_sharing_few_tokens_is_derived_by_the_body(smol):
+    rows = 8000
+    tokens = [f"tok{i}\u00e9" for i in range(rows)]                   # another vocabulary altogether
+    tokenizer = {"version": "1.0", "added_tokens": [], "model": {"type": "BPE", "vocab": {t: i for i, t in enumerate(tokens)}, "merges": []},
+                 "pre_tokenizer": {"type": "ByteLevel"}, "decoder": {"type": "ByteLevel"}}
+    state = surgery.redraw_embedding(smol["state"], torch.Generator().manual_seed(42), rows=rows)
+    result = score_variant(smol, state, "transplant", {**smol["config"], "vocab_size": rows}, tokenizer)
+    assert result["evidence"]["shared_tokens"] == 0
+    assert result["evidence"]["alignment"]["basis"] == "body permutation" and result["verdict"] == "derived"
+
+
+def test_real_rotated_residual_stream_keeps_its_function_and_is_derived_by_the_rotation(smol):
+    layers = smol["config"]["num_hidden_layers"]
+    rotation = disguise.random_rotation(576, torch.Generator().manual_seed(43))
+    rotated = disguise.rotate_residual(disguise.untie_output(smol["state"]), layers, rotation)
+    assert torch.allclose(logits(rotated, smol["config"]), logits(smol["state"], smol["config"]), atol=1e-3)
+    result = score_variant(smol, rotated, "rotated", {**smol["config"], "tie_word_embeddings": False})
+    assert result["scores"]["final"] < 2.0                               # the paper's score is defeated
+    assert result["evidence"]["alignment"]["basis"] == "embedding rotation"
+    assert result["aligned_scores"]["qk_circuit"] > 99.0 and result["verdict"] == "derived"
+    assert result["evidence"]["body_weights"]["confirmed"]
