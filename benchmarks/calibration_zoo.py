@@ -26,9 +26,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-from surgery import drop_layers, prune_hidden, upcycle_to_moe, weak_positive  # noqa: E402
+from surgery import (drop_layers, extend_embedding, prune_hidden, redraw_embedding, upcycle_to_moe,  # noqa: E402
+                     weak_positive, with_embedding)
 
-from awm import demo, gguf_convert  # noqa: E402
+from awm import demo, disguise, gguf_convert  # noqa: E402
 
 DEFAULT_ROOT = os.path.join(ROOT, "checkpoints", "calibration")
 SEQ, BATCH = 96, 8
@@ -128,6 +129,33 @@ SCRATCH = {
 }
 
 
+TRANSPLANT_VOCAB = 16000
+
+
+def transplant_tokenizer():
+    """A new byte-level BPE of 16k tokens trained on both corpora: another tokenizer altogether."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=TRANSPLANT_VOCAB, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    text = _corpus_text("text") + _corpus_text("code")
+    tokenizer.train_from_iterator((text[i:i + 100_000] for i in range(0, len(text), 100_000)), trainer)
+    return json.loads(tokenizer.to_str())
+
+
+def extended_vocabulary(state, config, tokenizer, other, count, generator):
+    """The tokenizer grown by `count` tokens of another one (new rows appended, old rows kept)."""
+    vocab = dict(tokenizer["model"]["vocab"])
+    added = [t for t in other["model"]["vocab"] if t not in vocab][:count]
+    base = config["vocab_size"]
+    vocab.update({token: base + i for i, token in enumerate(added)})
+    grown = {**tokenizer, "model": {**tokenizer["model"], "vocab": vocab}}
+    return extend_embedding(state, len(added), generator), {**config, "vocab_size": base + len(added)}, grown
+
+
 class Zoo:
     def __init__(self, root):
         self.root = root
@@ -140,18 +168,19 @@ class Zoo:
     def path(self, name):
         return os.path.join(self.root, name)
 
-    def stream(self, kind):
-        if kind not in self._streams:
-            self._streams[kind] = token_stream(kind, self.tokenizer)
-        return self._streams[kind]
+    def stream(self, kind, tokenizer=None):
+        key = (kind, id(tokenizer))
+        if key not in self._streams:
+            self._streams[key] = token_stream(kind, tokenizer or self.tokenizer)
+        return self._streams[key]
 
     def make(self, name, builder):
         """Build `name` unless its folder is already complete; returns its path."""
         folder = self.path(name)
         if not os.path.isfile(os.path.join(folder, "model.safetensors")):
             print(f"  building {name}", flush=True)
-            state, config = builder()
-            save(folder, state, config, self.tokenizer)
+            state, config, *tokenizer = builder()
+            save(folder, state, config, tokenizer[0] if tokenizer else self.tokenizer)
         return folder
 
     def load(self, name):
@@ -196,6 +225,50 @@ class Zoo:
         moe = {**config, "model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "num_local_experts": 4, "num_experts_per_tok": 2}
         built["smollm2-moe"] = self.make("smollm2-moe", lambda: (upcycle_to_moe(smol), moe))
         built["smollm2-weak-positive"] = self.make("smollm2-weak-positive", lambda: (weak_positive(smol, config["num_hidden_layers"]), config))
+        built.update(self.new_embeddings(s1_state, s1_config))
+        return built
+
+    def new_embeddings(self, s1_state, s1_config):
+        """Derived models whose embedding no longer carries the lineage, models that inherited
+        only an embedding, and independent models built to fool a witness that reads the body."""
+        smol, config, layers = self.smol_state, self.smol_config, self.smol_config["num_hidden_layers"]
+        draw = lambda seed: torch.Generator().manual_seed(seed)
+        untied = {**config, "tie_word_embeddings": False}
+        new_tokenizer = transplant_tokenizer()
+        built = {
+            "smollm2-redrawn-embedding": self.make("smollm2-redrawn-embedding", lambda: (redraw_embedding(smol, draw(51)), config)),
+            "smollm2-transplant": self.make("smollm2-transplant", lambda: (
+                redraw_embedding(smol, draw(52), len(new_tokenizer["model"]["vocab"])),
+                {**config, "vocab_size": len(new_tokenizer["model"]["vocab"])}, new_tokenizer)),
+            "smollm2-vocab-extended": self.make("smollm2-vocab-extended", lambda: extended_vocabulary(smol, config, self.tokenizer, new_tokenizer, 2000, draw(53))),
+            "smollm2-rotated": self.make("smollm2-rotated", lambda: (
+                disguise.rotate_residual(smol, layers, disguise.random_rotation(config["hidden_size"], draw(54))), untied)),
+            "smollm2-block-rotated": self.make("smollm2-block-rotated", lambda: (
+                disguise.rotate_residual(smol, layers, disguise.random_rotation(config["hidden_size"], draw(55), block=64)), untied)),
+            "smollm2-rotated-sliced": self.make("smollm2-rotated-sliced", lambda: (
+                disguise.rotate_residual(smol, layers, disguise.random_rotation(config["hidden_size"], draw(56))[:, :512]),
+                {**untied, "hidden_size": 512, "head_dim": 64})),
+            "smollm2-redrawn-permuted": self.make("smollm2-redrawn-permuted", lambda: (
+                redraw_embedding(disguise.permute_hidden(smol, layers, draw(57)), draw(58)), disguise.scaled_config(config))),
+            "s1-rotated": self.make("s1-rotated", lambda: (
+                disguise.rotate_residual(s1_state, s1_config["num_hidden_layers"], disguise.random_rotation(s1_config["hidden_size"], draw(59))),
+                {**s1_config, "tie_word_embeddings": False})),
+            "s1-redrawn-embedding": self.make("s1-redrawn-embedding", lambda: (redraw_embedding(s1_state, draw(60)), s1_config)),
+        }
+        s2_state, s2_config = self.load("scratch-code-s2")
+        built["s2-redrawn-embedding"] = self.make("s2-redrawn-embedding", lambda: (redraw_embedding(s2_state, draw(61)), s2_config))
+        transplant_state, transplant_config = self.load("smollm2-transplant")
+        built["smollm2-transplant-tuned"] = self.make("smollm2-transplant-tuned", lambda: (
+            train(build_model(transplant_config, transplant_state), self.stream("text", new_tokenizer), 40, 1e-3, 62, "transplant-tuned"),
+            transplant_config, new_tokenizer))
+        # Embedding inherited, the body trained from a fresh initialisation.
+        fresh_s1 = build_model(s1_config, seed=63).state_dict()
+        built["s1-embedding-fresh-body"] = self.make("s1-embedding-fresh-body", lambda: (
+            train(build_model(s1_config, with_embedding(fresh_s1, s1_state)), self.stream("code"), 300, 2e-3, 63, "s1-embedding-fresh-body"), s1_config))
+        small = {**config, "num_hidden_layers": 4}
+        fresh_small = build_model(small, seed=64).state_dict()
+        built["smollm2-embedding-fresh-body"] = self.make("smollm2-embedding-fresh-body", lambda: (
+            train(build_model(small, with_embedding(fresh_small, smol)), self.stream("code"), 200, 2e-3, 64, "smollm2-embedding-fresh-body"), small))
         return built
 
 
