@@ -158,6 +158,19 @@ def compare(path_a, path_b):
     return compare_digests(digest_path(path_a, CPU), digest_path(path_b, CPU), CPU, verdict.PAPER_NULL, progress=False)
 
 
+def rotated_copy(tensors, seed, hidden=96, layers=8):
+    """Norm gains folded into W_q / W_k, then the residual stream rotated: E Q, W Q."""
+    rotation = torch.linalg.qr(torch.randn(hidden, hidden, generator=torch.Generator().manual_seed(seed)))[0]
+    rotated = {"model.embed_tokens.weight": tensors["model.embed_tokens.weight"] @ rotation}
+    for layer in range(layers):
+        prefix = f"model.layers.{layer}."
+        gain = tensors[prefix + "input_layernorm.weight"]
+        for projection in ("q_proj", "k_proj"):
+            rotated[prefix + f"self_attn.{projection}.weight"] = (tensors[prefix + f"self_attn.{projection}.weight"] * gain) @ rotation
+        rotated[prefix + "input_layernorm.weight"] = torch.ones(hidden)
+    return rotated
+
+
 @pytest.fixture(scope="module")
 def parent(tmp_path_factory):
     tensors = structured_tensors(0)
@@ -188,15 +201,7 @@ def test_a_tokenizer_transplant_sharing_no_token_is_derived_by_the_body(parent):
 
 def test_a_rotated_residual_stream_is_derived_by_the_embedding_rotation(parent):
     root, tensors = parent
-    rotation = torch.linalg.qr(torch.randn(96, 96, generator=torch.Generator().manual_seed(8)))[0]
-    rotated = {"model.embed_tokens.weight": tensors["model.embed_tokens.weight"] @ rotation}
-    for layer in range(8):                    # norm gains folded into the projections, then W Q
-        prefix = f"model.layers.{layer}."
-        gain = tensors[prefix + "input_layernorm.weight"]
-        for projection in ("q_proj", "k_proj"):
-            rotated[prefix + f"self_attn.{projection}.weight"] = (tensors[prefix + f"self_attn.{projection}.weight"] * gain) @ rotation
-        rotated[prefix + "input_layernorm.weight"] = torch.ones(96)
-    result = compare(write(root, "parent", tensors), write(root, "rotated", rotated))
+    result = compare(write(root, "parent", tensors), write(root, "rotated", rotated_copy(tensors, 8)))
     assert result["evidence"]["correspondence"]["p_value"] > verdict.CORRESPONDENCE_P      # no pairing of dims explains it
     assert result["evidence"]["alignment"]["basis"] == "embedding rotation"
     assert result["aligned_scores"]["qk_circuit"] > 99.0 and result["verdict"] == "derived"
@@ -245,3 +250,25 @@ def test_a_row_test_too_weak_for_the_score_does_not_overrule_it():
     # Width 128 and a CKA of 4 %: an inherited row would stand about 1.6 sigma out, far below the bound.
     assert body_rows.expected_sigmas(0.04, 128) < 2.0
     assert body_rows.expected_sigmas(0.04, 2048) > 6.0                      # a 1B-wide model would show it
+
+
+def test_identify_from_stored_entries_finds_the_redrawn_and_the_rotated_copies(parent, tmp_path):
+    """The witnesses work on library entries too: stored kernels give the body's profiles and
+    signs, stored rows the body-weights test, and batches score them like pairs from weights."""
+    from awm import identification, library_tasks
+
+    root, tensors = parent
+    other = structured_tensors(4)
+    other["model.embed_tokens.weight"] = anisotropic_embedding(torch.Generator().manual_seed(14), tokens=400, hidden=96)
+    entries = [write(tmp_path, "redrawn", surgery.redraw_embedding(tensors, torch.Generator().manual_seed(13))),
+               write(tmp_path, "rotated", rotated_copy(tensors, 12)), write(tmp_path, "other", other)]
+    library = str(tmp_path / "lib")
+    options = library_tasks.options()
+    added = library_tasks.add_models(entries, library, options, CPU)
+    assert all("error" not in o for o in added), added
+    found = identification.identify(write(root, "parent", tensors), library, options, CPU, verdict.PAPER_NULL)
+    by_entry = {r["model_b"]["name"]: r for r in found["matches"]}
+    assert by_entry["redrawn"]["evidence"]["alignment"]["basis"] == "body permutation" and by_entry["redrawn"]["verdict"] == "derived"
+    assert by_entry["rotated"]["evidence"]["alignment"]["basis"] == "embedding rotation" and by_entry["rotated"]["verdict"] == "derived"
+    assert by_entry["rotated"]["evidence"]["body_weights"]["confirmed"]
+    assert by_entry["other"]["verdict"] == "independent"
