@@ -28,6 +28,8 @@ COMMON_MODES = 2
 # Fewer layers than this leave no held-out half to test on.
 MIN_LAYERS = 2
 SIGN_ITERATIONS = 300
+# Row statistics of a profile are taken over at most this many columns (evenly spaced).
+PROFILE_COLUMNS = 1024
 # Layers the signs are read from: a few suffice, so finding them costs a fraction of a pass.
 SIGN_LAYERS = 4
 
@@ -37,46 +39,58 @@ def _row_dots(a, b):
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).reshape(-1)
 
 
-def _gram_profile(kernel):
+def _columns(hidden):
+    """The columns a row's statistics are taken over: all, or an even subset of PROFILE_COLUMNS
+    for wide models (the statistics are estimates either way; a subset bounds the cost)."""
+    return torch.arange(0, hidden, max(1, -(-hidden // PROFILE_COLUMNS)))
+
+
+def _without_diagonal(rows, columns):
+    """rows[:, columns] with each row's own entry (where its column was taken) zeroed."""
+    taken = rows[:, columns].clone()
+    taken[columns, torch.arange(len(columns))] = 0.0
+    return taken
+
+
+def _gram_profile(kernel, columns):
     """Per dim of a symmetric PSD kernel: log diagonal, and the mean, RMS and largest absolute
     correlation with the other dims."""
     kernel = kernel.float()
     diagonal = kernel.diagonal().clamp_min(EPS)
     inverse = diagonal.rsqrt()
-    correlation = (kernel * inverse[:, None]).mul_(inverse[None, :]).abs_()
-    correlation.diagonal().zero_()
-    others = max(1, kernel.shape[0] - 1)
+    correlation = _without_diagonal(kernel, columns).mul_(inverse[:, None]).mul_(inverse[columns][None, :]).abs_()
+    others = len(columns)
     return [diagonal.log(), correlation.sum(1) / others, (_row_dots(correlation, correlation) / others).sqrt(), correlation.amax(1)]
 
 
 def _circuit_profile(circuit):
     circuit = circuit.float()
-    rows = _row_dots(circuit, circuit).sqrt().clamp_min(EPS)
+    rows = circuit.square().sum(1).sqrt().clamp_min(EPS)
     cols = circuit.square().sum(0).sqrt().clamp_min(EPS)
     return [rows.log(), cols.log(), circuit.diagonal() / (rows * cols).sqrt()]
 
 
-def _pattern_agreements(kernels):
+def _pattern_agreements(kernels, columns):
     """Per dim: how alike its relations to the other dims are in W_q's and W_k's Grams and the
-    circuit's rows and columns, as cosines of those rows without their diagonal entry (not
-    centred: a centred row would see the signs of the other dims). A sign flip of dim j changes
-    entry j of every row alike and a permutation reorders them alike, so these see neither."""
-    patterns = [kernels.query.float(), kernels.key.float()]
+    circuit's rows and columns, as cosines of those rows without their own entry (not centred:
+    a centred row would see the signs of the other dims). A sign flip of dim j changes entry j
+    of every row alike and a permutation reorders them alike, so these see neither."""
+    patterns = [_without_diagonal(kernels.query.float(), columns), _without_diagonal(kernels.key.float(), columns)]
     if kernels.circuit is not None:
         circuit = kernels.circuit.float()
-        patterns += [circuit, circuit.t().contiguous()]
-    diagonals = [m.diagonal() for m in patterns]
-    norms = [(_row_dots(m, m) - d * d).clamp_min(0).sqrt().clamp_min(EPS) for m, d in zip(patterns, diagonals)]
-    return [(_row_dots(patterns[a], patterns[b]) - diagonals[a] * diagonals[b]) / (norms[a] * norms[b])
+        patterns += [_without_diagonal(circuit, columns), _without_diagonal(circuit.t(), columns)]
+    norms = [_row_dots(m, m).sqrt().clamp_min(EPS) for m in patterns]
+    return [_row_dots(patterns[a], patterns[b]) / (norms[a] * norms[b])
             for a in range(len(patterns)) for b in range(a + 1, len(patterns))]
 
 
 def layer_profile(kernels):
     """(hidden, features) float64 on the CPU: one layer's per-dim profile."""
-    parts = _gram_profile(kernels.query) + _gram_profile(kernels.key)
+    columns = _columns(kernels.query.shape[0]).to(kernels.query.device)
+    parts = _gram_profile(kernels.query, columns) + _gram_profile(kernels.key, columns)
     if kernels.circuit is not None:
         parts += _circuit_profile(kernels.circuit)
-    parts += _pattern_agreements(kernels)
+    parts += _pattern_agreements(kernels, columns)
     return torch.stack(parts, dim=1).double().cpu()
 
 

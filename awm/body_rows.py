@@ -39,17 +39,26 @@ def row_layers(num_layers):
     return sorted({int(round(k * (num_layers - 1) / max(1, count - 1))) for k in range(count)})
 
 
-def folded_rows(w_q, w_k, gain):
-    """W_q and W_k with the attention-input gain folded into their columns, bfloat16 (a test
-    statistic needs no more)."""
-    if gain is not None and gain.numel() == w_q.shape[1]:
-        gain = gain.to(w_q)
-        w_q, w_k = w_q * gain, w_k * gain
-    return w_q.to(torch.bfloat16).cpu(), w_k.to(torch.bfloat16).cpu()
+# Rows are kept in the checkpoint's own precision, so that copies compare as exactly equal.
+KEPT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def kept_rows(w_q, w_k, gain, stored_dtype):
+    """(W_q, W_k, attention-input gain) of one layer as a digest keeps them: the weights in
+    their stored precision (float32 for quantized or float32 checkpoints), the gain apart."""
+    dtype = KEPT_DTYPES.get(stored_dtype, torch.float32)
+    hidden = w_q.shape[1]
+    gain = gain.float().cpu() if gain is not None and gain.numel() == hidden else torch.ones(hidden)
+    return w_q.to(dtype).cpu(), w_k.to(dtype).cpu(), gain
+
+
+def folded(kept):
+    """(W_q, W_k) of kept rows with the attention-input gain folded into their columns, float32."""
+    w_q, w_k, gain = kept
+    return w_q.float() * gain, w_k.float() * gain
 
 
 def _in_target_dims(rows, alignment):
-    rows = rows.float()
     if alignment.map is not None:
         return rows @ alignment.map.float()
     return rows[:, alignment.base_index] * alignment.sign
@@ -82,6 +91,6 @@ def rows_test(base, target, alignment):
         return None
     tests = []
     for base_layer, target_layer in zip(row_layers(base.num_layers), row_layers(target.num_layers)):
-        for base_rows, target_rows in zip(kept_base[base_layer], kept_target[target_layer]):
-            tests.append(_one_matrix(target_rows.float(), _in_target_dims(base_rows, alignment)))
+        for base_rows, target_rows in zip(folded(kept_base[base_layer]), folded(kept_target[target_layer])):
+            tests.append(_one_matrix(target_rows, _in_target_dims(base_rows, alignment)))
     return combined(tests)

@@ -96,7 +96,7 @@ class ModelDigest:
     def size_bytes(self):
         """Memory this digest holds: the embedding, plus the layer kernels when kept."""
         kept = self.layer_bytes(self.checkpoint, self.with_circuit) if self._kept is not None else 0
-        rows = sum(w.numel() * w.element_size() for pair in self.rows.values() for w in pair)
+        rows = sum(w.numel() * w.element_size() for kept in self.rows.values() for w in kept)
         return self.embedding.numel() * self.embedding.element_size() + kept + rows
 
     def layer(self, index):
@@ -113,7 +113,7 @@ class ModelDigest:
             ckpt.optional_vector(family.k_norm, index, family.norm_offset),
         ) if self.with_circuit else None
         if index in self._row_layers and index not in self.rows:
-            self.rows[index] = body_rows.folded_rows(w_q, w_k, input_gain)
+            self.rows[index] = body_rows.kept_rows(w_q, w_k, input_gain, self.meta["dtype"])
         self.layer_reads += 1
         read_done = time.perf_counter()
         dtype = PRODUCT_DTYPES[self.precision]

@@ -4,8 +4,8 @@ how it is read back.
 An entry is a folder holding `digest.json` (tool version, the source and how to tell that it
 changed, the model's description and vocabulary) and `kernels.safetensors` (the embedding in
 its stored precision; per layer the W_q and W_k Grams as their upper row blocks and the QK
-circuit, all float32; the norm-folded W_q and W_k rows of a few layers, bfloat16, for the
-body-weights test). These are exactly the matrices a comparison from the weights computes,
+circuit, all float32; the W_q and W_k of a few layers as stored, with their input norm gain,
+for the body-weights test and the family tree). These are exactly the matrices a comparison from the weights computes,
 so a score from an entry equals the score from the weights. Entries are built in a scratch
 folder and renamed into place: a reader never sees half an entry, and builders running at
 the same time do not collide.
@@ -32,6 +32,7 @@ from awm.version import VERSION
 DIGEST_FILE, KERNEL_FILE = "digest.json", "kernels.safetensors"
 ENTRY_FORMAT = 2
 DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+ROW_TENSORS = ("query_rows", "key_rows", "row_gain")          # per row layer: W_q, W_k as stored, the input gain
 TORCH_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 
 
@@ -98,8 +99,10 @@ def kernel_layout(digest):
             layout.append((f"layers.{i}.circuit", "F32", (hidden, hidden)))
         if i in body_rows.row_layers(digest.num_layers):
             heads = digest.checkpoint.heads
-            layout += [(f"layers.{i}.query_rows", "BF16", (heads.n_head * heads.head_dim, hidden)),
-                       (f"layers.{i}.key_rows", "BF16", (heads.n_kv * heads.head_dim, hidden))]
+            rows = DTYPE_NAMES[body_rows.KEPT_DTYPES.get(digest.meta["dtype"], torch.float32)]
+            layout += [(f"layers.{i}.query_rows", rows, (heads.n_head * heads.head_dim, hidden)),
+                       (f"layers.{i}.key_rows", rows, (heads.n_kv * heads.head_dim, hidden)),
+                       (f"layers.{i}.row_gain", "F32", (hidden,))]
     return layout
 
 
@@ -142,8 +145,8 @@ def build_entry(folder, name, checkpoint, identity, options, device, progress=Fa
                 if with_circuit:
                     writer.write(f"layers.{i}.circuit", kernels.circuit)
                 if i in digest.rows:
-                    writer.write(f"layers.{i}.query_rows", digest.rows[i][0])
-                    writer.write(f"layers.{i}.key_rows", digest.rows[i][1])
+                    for kind, tensor in zip(ROW_TENSORS, digest.rows[i]):
+                        writer.write(f"layers.{i}.{kind}", tensor)
             handle.flush()
             os.fsync(handle.fileno())
         write_json_atomic(os.path.join(scratch, DIGEST_FILE), record)
@@ -239,9 +242,9 @@ class StoredDigest:
             if info is None or info.shape != shape or info.dtype != "F32":
                 raise CheckpointError(self.path, f"library entry is corrupt: tensor '{name}' missing or malformed")
         for i in body_rows.row_layers(self.num_layers):
-            for kind in ("query_rows", "key_rows"):
+            for kind in ROW_TENSORS:
                 info = self.tensors.get(f"layers.{i}.{kind}")
-                if info is None or len(info.shape) != 2 or info.shape[1] != hidden or info.dtype != "BF16":
+                if info is None or info.shape[-1] != hidden or len(info.shape) != (1 if kind == "row_gain" else 2) or info.dtype not in TORCH_DTYPES:
                     raise CheckpointError(self.path, f"library entry is corrupt: tensor 'layers.{i}.{kind}' missing or malformed")
         embedding = self.tensors.get("embedding")
         if embedding is None or len(embedding.shape) != 2 or embedding.shape[1] != hidden or embedding.dtype not in TORCH_DTYPES:
@@ -276,8 +279,7 @@ class StoredDigest:
     def rows(self):
         """The stored W_q / W_k rows of the row layers, read when a body-weights test asks (not
         kept: a batch of entries holds no more than its alignments)."""
-        return {i: (self._read(f"layers.{i}.query_rows"), self._read(f"layers.{i}.key_rows"))
-                for i in body_rows.row_layers(self.num_layers)}
+        return {i: tuple(self._read(f"layers.{i}.{kind}") for kind in ROW_TENSORS) for i in body_rows.row_layers(self.num_layers)}
 
     def size_bytes(self):
         return self.embedding.numel() * self.embedding.element_size()

@@ -8,6 +8,7 @@ verdict (awm.verdict) and the JSON record (awm.report).
 import time
 
 import numpy as np
+import torch
 
 from awm import allocator, report
 from awm import body_alignment as body
@@ -189,7 +190,8 @@ class PairScoring:
             "sign_flips": int((alignment.sign < 0).sum()) if alignment.usable else 0,
             "mean_abs_cosine": _finite(alignment.mean_abs_cosine),
             "correspondence": _correspondence_record(alignment.correspondence),
-            "alignment": {"basis": self.witness.basis if self.witness else None, "witnesses": self.witness_records()},
+            "alignment": {"basis": self.witness.basis if self.witness else None, "witnesses": self.witness_records(),
+                          "stored_order": _in_stored_order(self.witness)},
             "body_weights": _body_weights_record(self.body_weights, self.base, self.target, self.a_is_base),
             "layers_a": digest_a.num_layers,
             "layers_b": digest_b.num_layers,
@@ -242,6 +244,14 @@ def _correspondence_record(test):
             "fraction": round(test.fraction, 4), "p_value": float(f"{test.p_value:.3g}"),
             "threshold_sigmas": round(test.threshold_sigmas, 2),
             "median_matched_sigmas": round(test.median_matched_sigmas, 2)}
+
+
+def _in_stored_order(alignment):
+    """The alignment maps every dim to the same dim with sign +1: the models share their basis."""
+    if alignment is None or alignment.base_index is None:
+        return False
+    index = alignment.base_index
+    return bool(torch.equal(index, torch.arange(len(index))) and (alignment.sign > 0).all())
 
 
 def _body_weights_record(outcome, base, target, a_is_base):

@@ -5,7 +5,7 @@ import io
 import os
 import re
 
-from awm import evaluation, lineage, plots
+from awm import evaluation, plots
 from awm.atomic import write_json_atomic, write_text_atomic
 from awm.verdict import VERDICTS
 from awm.version import VERSION
@@ -58,16 +58,16 @@ def write_tables(run, final=False):
         write_json_atomic(os.path.join(folder, "null_stats.json"), stats)
 
 
-def write_plots(folder, records):
-    """Per-layer curves of every pair; the heatmap, lineage map and ROC when the run has enough for them."""
+def write_plots(folder, records, graph=None):
+    """Per-layer curves of every pair; the heatmap, the family map (`graph`: lineage.json, with
+    its tree) and ROC when the run has enough for them."""
     os.makedirs(os.path.join(folder, "layers"), exist_ok=True)
     for record in records:
         plots.layer_curves(record, os.path.join(folder, "layers", safe_name(record["pair"])))
     models = {n for r in records for n in (r["model_a"]["name"], r["model_b"]["name"])}
     if len(models) >= HEATMAP_MIN_MODELS:
         plots.score_heatmap(records, os.path.join(folder, "heatmap"))
-    if len(models) >= LINEAGE_MIN_MODELS:
-        graph = lineage.lineage_graph(records)
+    if graph is not None:
         write_json_atomic(os.path.join(folder, "lineage.json"), graph)
         plots.lineage_figure(graph, os.path.join(folder, "lineage"))
     curves = suite_metrics(records)

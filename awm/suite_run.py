@@ -8,10 +8,10 @@ import os
 
 from tqdm import tqdm
 
-from awm import library_tasks, suite_outputs
+from awm import family_tree, library_tasks, lineage, suite_outputs
 from awm.digest_cache import DigestCache, default_budget, reuse_order
 from awm.errors import CheckpointError, ComparisonError
-from awm.library import PairCache, source_identity
+from awm.library import Library, PairCache, source_identity
 from awm.pair import compare_digests
 from awm.suite_files import SuitePair, resolve
 
@@ -31,6 +31,7 @@ class SuiteRun:
         self.executor, self.library, self.from_library = executor, library, from_library
         self.pair_cache = PairCache(os.path.join(results_dir, ".pairs"))
         self.identities = {}
+        self._entry_names = {}                 # a model's name in this run -> its library entry
         self.records, self.skipped = [], []
         self.resumed = 0
 
@@ -102,6 +103,10 @@ class SuiteRun:
                     names[path] = outcome["name"]
                     if outcome["status"] == "added":
                         self.cache.loads[path] += 1
+        for pair in self.pairs:
+            for name, path in ((pair.name_a, pair.path_a), (pair.name_b, pair.path_b)):
+                if path in names:
+                    self._entry_names[name] = names[path]
         runnable = [pair for pair in self.pairs if pair.path_a in names and pair.path_b in names]
         outcomes = library_tasks.score_pairs(library, [(names[p.path_a], names[p.path_b]) for p in runnable], self.options,
                                                  self.device, self.null, self.executor, self.progress)
@@ -125,7 +130,29 @@ class SuiteRun:
         suite_outputs.write_tables(self, final)
 
     def write_plots(self):
-        suite_outputs.write_plots(self.results_dir, self.records)
+        suite_outputs.write_plots(self.results_dir, self.records, self.family_map())
+
+    def family_map(self):
+        """lineage.json: the families of derived pairs and their tree (three or more models)."""
+        names = list(dict.fromkeys(n for pair in self.pairs for n in (pair.name_a, pair.name_b)))
+        if len(names) < suite_outputs.LINEAGE_MIN_MODELS or not self.records:
+            return None
+        graph = lineage.lineage_graph(self.records)
+        metas = {r[side]["name"]: r[side] for r in self.records for side in ("model_a", "model_b")}
+        scored = set(metas)
+        reasons = {}
+        for skipped in self.skipped:
+            for name in (n for n in names if n not in scored and n in skipped["pair"].split(" vs ")):
+                reasons.setdefault(name, skipped["reason"])
+        graph["tree"] = family_tree.build(graph["nodes"], self.records, metas, self._digest_of, sorted(reasons.items()))
+        return graph
+
+    def _digest_of(self, name):
+        """The digest of a model by its name in this run: its library entry, or the run's cache."""
+        if self.executor != "local" or self.from_library:
+            return Library(self.library or os.path.join(self.results_dir, "library")).open(self._entry_names.get(name, name), self.device)
+        path = next(p for pair in self.pairs for n, p in ((pair.name_a, pair.path_a), (pair.name_b, pair.path_b)) if n == name)
+        return self.cache.get(path)
 
 
 def run_suite(specs, device, null, options, results_dir=None, checkpoint_dir=None, cache_gb=None, progress=False,

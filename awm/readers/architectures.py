@@ -231,3 +231,19 @@ def kv_heads_from_config(config, n_head):
             return config.get("num_kv_heads") or n_head
         return 1 if config.get("multi_query", True) else n_head
     return config_value(config, "kv_heads") or n_head
+
+
+# ----------------------------------------------------------------------------- lineage hints
+# What a config says about structure the family tree reads: experts (an upcycled MoE), the
+# modalities of a multimodal wrapper, and a base the model declares (a claim, not evidence).
+EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+MODALITY_KEYS = {"vision": ("vision_config", "visual", "vision_tower", "mm_vision_tower"), "audio": ("audio_config",)}
+DECLARED_BASE_KEYS = ("base_model_name_or_path", "_name_or_path")
+
+
+def lineage_hints(raw, config):
+    experts = next((config[k] for k in EXPERT_KEYS if isinstance(config.get(k), int) and config[k] > 1), None)
+    modalities = ["text"] + [m for m, keys in MODALITY_KEYS.items() if any(raw.get(k) for k in keys)]
+    declared = next((raw[k] for k in DECLARED_BASE_KEYS if isinstance(raw.get(k), str) and raw[k].count("/") == 1
+                     and not raw[k].startswith((".", "/", "~"))), None)
+    return {"experts": experts, "modalities": modalities, "declared_base": declared}

@@ -109,6 +109,7 @@ class ModelCheckpoint:
         self.wrapper_type = str(raw.get("model_type") or "")
         self.architecture = self.model_type
         self.config = config
+        self.lineage_hints = arch.lineage_hints(raw, config)
         self.vocab, self.vocab_source = vocabulary.load_directory_vocab(self.path, self.vocab_match)
         hidden, layers = arch.config_value(config, "hidden"), arch.config_value(config, "layers")
         n_head = arch.config_value(config, "heads")
@@ -125,6 +126,7 @@ class ModelCheckpoint:
         first = lambda value: value[0] if isinstance(value, list) and value else value
         self.model_type, self.wrapper_type, self.architecture = "gguf", "", gguf_arch
         self.config = {"model_type": gguf_arch}
+        self.lineage_hints = {"experts": meta("expert_count") or None, "modalities": ["text"], "declared_base": None}
         hidden, layers = meta("embedding_length"), meta("block_count")
         n_head = first(meta("attention.head_count"))
         if not (isinstance(hidden, int) and isinstance(layers, int) and isinstance(n_head, int) and n_head > 0):
@@ -273,6 +275,7 @@ class ModelCheckpoint:
             "tokenizer_tokens": len(self.vocab) if self.vocab else 0,
             "dropped_token_ids": self.dropped_token_ids,
             "dtype": self.store.tensors[q_name].dtype,
+            **self.lineage_hints,
         }
         if self.source:
             described["source"] = dict(self.source)

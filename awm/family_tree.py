@@ -1,0 +1,364 @@
+"""The family tree of a set of models: who is whose parent, which way, by which relation.
+
+Families are the connected groups of derived pairs (awm.lineage); models of different families
+are never linked. Within a family:
+
+1. Models of one shape (width, depth, heads, experts, modalities, full or quantized precision)
+   that share their hidden basis are points in weight space (awm.tree_evidence): a model that
+   is a weighted average of others, or takes its layers from several of them, is a merge; the
+   others are linked by the tree of smallest weight changes (a minimum spanning tree).
+2. A shape class is entered from another by a structural relation, which also fixes the
+   direction: a pruned model is narrower or shallower than its parent, an upcycled one has
+   experts its parent lacks, a multimodal one adds a tower, a quantized one is stored in fewer
+   bits, a stacked one repeats its parent's layers. The link goes from the most similar model
+   that is upstream by structure.
+3. Inside a class, edges point away from its root: the model the class was entered through,
+   else a model three or more others branch from, else the only model with structural
+   descendants, else a base a config declares (a claim, said so). Without any, the links stay
+   undirected with the reason: never a coin flip presented as a fact.
+"""
+from dataclasses import dataclass, field
+
+from awm import tree_evidence as evidence
+from awm.lineage import families
+from awm.verdict import is_derived
+
+RELATIONS = ("copy", "quantized", "fine-tune", "pruned", "upcycled", "multimodal", "stacked", "merge")
+FULL_PRECISION = ("F64", "F32", "F16", "BF16", "float64", "float32", "float16", "bfloat16")
+COPY_DISTANCE = 1e-6                 # rows this close are the same weights as stored
+COPY_SCORE = 99.9999                 # and every layer scores this high
+STACKED_SCORE = 50.0                 # median CKA of a stacked model's layers with their sources
+
+
+@dataclass
+class Link:
+    parent: str
+    child: str
+    relation: str
+    direction: str
+    weight: float = None
+    change: float = None
+
+
+@dataclass
+class Unsettled:
+    a: str
+    b: str
+    relation: str
+    reason: str
+
+
+@dataclass
+class FamilyTree:
+    links: list = field(default_factory=list)
+    undirected: list = field(default_factory=list)
+    layers: dict = field(default_factory=dict)          # child -> [{"layer", "source", "source_layer", "score"}]
+
+
+# ----------------------------------------------------------------------------- structure
+def is_quantized(meta):
+    return str(meta.get("dtype")) not in FULL_PRECISION
+
+
+def shape_key(meta):
+    return (meta["hidden_size"], meta["num_layers"], meta["num_heads"], meta["num_kv_heads"], meta["head_dim"],
+            meta.get("experts") or 0, tuple(meta.get("modalities") or ("text",)), is_quantized(meta))
+
+
+def structural_relation(child, parent):
+    """The relation by which `parent` could be upstream of `child` from their structure alone
+    (None: structure does not say), with the evidence in words."""
+    extra = [m for m in child.get("modalities") or () if m not in (parent.get("modalities") or ())]
+    if extra:
+        return "multimodal", f"it adds a {' and '.join(extra)} tower to the language model"
+    if (child.get("experts") or 0) > 1 and not parent.get("experts"):
+        return "upcycled", f"it is a mixture of {child['experts']} experts, its parent dense"
+    width = ("hidden_size", "num_heads", "num_kv_heads", "head_dim")
+    if all(child[k] <= parent[k] for k in width) and any(child[k] < parent[k] for k in width):
+        return "pruned", f"it is narrower ({child['hidden_size']} vs {parent['hidden_size']} hidden dims, " \
+                         f"{child['num_heads']} vs {parent['num_heads']} heads)"
+    if all(child[k] == parent[k] for k in width):
+        if child["num_layers"] < parent["num_layers"]:
+            return "pruned", f"it is shallower ({child['num_layers']} vs {parent['num_layers']} layers)"
+        if child["num_layers"] > parent["num_layers"]:
+            return "stacked", f"it is deeper ({child['num_layers']} vs {parent['num_layers']} layers)"
+        if is_quantized(child) and not is_quantized(parent):
+            return "quantized", f"it is stored as {child['dtype']}, its parent at full precision ({parent['dtype']})"
+    return None
+
+
+# ----------------------------------------------------------------------------- the pairs
+class Pairs:
+    """The scored pair records, looked up in either order."""
+
+    def __init__(self, records):
+        self.records = {}
+        for record in records:
+            a, b = record["model_a"]["name"], record["model_b"]["name"]
+            self.records[(a, b)] = self.records[(b, a)] = record
+
+    def get(self, a, b):
+        return self.records.get((a, b))
+
+    def derived(self, a, b):
+        record = self.get(a, b)
+        return record is not None and is_derived(record["verdict"])
+
+    def shared_basis(self, a, b):
+        record = self.get(a, b)
+        return record is not None and bool(record["evidence"].get("alignment", {}).get("stored_order"))
+
+    def scores(self, a, b):
+        """(AWM %, QK-circuit %) under the alignment the verdict rests on."""
+        record = self.get(a, b)
+        scores = record.get("aligned_scores") or record["scores"]
+        return scores.get("final"), scores.get("qk_circuit")
+
+    def similarity(self, a, b):
+        awm, circuit = self.scores(a, b)
+        return max(v for v in (awm, circuit, -1.0) if v is not None)
+
+    def layer_scores(self, child, parent):
+        """Per layer of `child` its W_q / W_k CKA with the same layer of `parent` (equal depth)."""
+        record = self.get(child, parent)
+        child_is_a = record["model_a"]["name"] == child
+        return {(layer["layer_a"] if child_is_a else layer["layer_b"]): min(layer["wq"] or 0.0, layer["wk"] or 0.0)
+                for layer in record["layers"]}
+
+
+# ----------------------------------------------------------------------------- building
+class TreeBuilder:
+    """Links one family's models; `open_digest(name)` reads a model's digest when the rows or
+    the Grams are needed."""
+
+    def __init__(self, family, metas, pairs, open_digest):
+        self.family, self.metas, self.pairs, self.open = family, metas, pairs, open_digest
+        self.tree = FamilyTree()
+        self._digests, self._traced = {}, {}
+
+    def digest(self, name):
+        if name not in self._digests:
+            self._digests[name] = self.open(name)
+        return self._digests[name]
+
+    def build(self):
+        classes = {}
+        for name in self.family:
+            classes.setdefault(shape_key(self.metas[name]), []).append(name)
+        components = [component for members in classes.values() for component in self._link_class(members)]
+        entered = self._enter_classes(components)
+        for component, edges in components:
+            self._orient(component, edges, entered.get(id(component)))
+        return self.tree
+
+    # ------------------------------------------------------------------ one shape class
+    def _link_class(self, members):
+        """Merges, then the spanning tree of the rest: [(component members, undirected edges)]."""
+        space = None
+        if len(members) >= 2:
+            space = evidence.RowSpace({name: self.digest(name) for name in members})
+        merged = {}
+        if space is not None and len(members) >= 3:
+            for child in members:
+                candidates = [m for m in members if m != child and self.pairs.derived(child, m) and self.pairs.shared_basis(child, m)]
+                merge = self._merge(space, child, candidates)
+                if merge:
+                    merged[child] = merge
+        for child, links in merged.items():
+            self.tree.links += links
+        rest = [m for m in members if m not in merged]
+        return self._spanning_components(rest, space)
+
+    def _merge(self, space, child, candidates):
+        """The child's merge links, or None when no merge explains it clearly better."""
+        if len(candidates) < 2:
+            return None
+        layerwise = self._layerwise(space, child, candidates)
+        if layerwise:
+            return layerwise
+        fit = evidence.best_merge(space, child, candidates)
+        if fit is None:
+            return None
+        if fit.weights is not None:
+            how = (f"structure: a weighted average of its {len(fit.parents)} parents reproduces it (the fit leaves "
+                   f"{100 * fit.residual:.3f} % of its weights; the best single parent, {fit.single}, {100 * fit.single_residual:.2f} %)")
+            weights = [round(w, 4) for w in fit.weights]
+        else:
+            how = (f"structure: each entry of its change from {fit.base} is zero, one parent's change or their mean "
+                   f"(a TIES / DARE-style merge; {100 * fit.residual:.1f} % left unexplained): not a linear combination, "
+                   "no coefficients")
+            weights = [None] * len(fit.parents)
+        return [Link(parent, child, "merge", how, weight, round(space.distance(child, parent), 6))
+                for parent, weight in zip(fit.parents, weights)]
+
+    def _layerwise(self, space, child, candidates):
+        """Different kept layers copied from different candidates: a layer-wise merge, each of
+        the child's layers traced to its source through the Grams."""
+        nearest = evidence.per_layer_sources(space, child, candidates)
+        sources = {name for name, distance in nearest if distance <= evidence.COPIED_LAYER}
+        if len(sources) < 2 or any(distance > evidence.COPIED_LAYER for _, distance in nearest):
+            return None
+        traced = evidence.layer_sources(self.digest(child), {name: self.digest(name) for name in candidates})
+        self.tree.layers[child] = [{"layer": j, "source": name, "source_layer": i, "score": score}
+                                   for j, (name, i, _, score) in enumerate(traced)]
+        parents = sorted({name for name, *_ in traced}, key=lambda n: [s for s, *_ in traced].index(n))
+        how = (f"structure: its layers are taken from {len(parents)} models (layer by layer, see layers), "
+               "each nearly verbatim")
+        return [Link(parent, child, "merge", how) for parent in parents]
+
+    def _spanning_components(self, members, space):
+        """Kruskal on the smallest weight changes between derived members: [(members, edges)]."""
+        candidates = []
+        for i, a in enumerate(members):
+            for b in members[i + 1:]:
+                if self.pairs.derived(a, b):
+                    candidates.append((self._distance(space, a, b), a, b))
+        root = {m: m for m in members}
+
+        def find(node):
+            while root[node] != node:
+                root[node] = root[root[node]]
+                node = root[node]
+            return node
+
+        edges = []
+        for distance, a, b in sorted(candidates):
+            if find(a) != find(b):
+                root[find(a)] = find(b)
+                edges.append((a, b, distance))
+        groups = {}
+        for member in members:
+            groups.setdefault(find(member), []).append(member)
+        return [(group, [e for e in edges if e[0] in group]) for group in groups.values()]
+
+    def _distance(self, space, a, b):
+        """How far two same-shape models' weights are apart (their rows when they share a basis,
+        else the shortfall of their scores)."""
+        if space is not None and self.pairs.shared_basis(a, b):
+            return space.distance(a, b)
+        return (2 * max(0.0, 1 - self.pairs.similarity(a, b) / 100)) ** 0.5
+
+    # ------------------------------------------------------------------ between shape classes
+    def _enter_classes(self, components):
+        """Link each component to the most similar model upstream of it by structure: {id: (entry
+        member, its structural parent's name)}."""
+        entered = {}
+        for component, _ in components:
+            best = None
+            for child in component:
+                for parent in self.family:
+                    if parent in component or not self.pairs.derived(child, parent):
+                        continue
+                    found = structural_relation(self.metas[child], self.metas[parent])
+                    if found is None or (found[0] == "stacked" and not self._stacked(child, parent)):
+                        continue
+                    if found[0] == "pruned" and self.metas[child]["hidden_size"] == self.metas[parent]["hidden_size"] \
+                            and self._stacked(parent, child):
+                        continue                                     # the deeper one was stacked from it, not the reverse
+                    similarity = self.pairs.similarity(child, parent)
+                    if best is None or similarity > best[0]:
+                        best = (similarity, child, parent, found)
+            if best is None:
+                continue
+            _, child, parent, (relation, why) = best
+            self.tree.links.append(Link(parent, child, relation, f"structure: {relation}: {why}"))
+            if relation == "stacked":
+                self.tree.layers[child] = self._traced[(child, parent)]
+            entered[id(component)] = (child, parent, relation)
+        return entered
+
+    def _stacked(self, child, parent):
+        """The deeper model repeats the shallower one's layers: each of its layers traced to one
+        of the parent's (kept for the tree's layers when the link is made)."""
+        if (child, parent) not in self._traced:
+            traced = evidence.layer_sources(self.digest(child), {parent: self.digest(parent)})
+            scores = sorted(score for *_, score in traced)
+            self._traced[(child, parent)] = None if scores[len(scores) // 2] < STACKED_SCORE else \
+                [{"layer": j, "source": name, "source_layer": i, "score": score} for j, (name, i, _, score) in enumerate(traced)]
+        return self._traced[(child, parent)] is not None
+
+    # ------------------------------------------------------------------ directions inside a class
+    def _orient(self, component, edges, entry):
+        if not edges:
+            return
+        root, why = self._root(component, edges, entry)
+        if root is None:
+            for a, b, distance in edges:
+                self.tree.undirected.append(Unsettled(a, b, self._same_shape_relation(a, b, distance), why))
+            return
+        neighbours = {}
+        for a, b, distance in edges:
+            neighbours.setdefault(a, []).append((b, distance))
+            neighbours.setdefault(b, []).append((a, distance))
+        frontier, seen = [root], {root}
+        while frontier:
+            parent = frontier.pop()
+            for child, distance in neighbours.get(parent, ()):
+                if child not in seen:
+                    seen.add(child)
+                    frontier.append(child)
+                    self.tree.links.append(Link(parent, child, self._same_shape_relation(parent, child, distance), why,
+                                                None, round(distance, 6)))
+
+    def _root(self, component, edges, entry):
+        if entry is not None:
+            child, parent, relation = entry
+            return child, (f"tree's shape: {child} is where this branch entered the family ({relation} from {parent}); "
+                           "the others of its shape branch from it")
+        degree = {}
+        for a, b, _ in edges:
+            degree[a], degree[b] = degree.get(a, 0) + 1, degree.get(b, 0) + 1
+        most = max(degree.values())
+        hubs = [m for m in component if degree.get(m, 0) == most]
+        if most >= 3 and len(hubs) == 1:
+            return hubs[0], f"tree's shape: {most} of its shape branch from {hubs[0]} (siblings are less alike than each is to it)"
+        upstream = [m for m in component if any(l.parent == m and l.child not in component for l in self.tree.links)]
+        if len(upstream) == 1:
+            return upstream[0], (f"tree's shape: {upstream[0]} is the only one of its shape that other shapes of the "
+                                 "family were made from")
+        declared = [m for m in component for other in component
+                    if other != m and _declares(self.metas[other], m, self.metas[m])]
+        if len(set(declared)) == 1:
+            return declared[0], (f"metadata: a config in this branch names {declared[0]} as its base "
+                                 "(a claim, used only because nothing in the weights decides)")
+        return None, ("same shape and nothing decides which came first: no structural change, no model three others "
+                      "branch from, no metadata claim")
+
+    def _same_shape_relation(self, a, b, distance):
+        if distance <= COPY_DISTANCE and all(score >= COPY_SCORE for score in self.pairs.layer_scores(a, b).values()):
+            return "copy"
+        return "fine-tune"
+
+
+def _declares(meta, name, other_meta):
+    declared = meta.get("declared_base")
+    return bool(declared) and (declared == name or declared.split("/")[-1] == name or declared == other_meta.get("path"))
+
+
+# ----------------------------------------------------------------------------- the record
+def build(names, records, metas, open_digest, not_compared=()):
+    """The `tree` section of lineage.json (docs/library.md): every model a node, its parents with
+    the relation and the evidence, undirected pairs with the reason, models left out."""
+    pairs = Pairs(records)
+    edges = [{"a": a, "b": b} for (a, b), record in pairs.records.items() if a < b and is_derived(record["verdict"])]
+    tree = FamilyTree()
+    for family in families(names, edges):
+        if len(family) > 1:
+            built = TreeBuilder(family, metas, pairs, open_digest).build()
+            tree.links += built.links
+            tree.undirected += built.undirected
+            tree.layers.update(built.layers)
+    return _record(names, tree, pairs, not_compared)
+
+
+def _record(names, tree, pairs, not_compared):
+    parents = {name: [] for name in names}
+    for link in tree.links:
+        awm, circuit = pairs.scores(link.parent, link.child)
+        parents[link.child].append({"name": link.parent, "relation": link.relation, "weight": link.weight,
+                                    "direction": link.direction, "awm": awm, "qk_circuit": circuit, "change": link.change})
+    return {
+        "nodes": [{"name": name, "parents": parents[name], "layers": tree.layers.get(name)} for name in names],
+        "undirected": [{"a": u.a, "b": u.b, "relation": u.relation, "reason": u.reason} for u in tree.undirected],
+        "not_compared": [{"name": name, "reason": reason} for name, reason in not_compared],
+    }

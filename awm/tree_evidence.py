@@ -1,0 +1,196 @@
+"""What the family tree reads from the models beyond their pair scores: the W_q / W_k rows a
+digest keeps (a few layers, as stored) and every layer's Gram matrices.
+
+Models of one shape that share their hidden basis are points in weight space: the inner
+products of their rows give every distance (how far a fine-tune moved) and every linear fit
+(is this model a weighted average of those, with which coefficients) without touching the rows
+again. Layer by layer, Gram distances tell which parent layer each layer of a stacked or
+layer-wise merged model came from.
+"""
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from awm import cka
+from awm.body_rows import row_layers
+
+# A parent sits between its children: averaging k children cancels their independent changes
+# and "explains" the parent to 1/sqrt(k) of the best single child's residual. A merge is taken
+# only on evidence a parent cannot fake: a weighted average that leaves at most this share of the
+# best single parent's residual (a linear merge: none at all) ...
+LINEAR_FIT = 0.05
+MIN_WEIGHT = 0.05            # every parent of a linear merge contributes at least this, positively
+# ... or the entrywise signature of trimmed and sign-elected merges (TIES, DARE): each entry of
+# the child's change from a base is zero, one parent's change or their mean (times one global
+# scale), leaving at most this share of the change unexplained.
+ENTRYWISE_FIT = 0.1
+SCALED_COPY = 0.5            # one parent's change, scaled, explaining this much makes it a linear relation
+SAMPLED_ENTRIES = 1 << 20    # the entrywise test reads this many fixed entries of every model's rows
+MERGE_CANDIDATES = 5         # the closest models tried as parents, in sets of two and three
+# A layer closer than this (relative Gram distance) to a parent's layer was taken from it.
+COPIED_LAYER = 0.02
+
+
+class RowSpace:
+    """Inner products of several same-shape models' kept rows (raw W_q and W_k as stored), per
+    kept layer and in total, float64."""
+
+    def __init__(self, digests):
+        self.names = list(digests)
+        self.layers = row_layers(next(iter(digests.values())).num_layers)
+        count = len(self.names)
+        self.per_layer = np.zeros((len(self.layers), count, count))
+        rows = {name: digest.rows for name, digest in digests.items()}
+        for position, layer in enumerate(self.layers):
+            for kind in (0, 1):                                       # W_q, W_k
+                vectors = [rows[name][layer][kind].double().reshape(-1) for name in self.names]
+                for i, j in itertools.combinations_with_replacement(range(count), 2):
+                    self.per_layer[position, i, j] += float(vectors[i] @ vectors[j])
+                    self.per_layer[position, j, i] = self.per_layer[position, i, j]
+        self.total = self.per_layer.sum(0)
+        self.samples = self._samples(rows)
+
+    def _samples(self, rows):
+        """The same entries of every model's rows, flattened (for the entrywise merge test)."""
+        flat = {name: torch.cat([rows[name][layer][kind].float().reshape(-1) for layer in self.layers for kind in (0, 1)])
+                for name in self.names}
+        size = next(iter(flat.values())).numel()
+        picked = torch.randperm(size, generator=torch.Generator().manual_seed(0))[:SAMPLED_ENTRIES]
+        return {name: values[picked] for name, values in flat.items()}
+
+    def index(self, name):
+        return self.names.index(name)
+
+    def distance(self, a, b, gram=None):
+        """||R_a - R_b|| / sqrt(||R_a|| ||R_b||): how far apart the weights are (0 for a copy)."""
+        g = self.total if gram is None else gram
+        i, j = self.index(a), self.index(b)
+        return float(np.sqrt(max(0.0, g[i, i] + g[j, j] - 2 * g[i, j]) / np.sqrt(g[i, i] * g[j, j])))
+
+    def fit(self, child, parents, gram=None):
+        """Least-squares child ~ sum_k w_k parent_k: (weights, residual / ||child||)."""
+        g = self.total if gram is None else gram
+        c, p = self.index(child), [self.index(name) for name in parents]
+        normal, target = g[np.ix_(p, p)], g[p, c]
+        weights = np.linalg.lstsq(normal, target, rcond=None)[0]
+        residual = g[c, c] - 2 * weights @ target + weights @ normal @ weights
+        return weights, float(np.sqrt(max(0.0, residual) / g[c, c]))
+
+
+@dataclass
+class MergeFit:
+    parents: list
+    weights: list           # fitted coefficients, in the parents' order (None: not a linear combination)
+    residual: float         # what the fit leaves unexplained, relative
+    single: str             # the best single parent
+    single_residual: float
+    base: str = None        # the base of an entrywise (TIES / DARE) merge
+
+
+def best_merge(space, child, candidates):
+    """The parents `child` is a merge of, or None: a weighted average with positive weights that
+    leaves almost nothing of the best single parent's residual, else the entrywise signature of
+    a trimmed or sign-elected merge of two candidates over a third."""
+    singles = {name: space.fit(child, [name])[1] for name in candidates}
+    if len(singles) < 2:
+        return None
+    single = min(singles, key=singles.get)
+    closest = sorted(candidates, key=lambda name: space.distance(child, name))[:MERGE_CANDIDATES]
+    best = None
+    for size in (2, 3):
+        for parents in itertools.combinations(closest, size):
+            weights, residual = space.fit(child, list(parents))
+            if min(weights) >= MIN_WEIGHT and (best is None or residual < best.residual):
+                best = MergeFit(list(parents), [float(w) for w in weights], residual, single, singles[single])
+    if best is not None and best.residual <= LINEAR_FIT * best.single_residual:
+        return best
+    return entrywise_merge(space, child, closest, single, singles[single])
+
+
+def entrywise_merge(space, child, closest, single, single_residual):
+    """TIES / DARE: over a base b, each entry of child - b is 0, one parent's change, or the
+    parents' mean, up to one global scale. Tried with parents and base among the closest models."""
+    sample = space.samples
+    best = None
+    for first, second in itertools.combinations(closest[:3], 2):
+        for base in closest:
+            if base in (first, second):
+                continue
+            change = sample[child] - sample[base]
+            options = torch.stack([torch.zeros_like(change), sample[first] - sample[base], sample[second] - sample[base]])
+            if min(_scaled_residual(change, option) for option in options[1:]) <= SCALED_COPY:
+                continue                     # a scaled copy of one change: a linear relation, not a merge of two
+            options = torch.cat([options, (options[1:2] + options[2:3]) / 2])
+            residual = _entrywise_residual(change, options)
+            if best is None or residual < best.residual:
+                best = MergeFit([first, second], None, residual, single, single_residual, base)
+    return best if best is not None and best.residual <= ENTRYWISE_FIT else None
+
+
+def _scaled_residual(change, option):
+    scale = float(option @ change) / max(float(option @ option), 1e-30)
+    return float((change - scale * option).norm() / change.norm().clamp_min(1e-30))
+
+
+def _entrywise_residual(change, options, rounds=3):
+    """Per entry the nearest option, with one global scale refitted a few times: the share of
+    the change's norm the best choice leaves."""
+    scale = 1.0
+    for _ in range(rounds):
+        picked = options.mul(scale).sub(change).abs().argmin(0)
+        chosen = options.gather(0, picked[None]).squeeze(0)
+        norm = float(chosen @ chosen)
+        if norm > 0:
+            scale = float(chosen @ change) / norm
+    left = change - scale * chosen
+    return float(left.norm() / change.norm().clamp_min(1e-30))
+
+
+def per_layer_sources(space, child, candidates):
+    """For each kept layer, the candidate the child's layer is closest to and how close: a
+    layer-wise merge takes different layers from different parents, each nearly verbatim."""
+    sources = []
+    for position in range(len(space.layers)):
+        gram = space.per_layer[position]
+        distances = {name: space.distance(child, name, gram) for name in candidates}
+        nearest = min(distances, key=distances.get)
+        sources.append((nearest, distances[nearest]))
+    return sources
+
+
+SKETCH_COLUMNS = 32         # a Gram is compared through K S, S a fixed random d x 32 matrix
+
+
+def _sketch(kernels, probe):
+    """W_q and W_k Grams of one layer through the probe: distances between sketches track the
+    distances between the Grams (exactly 0 for a copied layer) at a fraction of the memory."""
+    return torch.cat([kernels.query.float() @ probe, kernels.key.float() @ probe], dim=1)
+
+
+def _sketch_distance(a, b):
+    return float((a - b).norm() / (a.norm() * b.norm()).sqrt().clamp_min(1e-30))
+
+
+def layer_sources(child, parents):
+    """Every layer of the child with the parent layer it came from: [(parent, layer, distance,
+    CKA %)] per child layer, from the W_q / W_k Grams (a shared hidden basis is assumed).
+    parents: {name: digest}. Each parent layer is read once; the CKA of each chosen pair once."""
+    probe = torch.randn(child.hidden_size, SKETCH_COLUMNS, generator=torch.Generator().manual_seed(0))
+    child_sketches = [_sketch(child.layer(j), probe.to(child.device)) for j in range(child.num_layers)]
+    best = [None] * child.num_layers
+    for name, digest in parents.items():
+        for i in range(digest.num_layers):
+            sketch = _sketch(digest.layer(i), probe.to(digest.device))
+            for j, own in enumerate(child_sketches):
+                distance = _sketch_distance(own, sketch)
+                if best[j] is None or distance < best[j][2]:
+                    best[j] = (name, i, distance)
+    sources = []
+    for j, (name, i, distance) in enumerate(best):
+        own, other = child.layer(j), parents[name].layer(i)
+        score = 50.0 * sum(cka.u_cka(cka.Kernel(x, symmetric=True), cka.Kernel(y, symmetric=True))
+                           for x, y in ((own.query, other.query), (own.key, other.key)))
+        sources.append((name, i, distance, round(score, 4)))
+    return sources

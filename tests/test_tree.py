@@ -1,0 +1,164 @@
+"""The family tree on a zoo whose history is known by construction: a base with three
+fine-tunes and a grandchild, a width-pruned child, a linear merge with known coefficients, a
+TIES merge, a depth-stacked model, a layer-wise merge of two parents, and unrelated roots.
+Every edge, direction, relation, coefficient and layer source is checked."""
+import json
+
+import factory
+import pytest
+import torch
+
+from awm import cli, family_tree
+from awm.lineage import families
+
+HIDDEN, LAYERS, VOCAB = 96, 8, 400
+
+
+def base_tensors(seed):
+    """A body whose dims differ from layer to layer and an anisotropic embedding, as trained ones."""
+    tensors = factory.random_llama_tensors(hidden=HIDDEN, layers=LAYERS, heads=4, kv_heads=2, vocab=VOCAB, seed=seed)
+    generator = torch.Generator().manual_seed(100 + seed)
+    for name in list(tensors):
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            tensors[name] = tensors[name] * torch.exp(0.7 * torch.randn(HIDDEN, generator=generator))
+    tensors["model.embed_tokens.weight"] += 3.0 * torch.randn(VOCAB, 1, generator=generator) * torch.randn(1, HIDDEN, generator=generator)
+    return tensors
+
+
+def tuned(tensors, seed, amount=0.05):
+    generator = torch.Generator().manual_seed(seed)
+    return {k: v + amount * v.std() * torch.randn(v.shape, generator=generator) for k, v in tensors.items()}
+
+
+def linear(parts):
+    return {k: sum(w * t[k] for w, t in parts) for k in parts[0][1]}
+
+
+def ties(base, models, density=0.5):
+    """TIES: trim each task vector to its largest entries, elect a sign per entry, average the agreeing ones."""
+    merged = {}
+    for name, value in base.items():
+        deltas = []
+        for model in models:
+            delta = model[name] - value
+            threshold = delta.abs().flatten().kthvalue(max(1, int((1 - density) * delta.numel()))).values
+            deltas.append(torch.where(delta.abs() >= threshold, delta, torch.zeros_like(delta)))
+        stacked = torch.stack(deltas)
+        sign = torch.sign(stacked.sum(0))
+        agree = (torch.sign(stacked) == sign) & (stacked != 0)
+        merged[name] = value + (stacked * agree).sum(0) / agree.sum(0).clamp_min(1)
+    return merged
+
+
+def layers_of(tensors, picks):
+    """A model whose layer j is layer picks[j] of tensors (the embedding kept)."""
+    out = {"model.embed_tokens.weight": tensors["model.embed_tokens.weight"]}
+    for new, old in enumerate(picks):
+        for name, value in tensors.items():
+            if name.startswith(f"model.layers.{old}."):
+                out[name.replace(f"model.layers.{old}.", f"model.layers.{new}.")] = value.clone()
+    return out
+
+
+def spliced(first, second, split):
+    out = dict(first)
+    out.update({k: v for k, v in second.items() if k.startswith("model.layers.") and int(k.split(".")[2]) >= split})
+    return out
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tree")
+    base = base_tensors(0)
+    ft1, ft2, ft3 = tuned(base, 1), tuned(base, 2), tuned(base, 3)
+    models = {
+        "base": base, "ft1": ft1, "ft2": ft2, "ft3": ft3, "grandchild": tuned(ft1, 4),
+        "pruned": factory.prune(base, torch.arange(80), list(range(LAYERS))),
+        "linear-merge": linear([(0.3, ft2), (0.7, ft3)]),
+        "ties-merge": ties(base, [ft1, ft2]),
+        "stacked": layers_of(base, list(range(6)) + list(range(2, 8))),
+        "layerwise": spliced(ft2, ft3, 4),
+        "other": base_tensors(7), "another": base_tensors(8),
+    }
+    paths = []
+    for name, tensors in models.items():
+        hidden = tensors["model.embed_tokens.weight"].shape[1]
+        layers = sum(k.endswith("q_proj.weight") for k in tensors)
+        paths.append(factory.write_safetensors_model(str(root / "models" / name), tensors,
+                                                     factory.llama_config(hidden, layers, 4, 2, VOCAB), factory.byte_level_tokens(VOCAB)))
+    library, results = str(root / "lib"), root / "map"
+    assert cli.main(["--library", library, "--add", *paths, "--device", "cpu", "--quiet"]) == 0
+    assert cli.main(["--library", library, "--map", "--results_dir", str(results), "--device", "cpu", "--quiet"]) == 0
+    return json.loads((results / "lineage.json").read_text())
+
+
+def parents_of(tree):
+    return {node["name"]: {p["name"]: p for p in node["parents"]} for node in tree["nodes"]}
+
+
+def test_every_model_is_a_node_and_families_never_mix(zoo):
+    tree = zoo["tree"]
+    assert sorted(n["name"] for n in tree["nodes"]) == sorted(zoo["nodes"])
+    linked = {(p["name"], node["name"]) for node in tree["nodes"] for p in node["parents"]}
+    assert not any({"other", "another"} & set(link) for link in linked)
+    assert ["other"] in families(zoo["nodes"], zoo["edges"]) and ["another"] in families(zoo["nodes"], zoo["edges"])
+
+
+def test_the_star_its_grandchild_and_the_roots(zoo):
+    parents = parents_of(zoo["tree"])
+    for child in ("ft1", "ft2", "ft3"):
+        assert set(parents[child]) == {"base"} and parents[child]["base"]["relation"] == "fine-tune"
+        assert "branch from base" in parents[child]["base"]["direction"]
+        assert 0 < parents[child]["base"]["change"] < 0.2
+    assert set(parents["grandchild"]) == {"ft1"} and parents["grandchild"]["ft1"]["relation"] == "fine-tune"
+    roots = {name for name, found in parents.items() if not found}
+    assert roots == {"base", "other", "another"} and not zoo["tree"]["undirected"]
+
+
+def test_structural_children(zoo):
+    parents = parents_of(zoo["tree"])
+    assert set(parents["pruned"]) == {"base"} and parents["pruned"]["base"]["relation"] == "pruned"
+    assert parents["pruned"]["base"]["direction"].startswith("structure: pruned")
+    assert set(parents["stacked"]) == {"base"} and parents["stacked"]["base"]["relation"] == "stacked"
+    layers = next(n["layers"] for n in zoo["tree"]["nodes"] if n["name"] == "stacked")
+    assert [(layer["source"], layer["source_layer"]) for layer in layers] == [("base", i) for i in list(range(6)) + list(range(2, 8))]
+    assert all(layer["score"] > 99.99 for layer in layers)
+
+
+def test_the_linear_merge_and_its_coefficients(zoo):
+    merge = parents_of(zoo["tree"])["linear-merge"]
+    assert set(merge) == {"ft2", "ft3"} and all(p["relation"] == "merge" for p in merge.values())
+    assert merge["ft2"]["weight"] == pytest.approx(0.3, abs=0.05) and merge["ft3"]["weight"] == pytest.approx(0.7, abs=0.05)
+    assert "weighted average" in merge["ft2"]["direction"]
+
+
+def test_the_ties_merge_names_its_parents_without_coefficients(zoo):
+    merge = parents_of(zoo["tree"])["ties-merge"]
+    assert {"ft1", "ft2"} <= set(merge) <= {"ft1", "ft2", "base"}
+    assert all(p["relation"] == "merge" and p["weight"] is None for p in merge.values())
+
+
+def test_the_layerwise_merge_traces_every_layer(zoo):
+    merge = parents_of(zoo["tree"])["layerwise"]
+    assert set(merge) == {"ft2", "ft3"} and all(p["relation"] == "merge" and p["weight"] is None for p in merge.values())
+    layers = next(n["layers"] for n in zoo["tree"]["nodes"] if n["name"] == "layerwise")
+    assert [(layer["source"], layer["source_layer"]) for layer in layers] == [("ft2", i) for i in range(4)] + [("ft3", i) for i in range(4, 8)]
+
+
+def test_two_fine_tunes_alone_stay_undirected(tmp_path):
+    base = base_tensors(0)
+    pairs = []
+    for name, tensors in (("a", base), ("b", tuned(base, 1))):
+        pairs.append(factory.write_safetensors_model(str(tmp_path / name), tensors, factory.llama_config(HIDDEN, LAYERS, 4, 2, VOCAB),
+                                                     factory.byte_level_tokens(VOCAB)))
+    from awm.digest import digest_path
+    from awm.pair import compare_digests
+    from awm.verdict import PAPER_NULL
+
+    digests = {name: digest_path(path, torch.device("cpu")) for name, path in zip("ab", pairs)}
+    record = compare_digests(digests["a"], digests["b"], torch.device("cpu"), PAPER_NULL, progress=False)
+    record["model_a"]["name"], record["model_b"]["name"] = "a", "b"
+    tree = family_tree.build(["a", "b"], [record], {n: r for n, r in (("a", record["model_a"]), ("b", record["model_b"]))}, digests.get)
+    assert all(not node["parents"] for node in tree["nodes"])
+    (pair,) = tree["undirected"]
+    assert {pair["a"], pair["b"]} == {"a", "b"} and pair["relation"] == "fine-tune" and "nothing decides" in pair["reason"]
