@@ -9,7 +9,7 @@ import os
 import time
 
 from awm.devices import resolve_device, set_threads
-from awm.results import Report, SuiteResult
+from awm.results import Identification, Report, SuiteResult
 from awm.verdict import load_reference
 
 
@@ -51,7 +51,7 @@ def run_suite(suites_or_files, *, results_dir=None, checkpoint_dir=None, device=
               executor="local", library=None, precision="exact"):
     """Run built-in suites or suite files as `python main.py --config ...`: writes the same
     outputs under results_dir (default results/<suite>) and returns them as objects."""
-    from awm import evaluation, suite_run
+    from awm import suite_run
     from awm.library_tasks import options
 
     if isinstance(suites_or_files, (str, os.PathLike)):
@@ -60,8 +60,27 @@ def run_suite(suites_or_files, *, results_dir=None, checkpoint_dir=None, device=
     run, interrupted = suite_run.run_suite([os.fspath(s) for s in suites_or_files], resolve_device(device),
                                            load_reference(null_stats), options(not paper_only, vocab_match, precision),
                                            results_dir, checkpoint_dir, cache_gb, progress, from_hub, executor, library)
+    return _suite_result(run, interrupted)
+
+
+def _suite_result(run, interrupted):
+    from awm import evaluation
+
     return SuiteResult(run.name, run.results_dir, [Report.from_record(r) for r in run.records], run.records, run.skipped,
-                       run.metrics(), evaluation.verdict_confusion(run.records), interrupted)
+                       run.metrics(), evaluation.verdict_confusion(run.records), interrupted, run.family_map())
+
+
+def map_library(library, *, results_dir=None, device="auto", threads=None, paper_only=False, vocab_match="bytes",
+                null_stats=None, executor="local", progress=False, precision="exact"):
+    """Every pair of a library's entries as `--library DIR --map`: the same outputs under
+    results_dir (default results/library-map); `.lineage["tree"]` is the family tree."""
+    from awm import suite_run
+    from awm.library_tasks import options
+
+    _prepare(threads)
+    run, interrupted = suite_run.run_family_map(os.fspath(library), resolve_device(device), load_reference(null_stats),
+                                                results_dir, progress, options(not paper_only, vocab_match, precision), executor)
+    return _suite_result(run, interrupted)
 
 
 def add_to_library(models, library, *, device="auto", threads=None, paper_only=False, vocab_match="bytes",
@@ -79,11 +98,11 @@ def add_to_library(models, library, *, device="auto", threads=None, paper_only=F
 def identify(suspect, library, *, device="auto", threads=None, paper_only=False, vocab_match="bytes",
              null_stats=None, executor="local", progress=False, precision="exact"):
     """Score a suspect against every library entry as `--identify`: (ranked [Report], not
-    compared [{"entry", "reason"}])."""
+    compared [{"entry", "reason"}]), with `.placement` (where the suspect sits)."""
     from awm import identification
     from awm.library_tasks import options
 
     _prepare(threads)
     result = identification.identify(os.fspath(suspect), os.fspath(library), options(not paper_only, vocab_match, precision),
                                      resolve_device(device), load_reference(null_stats), executor, progress)
-    return [Report.from_record(r) for r in result["matches"]], result["not_compared"]
+    return Identification([Report.from_record(r) for r in result["matches"]], result["not_compared"], result["placement"])

@@ -121,19 +121,38 @@ def _percent(value):
     return "      n/a" if value is None else f"{value:8.2f} %"
 
 
+def verdict_scores(record):
+    """The scores the verdict read: under the witness it rests on (the paper's when that is the
+    embedding's pairing, or when no witness passed)."""
+    return record.get("aligned_scores") or record["scores"]
+
+
+def _placement_lines(placement):
+    lines = []
+    for parent in placement.get("parents", ()):
+        weight = f", weight {parent['weight']:.3f}" if parent["weight"] is not None else ""
+        lines.append(f"  parent: {parent['name']} ({parent['relation']}{weight}): {parent['direction']}")
+    for child in placement.get("derived_from_it", ()):
+        lines.append(f"  derived from it: {child['name']} ({child['relation']}): {child['direction']}")
+    return lines
+
+
 def identify_lines(result):
     lines = [f"suspect {result['suspect']} against {len(result['matches']) + len(result['not_compared'])} entries of {result['library']}"]
     if result["matches"]:
-        lines.append(f"  {'rank':>4}  {'entry':40s} {'AWM':>10} {'QK-circuit':>10}  {'dims confirmed':>15}  verdict")
+        lines.append(f"  {'rank':>4}  {'entry':40s} {'AWM':>10} {'QK-circuit':>10}  {'dims confirmed':>15}  verdict"
+                     "   (scores under the alignment each verdict rests on)")
     for rank, record in enumerate(result["matches"], 1):
-        test = record["evidence"].get("correspondence")
-        confirmed = f"{test['matched_dims']}/{test['target_dims']}" if test else "not tested"
-        lines.append(f"  {rank:>4}  {record['model_b']['name'][:40]:40s} {_percent(record['scores']['final'])} "
-                     f"{_percent(record['scores']['qk_circuit'])}  {confirmed:>15}  {record['verdict']}")
+        witness = next((w for w in record["evidence"]["alignment"]["witnesses"] if w["witness"] == record["evidence"]["alignment"]["basis"]), None)
+        confirmed = f"{witness['matched_dims']}/{witness['target_dims']}" if witness else "none"
+        scores = verdict_scores(record)
+        lines.append(f"  {rank:>4}  {record['model_b']['name'][:40]:40s} {_percent(scores['final'])} "
+                     f"{_percent(scores['qk_circuit'])}  {confirmed:>15}  {record['verdict']}")
     derived = [r for r in result["matches"] if is_derived(r["verdict"])]
     if result["matches"]:
         lines.append(f"  best match: {derived[0]['model_b']['name']} ({derived[0]['verdict']})" if derived
                      else "  no entry is an ancestor or sibling: the suspect matches nothing in the library")
+    lines += _placement_lines(result.get("placement") or {})
     for skipped in result["not_compared"]:
         lines.append(f"  not compared: {skipped['entry']}: {skipped['reason']}")
     return lines

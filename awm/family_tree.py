@@ -27,7 +27,8 @@ RELATIONS = ("copy", "quantized", "fine-tune", "pruned", "upcycled", "multimodal
 FULL_PRECISION = ("F64", "F32", "F16", "BF16", "float64", "float32", "float16", "bfloat16")
 COPY_DISTANCE = 1e-6                 # rows this close are the same weights as stored
 COPY_SCORE = 99.9999                 # and every layer scores this high
-STACKED_SCORE = 50.0                 # median CKA of a stacked model's layers with their sources
+STACKED_SCORE = 50.0                 # CKA of (nearly) every stacked layer with its source
+COPY_REASON = "the same weights as stored: nothing in them tells which is the original"
 
 
 @dataclass
@@ -273,7 +274,9 @@ class TreeBuilder:
         if (child, parent) not in self._traced:
             traced = evidence.layer_sources(self.digest(child), {parent: self.digest(parent)})
             scores = sorted(score for *_, score in traced)
-            self._traced[(child, parent)] = None if scores[len(scores) // 2] < STACKED_SCORE else \
+            # Every layer of a stacked model comes from one of its parent's (a depth-pruned parent
+            # has layers its pruned child lacks, and they match nothing well).
+            self._traced[(child, parent)] = None if scores[len(scores) // 10] < STACKED_SCORE else \
                 [{"layer": j, "source": name, "source_layer": i, "score": score} for j, (name, i, _, score) in enumerate(traced)]
         return self._traced[(child, parent)] is not None
 
@@ -284,7 +287,8 @@ class TreeBuilder:
         root, why = self._root(component, edges, entry)
         if root is None:
             for a, b, distance in edges:
-                self.tree.undirected.append(Unsettled(a, b, self._same_shape_relation(a, b, distance), why))
+                relation = self._same_shape_relation(a, b, distance)
+                self.tree.undirected.append(Unsettled(a, b, relation, COPY_REASON if relation == "copy" else why))
             return
         neighbours = {}
         for a, b, distance in edges:
@@ -297,8 +301,11 @@ class TreeBuilder:
                 if child not in seen:
                     seen.add(child)
                     frontier.append(child)
-                    self.tree.links.append(Link(parent, child, self._same_shape_relation(parent, child, distance), why,
-                                                None, round(distance, 6)))
+                    relation = self._same_shape_relation(parent, child, distance)
+                    if relation == "copy":           # identical weights: nothing in them tells the original
+                        self.tree.undirected.append(Unsettled(parent, child, relation, COPY_REASON))
+                    else:
+                        self.tree.links.append(Link(parent, child, relation, why, None, round(distance, 6)))
 
     def _root(self, component, edges, entry):
         if entry is not None:
@@ -362,3 +369,41 @@ def _record(names, tree, pairs, not_compared):
         "undirected": [{"a": u.a, "b": u.b, "relation": u.relation, "reason": u.reason} for u in tree.undirected],
         "not_compared": [{"name": name, "reason": reason} for name, reason in not_compared],
     }
+
+
+# ----------------------------------------------------------------------------- one suspect
+def place(suspect, records, metas, open_digest):
+    """Where a suspect sits among the library's models it was compared with (`records`: suspect
+    vs entry): its most likely parent(s) with the relation and the evidence, and the entries that
+    look derived from it. Only the suspect's own pairs are known here, so a same-shape parent is
+    the closest such entry and its direction is the structure's or unknown, said so."""
+    pairs = Pairs(records)
+    related = [n for n in metas if n != suspect and pairs.derived(suspect, n)]
+    builder = TreeBuilder([suspect, *related], metas, pairs, open_digest)
+    same = [n for n in related if shape_key(metas[n]) == shape_key(metas[suspect]) and pairs.shared_basis(suspect, n)]
+    parents = []
+    if len(same) >= 2:
+        merge = builder._merge(evidence.RowSpace({n: builder.digest(n) for n in [suspect, *same]}), suspect, same)
+        parents = merge or []
+    if not parents and same:
+        space = evidence.RowSpace({n: builder.digest(n) for n in [suspect, *same]})
+        closest = min(same, key=lambda n: space.distance(suspect, n))
+        distance = space.distance(suspect, closest)
+        relation = builder._same_shape_relation(closest, suspect, distance)
+        parents = [Link(closest, suspect, relation, f"the closest of the library's models of its shape (weights {100 * distance:.3g} % "
+                        "apart); the weights do not tell which came first", None, round(distance, 6))]
+    if not parents:
+        upstream = [(pairs.similarity(suspect, n), n, structural_relation(metas[suspect], metas[n])) for n in related]
+        upstream = [u for u in upstream if u[2] is not None and (u[2][0] != "stacked" or builder._stacked(suspect, u[1]))]
+        if upstream:
+            _, parent, (relation, why) = max(upstream, key=lambda u: u[0])
+            parents = [Link(parent, suspect, relation, f"structure: {relation}: {why}")]
+    children = [(n, structural_relation(metas[n], metas[suspect])) for n in related]
+    tree = FamilyTree(parents, [], builder.tree.layers)
+    tree.links += [Link(suspect, n, found[0], f"structure: {found[0]}: {found[1]}") for n, found in children
+                   if found is not None and (found[0] != "stacked" or builder._stacked(n, suspect))]
+    record = _record([suspect, *related], tree, pairs, ())
+    node = next(n for n in record["nodes"] if n["name"] == suspect)
+    return {"parents": node["parents"], "layers": node["layers"],
+            "derived_from_it": [{"name": n["name"], **{k: p[k] for k in ("relation", "direction", "awm", "qk_circuit")}}
+                                for n in record["nodes"] for p in n["parents"] if p["name"] == suspect]}

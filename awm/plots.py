@@ -71,26 +71,76 @@ def roc_figure(curves, path_without_ext):
 
 
 def lineage_figure(graph, path_without_ext):
-    """Models on a circle, family by family; a line for every derived pair, labelled with its
-    AWM and QK-circuit scores (thicker for higher)."""
-    order = [n for family in graph["families"] for n in family]
-    angles = np.linspace(0, 2 * np.pi, len(order), endpoint=False) + np.pi / 2
-    position = {n: (np.cos(a), np.sin(a)) for n, a in zip(order, angles)}
-    figure, axis = plt.subplots(figsize=(7, 7))
-    for edge in graph["edges"]:
-        (xa, ya), (xb, yb) = position[edge["a"]], position[edge["b"]]
-        strength = max(edge["awm"] or 0.0, edge["qk_circuit"] or 0.0) / 100
-        axis.plot([xa, xb], [ya, yb], color="tab:red", linewidth=0.8 + 3 * strength, alpha=0.7, zorder=1)
-        circuit = "" if edge["qk_circuit"] is None else f" / {edge['qk_circuit']:.0f}"
-        axis.text((xa + xb) / 2, (ya + yb) / 2, f"{edge['awm']:.1f}{circuit}", fontsize=7, ha="center", va="center",
-                  bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.8), zorder=3)
-    for family_number, family in enumerate(graph["families"]):
-        for name in family:
-            x, y = position[name]
-            axis.scatter([x], [y], s=80, color=plt.cm.tab10(family_number % 10), zorder=2)
-            axis.text(1.1 * x, 1.1 * y, name, fontsize=8, ha="left" if x >= 0 else "right", va="center")
-    axis.set_title(f"derived pairs (AWM % / QK-circuit %) among {len(order)} models; colours: families", fontsize=9)
-    axis.set_xlim(-1.9, 1.9)
-    axis.set_ylim(-1.4, 1.4)
+    """The family tree as a directed forest: roots at the top, an arrow from each parent to its
+    child labelled with the relation and the scores (merges with their coefficients), dashed
+    lines for pairs whose direction nothing decides, and under a stacked or layer-wise merged
+    model a strip with the source of each of its layers."""
+    tree = graph.get("tree") or {"nodes": [{"name": n, "parents": [], "layers": None} for n in graph["nodes"]], "undirected": []}
+    position = _forest_layout(tree)
+    width = max(6.0, 1.9 * (1 + max(x for x, _ in position.values())))
+    height = max(3.0, 1.5 * (1 + max(-y for _, y in position.values())))
+    figure, axis = plt.subplots(figsize=(width, height))
+    family_of = {name: number for number, family in enumerate(graph["families"]) for name in family}
+    for node in tree["nodes"]:
+        for parent in node["parents"]:
+            _arrow(axis, position[parent["name"]], position[node["name"]], _edge_label(parent))
+    for pair in tree["undirected"]:
+        (xa, ya), (xb, yb) = position[pair["a"]], position[pair["b"]]
+        axis.plot([xa, xb], [ya, yb], color="grey", linestyle="--", linewidth=1.0, zorder=1)
+        axis.text((xa + xb) / 2, (ya + yb) / 2, f"{pair['relation']}?", fontsize=6, ha="center", va="center", color="grey",
+                  bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none"), zorder=3)
+    sources = sorted({layer["source"] for node in tree["nodes"] for layer in node["layers"] or ()})
+    for node in tree["nodes"]:
+        x, y = position[node["name"]]
+        axis.scatter([x], [y], s=90, color=plt.cm.tab10(family_of.get(node["name"], 0) % 10), zorder=2, edgecolor="black", linewidth=0.4)
+        axis.text(x, y + 0.18, node["name"], fontsize=7, ha="center", va="bottom", zorder=4)
+        if node["layers"]:
+            _layer_strip(axis, x, y - 0.28, node["layers"], sources)
+    axis.set_title(f"family tree of {len(tree['nodes'])} models: arrows parent -> child (relation, AWM % / QK-circuit %); "
+                   "dashed: direction undecided", fontsize=8)
+    axis.set_xlim(-0.8, max(x for x, _ in position.values()) + 0.8)
+    axis.set_ylim(min(y for _, y in position.values()) - 0.7, 0.6)
     axis.axis("off")
     return _save(figure, path_without_ext)
+
+
+def _forest_layout(tree):
+    """Roots on the top row; every other model one row below its deepest parent; columns in
+    order of first appearance, families side by side."""
+    parents = {node["name"]: [p["name"] for p in node["parents"]] for node in tree["nodes"]}
+    depth = {}
+
+    def depth_of(name, seen=()):
+        if name not in depth:
+            ups = [p for p in parents[name] if p not in seen]
+            depth[name] = 0 if not ups else 1 + max(depth_of(p, seen + (name,)) for p in ups)
+        return depth[name]
+
+    rows = {}
+    for name in parents:
+        rows.setdefault(depth_of(name), []).append(name)
+    return {name: (column, -row) for row, names in rows.items() for column, name in enumerate(names)}
+
+
+def _edge_label(parent):
+    scores = "/".join("n/a" if v is None else f"{v:.0f}" for v in (parent["awm"], parent["qk_circuit"]))
+    weight = f" w={parent['weight']:.2f}" if parent["weight"] is not None else ""
+    return f"{parent['relation']}{weight}\n{scores}"
+
+
+def _arrow(axis, start, end, label):
+    axis.annotate("", xy=end, xytext=start, zorder=1,
+                  arrowprops=dict(arrowstyle="-|>", color="tab:red", linewidth=1.1, shrinkA=7, shrinkB=7))
+    axis.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2, label, fontsize=6, ha="center", va="center",
+              bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.85), zorder=3)
+
+
+def _layer_strip(axis, x, y, layers, sources):
+    """One cell per layer, coloured by the model it came from."""
+    cell = min(0.08, 1.4 / len(layers))
+    left = x - cell * len(layers) / 2
+    for layer in layers:
+        colour = plt.cm.Set2(sources.index(layer["source"]) % 8)
+        axis.add_patch(plt.Rectangle((left + cell * layer["layer"], y), cell, 0.08, color=colour, zorder=4))
+    axis.text(x, y - 0.05, " ".join(f"{s}" for s in sorted({layer["source"] for layer in layers})), fontsize=5,
+              ha="center", va="top", zorder=4)

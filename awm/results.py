@@ -72,3 +72,14 @@ class SuiteResult:
     metrics: dict          # ROC metrics per score ("final", "qk_circuit")
     verdict_confusion: dict
     interrupted: bool
+    lineage: dict = None   # lineage.json: families and their tree (three or more models; else None)
+
+
+class Identification(tuple):
+    """(ranked [Report], not compared [{"entry", "reason"}]), as before; `.placement` says where
+    the suspect sits: its most likely parent(s) and the entries derived from it."""
+
+    def __new__(cls, matches, not_compared, placement):
+        identification = super().__new__(cls, (matches, not_compared))
+        identification.matches, identification.not_compared, identification.placement = matches, not_compared, placement
+        return identification

@@ -27,7 +27,10 @@ MIN_WEIGHT = 0.05            # every parent of a linear merge contributes at lea
 # scale), leaving at most this share of the change unexplained.
 ENTRYWISE_FIT = 0.1
 SCALED_COPY = 0.5            # one parent's change, scaled, explaining this much makes it a linear relation
-SAMPLED_ENTRIES = 1 << 20    # the entrywise test reads this many fixed entries of every model's rows
+SAMPLED_ENTRIES = 1 << 18    # the entrywise test reads this many fixed entries of every model's rows
+# Only a child that two candidates explain noticeably better than one (a TIES merge: to about
+# two thirds) gets the entrywise test; an unrelated change leaves the ratio at one.
+SCREEN = 0.9
 MERGE_CANDIDATES = 5         # the closest models tried as parents, in sets of two and three
 # A layer closer than this (relative Gram distance) to a parent's layer was taken from it.
 COPIED_LAYER = 0.02
@@ -106,6 +109,8 @@ def best_merge(space, child, candidates):
                 best = MergeFit(list(parents), [float(w) for w in weights], residual, single, singles[single])
     if best is not None and best.residual <= LINEAR_FIT * best.single_residual:
         return best
+    if best is None or best.residual > SCREEN * best.single_residual:
+        return None                          # no two parents explain much: not worth the entrywise test
     return entrywise_merge(space, child, closest, single, singles[single])
 
 

@@ -89,7 +89,7 @@ def zoo(tmp_path_factory):
     library, results = str(root / "lib"), root / "map"
     assert cli.main(["--library", library, "--add", *paths, "--device", "cpu", "--quiet"]) == 0
     assert cli.main(["--library", library, "--map", "--results_dir", str(results), "--device", "cpu", "--quiet"]) == 0
-    return json.loads((results / "lineage.json").read_text())
+    return {**json.loads((results / "lineage.json").read_text()), "library": library}
 
 
 def parents_of(tree):
@@ -162,3 +162,74 @@ def test_two_fine_tunes_alone_stay_undirected(tmp_path):
     assert all(not node["parents"] for node in tree["nodes"])
     (pair,) = tree["undirected"]
     assert {pair["a"], pair["b"]} == {"a", "b"} and pair["relation"] == "fine-tune" and "nothing decides" in pair["reason"]
+
+
+@pytest.fixture(scope="module")
+def structural_zoo(tmp_path_factory):
+    """The structural relations: upcycled (experts), multimodal (a vision tower), quantized (a
+    GGUF), depth-pruned, and a copy; each from a base that three fine-tunes branch from."""
+    root = tmp_path_factory.mktemp("structure")
+    base = base_tensors(20)
+    config = factory.llama_config(HIDDEN, LAYERS, 4, 2, VOCAB)
+    tokens = factory.byte_level_tokens(VOCAB)
+    models = {"base": (base, config), "ft-a": (tuned(base, 21), config), "ft-b": (tuned(base, 22), config),
+              "ft-c": (tuned(base, 23), config),
+              "moe": (tuned(base, 24, 0.01), {**config, "model_type": "mixtral", "num_local_experts": 4}),
+              "vision": (tuned(base, 25, 0.01), {**config, "vision_config": {"hidden_size": 32}}),
+              "shallow": (layers_of(tuned(base, 26, 0.01), [0, 1, 2, 3, 6, 7]), factory.llama_config(HIDDEN, 6, 4, 2, VOCAB)),
+              "loner": (base_tensors(30), config), "loner-copy": (base_tensors(30), config)}
+    paths = [factory.write_safetensors_model(str(root / name), tensors, cfg, tokens) for name, (tensors, cfg) in models.items()]
+    paths.append(factory.write_gguf(str(root / "base.Q8_0.gguf"), base, 4, 2, tokens))
+    library, results = str(root / "lib"), root / "map"
+    assert cli.main(["--library", library, "--add", *paths, "--device", "cpu", "--quiet"]) == 0
+    assert cli.main(["--library", library, "--map", "--results_dir", str(results), "--device", "cpu", "--quiet"]) == 0
+    return json.loads((results / "lineage.json").read_text())
+
+
+def test_structural_relations_fix_their_direction(structural_zoo):
+    parents = parents_of(structural_zoo["tree"])
+    for child, relation in (("moe", "upcycled"), ("vision", "multimodal"), ("shallow", "pruned"), ("base.Q8_0.gguf", "quantized")):
+        assert set(parents[child]) == {"base"}, (child, parents[child])
+        assert parents[child]["base"]["relation"] == relation and parents[child]["base"]["direction"].startswith(f"structure: {relation}")
+    for child in ("ft-a", "ft-b", "ft-c"):
+        assert set(parents[child]) == {"base"} and parents[child]["base"]["relation"] == "fine-tune"
+
+
+def test_a_copy_stays_undirected(structural_zoo):
+    parents = parents_of(structural_zoo["tree"])
+    assert not parents["loner"] and not parents["loner-copy"]
+    (pair,) = [u for u in structural_zoo["tree"]["undirected"] if {u["a"], u["b"]} == {"loner", "loner-copy"}]
+    assert pair["relation"] == "copy" and "same weights" in pair["reason"]
+
+
+def test_identify_says_where_a_suspect_sits(zoo, tmp_path):
+    """A merge of two entries is placed as their merge, with its coefficients; the base as the
+    parent of its structurally derived entries."""
+    library = zoo["library"]
+    base = base_tensors(0)
+    merged = linear([(0.6, tuned(base, 1)), (0.4, tuned(base, 2))])             # ft1 and ft2 of the zoo
+    suspect = factory.write_safetensors_model(str(tmp_path / "suspect"), merged, factory.llama_config(HIDDEN, LAYERS, 4, 2, VOCAB),
+                                              factory.byte_level_tokens(VOCAB))
+    output = tmp_path / "found.json"
+    assert cli.main(["--library", library, "--identify", suspect, "--output", str(output), "--device", "cpu", "--quiet"]) == 0
+    placement = json.loads(output.read_text())["placement"]
+    weights = {p["name"]: p["weight"] for p in placement["parents"]}
+    assert set(weights) == {"ft1", "ft2"} and all(p["relation"] == "merge" for p in placement["parents"])
+    assert weights["ft1"] == pytest.approx(0.6, abs=0.05) and weights["ft2"] == pytest.approx(0.4, abs=0.05)
+    copy = factory.write_safetensors_model(str(tmp_path / "base-again"), base, factory.llama_config(HIDDEN, LAYERS, 4, 2, VOCAB),
+                                           factory.byte_level_tokens(VOCAB))
+    assert cli.main(["--library", library, "--identify", copy, "--output", str(output), "--device", "cpu", "--quiet"]) == 0
+    placement = json.loads(output.read_text())["placement"]
+    assert [(p["name"], p["relation"]) for p in placement["parents"]] == [("base", "copy")]
+    assert {(c["name"], c["relation"]) for c in placement["derived_from_it"]} >= {("pruned", "pruned"), ("stacked", "stacked")}
+
+
+def test_the_python_api_returns_the_same_tree(zoo, tmp_path):
+    import awm
+
+    result = awm.map_library(zoo["library"], results_dir=tmp_path / "again", device="cpu")
+    assert result.lineage["tree"] == zoo["tree"]
+    matches, not_compared = found = awm.identify(factory.write_safetensors_model(
+        str(tmp_path / "s"), tuned(base_tensors(0), 40), factory.llama_config(HIDDEN, LAYERS, 4, 2, VOCAB),
+        factory.byte_level_tokens(VOCAB)), zoo["library"], device="cpu")
+    assert matches and not not_compared and found.placement["parents"][0]["name"] == "base"
