@@ -233,3 +233,18 @@ def test_the_python_api_returns_the_same_tree(zoo, tmp_path):
         str(tmp_path / "s"), tuned(base_tensors(0), 40), factory.llama_config(HIDDEN, LAYERS, 4, 2, VOCAB),
         factory.byte_level_tokens(VOCAB)), zoo["library"], device="cpu")
     assert matches and not not_compared and found.placement["parents"][0]["name"] == "base"
+
+
+def test_a_broken_entry_is_listed_with_its_reason_and_the_rest_still_form_the_tree(tmp_path):
+    base = base_tensors(50)
+    models = {"base": base, "ft-a": tuned(base, 51), "ft-b": tuned(base, 52), "broken": tuned(base, 53)}
+    config, tokens = factory.llama_config(HIDDEN, LAYERS, 4, 2, VOCAB), factory.byte_level_tokens(VOCAB)
+    paths = [factory.write_safetensors_model(str(tmp_path / name), t, config, tokens) for name, t in models.items()]
+    library = str(tmp_path / "lib")
+    assert cli.main(["--library", library, "--add", *paths, "--device", "cpu", "--quiet"]) == 0
+    (tmp_path / "lib" / "broken" / "kernels.safetensors").write_bytes(b"not a kernel file")
+    assert cli.main(["--library", library, "--map", "--results_dir", str(tmp_path / "map"), "--device", "cpu", "--quiet"]) == 0
+    tree = json.loads((tmp_path / "map" / "lineage.json").read_text())["tree"]
+    assert sorted(n["name"] for n in tree["nodes"]) == ["base", "ft-a", "ft-b"]
+    (left,) = tree["not_compared"]
+    assert left["name"] == "broken" and "kernels.safetensors" in left["reason"]
