@@ -67,42 +67,51 @@ def _suite_result(run, interrupted):
     from awm import evaluation
 
     return SuiteResult(run.name, run.results_dir, [Report.from_record(r) for r in run.records], run.records, run.skipped,
-                       run.metrics(), evaluation.verdict_confusion(run.records), interrupted, run.family_map())
+                       run.metrics(), evaluation.verdict_confusion(run.records), interrupted, run.family_map(), run.ruled_out)
 
 
 def map_library(library, *, results_dir=None, device="auto", threads=None, paper_only=False, vocab_match="bytes",
-                null_stats=None, executor="local", progress=False, precision="exact"):
+                null_stats=None, executor="local", progress=False, precision="exact", exhaustive=False):
     """Every pair of a library's entries as `--library DIR --map`: the same outputs under
-    results_dir (default results/library-map); `.lineage["tree"]` is the family tree."""
+    results_dir (default results/library-map); `.lineage["tree"]` is the family tree. Pairs
+    the first pass rules out are in `.ruled_out` (exhaustive: every pair scored exactly)."""
     from awm import suite_run
+    from awm.library import library_folder
     from awm.library_tasks import options
 
     _prepare(threads)
-    run, interrupted = suite_run.run_family_map(os.fspath(library), resolve_device(device), load_reference(null_stats),
-                                                results_dir, progress, options(not paper_only, vocab_match, precision), executor)
+    run, interrupted = suite_run.run_family_map(library_folder(os.fspath(library)), resolve_device(device), load_reference(null_stats),
+                                                results_dir, progress, options(not paper_only, vocab_match, precision), executor,
+                                                exhaustive)
     return _suite_result(run, interrupted)
 
 
 def add_to_library(models, library, *, device="auto", threads=None, paper_only=False, vocab_match="bytes",
-                   executor="local", progress=False, precision="exact"):
-    """Digest models into a fingerprint library as `--library DIR --add ...`: one outcome per
-    model, {"reference", "name", "status": "added" | "up to date"} or {"reference", "error"}."""
+                   executor="local", progress=False, precision="exact", exact=False):
+    """Fingerprint models into a library as `--library DIR --add ...` (exact: keep the exact
+    digest too, as --exact): one outcome per model, {"reference", "name", "status": "added" |
+    "up to date"} or {"reference", "error"}."""
     from awm.library_tasks import add_models, options
 
     _prepare(threads)
     models = [os.fspath(m) for m in ([models] if isinstance(models, (str, os.PathLike)) else models)]
     return add_models(models, os.fspath(library), options(not paper_only, vocab_match, precision), resolve_device(device),
-                      executor, progress)
+                      executor, progress, exact)
 
 
 def identify(suspect, library, *, device="auto", threads=None, paper_only=False, vocab_match="bytes",
-             null_stats=None, executor="local", progress=False, precision="exact"):
-    """Score a suspect against every library entry as `--identify`: (ranked [Report], not
-    compared [{"entry", "reason"}]), with `.placement` (where the suspect sits)."""
+             null_stats=None, executor="local", progress=False, precision="exact", exhaustive=False):
+    """Score a suspect against every library entry (a folder, or a published library's Hub
+    dataset repo) as `--identify`: (ranked [Report] of the exact stage, not compared
+    [{"entry", "reason"}]), with `.placement` (where the suspect sits), `.ruled_out` (entries
+    the first pass showed independent) and `.first_pass_only` (candidates whose exact stage
+    could not run, with why)."""
     from awm import identification
+    from awm.library import library_folder
     from awm.library_tasks import options
 
     _prepare(threads)
-    result = identification.identify(os.fspath(suspect), os.fspath(library), options(not paper_only, vocab_match, precision),
-                                     resolve_device(device), load_reference(null_stats), executor, progress)
-    return Identification([Report.from_record(r) for r in result["matches"]], result["not_compared"], result["placement"])
+    result = identification.identify(os.fspath(suspect), library_folder(os.fspath(library)), options(not paper_only, vocab_match, precision),
+                                     resolve_device(device), load_reference(null_stats), executor, progress, exhaustive)
+    return Identification([Report.from_record(r) for r in result["matches"]], result["not_compared"], result["placement"],
+                          result["ruled_out"], result["first_pass_only"])

@@ -40,12 +40,15 @@ from the Hub:
   work as for every Hugging Face tool.
 
 a fingerprint library:
-  --add stores each model's digest (embedding, per-layer W_q / W_k Grams and QK circuit,
-  float32: scores from it equal scores from the weights); --identify digests the suspect
-  once, scores the entries in batches of 8 that read its digest once (a 7B suspect against 8
-  entries: about 1/5 of the time of the 8 pairs from the weights) and ranks them; --map scores
-  all pairs and draws the family map. Runs killed at any point resume: stored digests and
-  scored pairs are not recomputed.
+  --add stores each model's compact fingerprint (the geometry of anchor tokens' embedding
+  rows and every layer's singular-value spectra: a few MB, far under 1 % of the model) and
+  where the model came from. --identify digests the suspect once; a first pass over the
+  fingerprints (milliseconds per entry) rules out the entries that are independent of it,
+  and the rest are scored exactly, from the entry's source (local files, or the Hub by byte
+  ranges) or, for entries added with --exact, from their stored kernels: the final scores and
+  verdicts are the exact comparison's. --map does the same over every pair and draws the
+  family tree. A library folder can be published as a Hub dataset repo and used as
+  --library owner/name. Runs killed at any point resume.
 
 examples:
   python main.py --demo
@@ -53,7 +56,9 @@ examples:
   python main.py --model_paths Qwen/Qwen2.5-7B@main hf://someone/suspect-GGUF/suspect.Q8_0.gguf
   python main.py --config sft_pairs --hub
   python main.py --library lib/ --add checkpoints/Llama-2-7b-hf mistralai/Mistral-7B-v0.1
+  python main.py --library lib/ --add bases.txt --exact
   python main.py --library lib/ --identify someone/suspect-7b --output matches.json
+  python main.py --library someone/awm-reference-bases --identify suspect_dir/
   python main.py --library lib/ --map --executor ray
   python main.py --model_paths checkpoints/Llama-2-7b-hf checkpoints/vicuna-7b-v1.5
   python main.py --model_paths model.gguf other_model_dir --output report.json
@@ -78,7 +83,8 @@ def build_parser():
                       help="compare the real SmolLM2-135M GGUF with a disguised copy and an independent model")
     what.add_argument("--list_suites", action="store_true", help="list the built-in suites and exit")
     what.add_argument("--add", nargs="+", metavar="MODEL",
-                      help="digest models (folders, .gguf files, Hub repos) into the fingerprint library --library DIR")
+                      help="fingerprint models (folders, .gguf files, Hub repos, or a .txt file listing one per line) "
+                           "into the library --library DIR")
     what.add_argument("--identify", metavar="SUSPECT",
                       help="score a suspect against every entry of --library DIR: a ranked table, best match first")
     what.add_argument("--map", action="store_true",
@@ -90,7 +96,13 @@ def build_parser():
     parser.add_argument("--checkpoint_dir", metavar="DIR",
                         help="where suite models live (default: $AWM_CHECKPOINT_DIR, else checkpoints/ beside main.py)")
     parser.add_argument("--library", metavar="DIR",
-                        help="a fingerprint library folder (created by --add): each model's digest stored once")
+                        help="a fingerprint library: a folder (created by --add), or one published as a Hub dataset repo "
+                             "(owner/name or hf://datasets/owner/name[@revision]: manifest first, entries fetched as needed)")
+    parser.add_argument("--exact", action="store_true",
+                        help="--add: store each entry's exact digest too (kernels, about 1/3 of a dense model's bytes), "
+                             "so the exact stage never reads the model again")
+    parser.add_argument("--exhaustive", action="store_true",
+                        help="--identify, --map: skip the first pass and score every entry (pair) exactly")
     parser.add_argument("--executor", choices=EXECUTORS, default="local",
                         help="run digests and pairs in this process (default) or as Ray tasks ($RAY_ADDRESS, else a local "
                              "Ray; pip install -r requirements-ray.txt); suites, --add, --identify, --map")
@@ -162,30 +174,52 @@ def run_suites(args, device, null):
 
 def run_library(args, device, null):
     """--add, --identify and --map over --library DIR."""
+    from awm.library import library_folder
+
     if not args.library:
         raise AwmError("--add, --identify and --map need --library DIR")
     opts, progress = _library_options(args), not args.quiet
+    folder = library_folder(args.library, create=bool(args.add))
     if args.add:
         from awm.library_tasks import add_models
 
-        outcomes = add_models(args.add, args.library, opts, device, args.executor, progress)
+        outcomes = add_models(model_references(args.add), folder, opts, device, args.executor, progress, args.exact)
         print("\n".join(console.add_lines(outcomes)))
         return 2 if any("error" in o for o in outcomes) else 0
     if args.identify:
         from awm.identification import identify
 
-        result = identify(args.identify, args.library, opts, device, null, args.executor, progress)
+        result = identify(args.identify, folder, opts, device, null, args.executor, progress, args.exhaustive)
         print("\n".join(console.identify_lines(result)))
         if args.output:
             write_json_atomic(args.output, result)
             print(f"  report  {os.path.abspath(args.output)}")
-        if not result["matches"]:
+        if not (result["matches"] or result["ruled_out"] or result["first_pass_only"]):
             raise AwmError(f"{args.identify}: no library entry could be compared (reasons above)")
         return 0
     from awm import suite_run
 
-    run, interrupted = suite_run.run_family_map(args.library, device, null, args.results_dir, progress, opts, args.executor)
+    run, interrupted = suite_run.run_family_map(folder, device, null, args.results_dir, progress, opts, args.executor, args.exhaustive)
     return print_run(run, interrupted)
+
+
+def model_references(arguments):
+    """--add's models: each argument, or for a .txt file, the models it lists one per line
+    (blank lines and # comments skipped)."""
+    references = []
+    for argument in arguments:
+        if argument.endswith(".txt") and os.path.isfile(argument):
+            try:
+                with open(argument, encoding="utf-8") as handle:
+                    lines = [line.split("#", 1)[0].strip() for line in handle]
+            except (OSError, UnicodeDecodeError) as err:
+                raise AwmError(f"{argument}: cannot read the model list ({err.__class__.__name__})") from None
+            references += [line for line in lines if line]
+        else:
+            references.append(argument)
+    if not references:
+        raise AwmError(f"{' '.join(arguments)}: no models listed")
+    return list(dict.fromkeys(references))
 
 
 def dispatch(args):

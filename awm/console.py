@@ -138,10 +138,14 @@ def _placement_lines(placement):
 
 
 def identify_lines(result):
-    lines = [f"suspect {result['suspect']} against {len(result['matches']) + len(result['not_compared'])} entries of {result['library']}"]
+    screened = len(result["matches"]) + len(result.get("ruled_out", ())) + len(result.get("first_pass_only", ()))
+    lines = [f"suspect {result['suspect']} against {screened + len(result['not_compared'])} entries of {result['library']}"]
+    if result.get("ruled_out") is not None:
+        lines.append(f"  first pass: {len(result['ruled_out'])} entries ruled out as independent, "
+                     f"{len(result['matches']) + len(result.get('first_pass_only', ()))} to the exact stage")
     if result["matches"]:
         lines.append(f"  {'rank':>4}  {'entry':40s} {'AWM':>10} {'QK-circuit':>10}  {'dims confirmed':>15}  verdict"
-                     "   (scores under the alignment each verdict rests on)")
+                     "   (exact scores, under the alignment each verdict rests on)")
     for rank, record in enumerate(result["matches"], 1):
         witness = next((w for w in record["evidence"]["alignment"]["witnesses"] if w["witness"] == record["evidence"]["alignment"]["basis"]), None)
         confirmed = f"{witness['matched_dims']}/{witness['target_dims']}" if witness else "none"
@@ -149,10 +153,14 @@ def identify_lines(result):
         lines.append(f"  {rank:>4}  {record['model_b']['name'][:40]:40s} {_percent(scores['final'])} "
                      f"{_percent(scores['qk_circuit'])}  {confirmed:>15}  {record['verdict']}")
     derived = [r for r in result["matches"] if is_derived(r["verdict"])]
-    if result["matches"]:
-        lines.append(f"  best match: {derived[0]['model_b']['name']} ({derived[0]['verdict']})" if derived
-                     else "  no entry is an ancestor or sibling: the suspect matches nothing in the library")
+    if derived:
+        lines.append(f"  best match: {derived[0]['model_b']['name']} ({derived[0]['verdict']})")
+    elif screened:
+        lines.append("  no entry is an ancestor or sibling: the suspect matches nothing in the library")
     lines += _placement_lines(result.get("placement") or {})
+    for entry in result.get("first_pass_only", ()):
+        lines.append(f"  first pass only: {entry['entry']}: a candidate ({entry['first_pass']['why']}), "
+                     f"no exact score: {entry['reason']}")
     for skipped in result["not_compared"]:
         lines.append(f"  not compared: {skipped['entry']}: {skipped['reason']}")
     return lines
@@ -161,7 +169,8 @@ def identify_lines(result):
 def suite_lines(run, confusion):
     """A run of many pairs: one line per pair, then skips, ROC metrics and the verdicts' confusion."""
     resumed = f" ({run.resumed} from an earlier run)" if run.resumed else ""
-    lines = [f"{run.name}: {len(run.records)} of {len(run.pairs)} pairs scored{resumed}, {len(run.skipped)} skipped -> {run.results_dir}"]
+    ruled_out = f", {len(run.ruled_out)} ruled out by the first pass" if run.ruled_out else ""
+    lines = [f"{run.name}: {len(run.records)} of {len(run.pairs)} pairs scored{resumed}{ruled_out}, {len(run.skipped)} skipped -> {run.results_dir}"]
     for record in run.records:
         s = record["scores"]
         circuit = "n/a" if s["qk_circuit"] is None else f"{s['qk_circuit']:7.2f} %"
@@ -176,7 +185,10 @@ def suite_lines(run, confusion):
 
 
 def add_lines(outcomes):
-    return [f"  {o['reference']}: " + (f"error: {o['error']}" if "error" in o else f"{o['status']} as '{o['name']}'") for o in outcomes]
+    """One line per model, then the counts."""
+    lines = [f"  {o['reference']}: " + (f"error: {o['error']}" if "error" in o else f"{o['status']} as '{o['name']}'") for o in outcomes]
+    counts = {status: sum(o.get("status", "failed") == status for o in outcomes) for status in ("added", "up to date", "failed")}
+    return lines + [f"{len(outcomes)} models: " + ", ".join(f"{n} {status}" for status, n in counts.items())]
 
 
 def demo_lines(original_path, results):

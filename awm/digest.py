@@ -99,6 +99,12 @@ class ModelDigest:
         rows = sum(w.numel() * w.element_size() for kept in self.rows.values() for w in kept)
         return self.embedding.numel() * self.embedding.element_size() + kept + rows
 
+    def kept_rows(self):
+        """{layer: (W_q, W_k, gain)} of the row layers, reading the ones no pass has read yet."""
+        for index in sorted(self._row_layers - set(self.rows)):
+            self.layer(index)
+        return self.rows
+
     def layer(self, index):
         if self._kept is not None and index in self._kept:
             return self._kept[index]

@@ -23,3 +23,8 @@ class ComparisonError(AwmError):
 
 class DeviceError(AwmError):
     """The requested device cannot be used (e.g. --device cuda without a usable GPU)."""
+
+
+class SourceUnavailable(CheckpointError):
+    """A compact library entry whose model can no longer be read from its source: only the
+    first pass could look at it."""

@@ -3,6 +3,7 @@ from awm import executors, family_tree
 from awm.errors import AwmError, CheckpointError
 from awm.library import Library
 from awm.library_tasks import add_task, batch_jobs, run_batches
+from awm.screening import screen
 from awm.verdict import RANK, is_derived
 from awm.version import VERSION
 
@@ -10,26 +11,40 @@ from awm.version import VERSION
 SUSPECT = "<suspect>"          # the suspect's name inside the placement: "<" cannot begin an entry name
 
 
-def identify(suspect, directory, opts, device, null, executor="local", progress=False):
-    """Score the suspect against every entry; returns the JSON-ready result."""
+def identify(suspect, directory, opts, device, null, executor="local", progress=False, exhaustive=False):
+    """Score the suspect against every entry in two stages: the first pass compares compact
+    fingerprints and rules out the entries it can; every other entry gets the exact pair (from
+    its stored kernels, or from its source). exhaustive: every entry gets the exact pair.
+    Returns the JSON-ready result."""
     library = Library(directory)
     entries = library.entries()
     if not entries:
         raise CheckpointError(library.directory, "the library has no entries yet: add models with --add")
     task_device = executors.task_device(executor, device.type)
-    added = executors.run_all(add_task, [(library.directory, suspect, None, opts, task_device, True)], executor, "digest suspect", progress)[0]
+    job = (library.directory, suspect, None, opts, task_device, True, True)
+    added = executors.run_all(add_task, [job], executor, "digest suspect", progress)[0]
     if "error" in added:
         raise AwmError(added["error"])
-    jobs = batch_jobs(library.directory, (added["name"], True), entries, opts, task_device, null, executor, progress)
-    outcomes = run_batches(jobs, executor, "entry batches", progress)
-    matches = [o["record"] for o in outcomes if "record" in o]
+    screened = screen(library, added["name"], entries, opts)
+    if exhaustive:
+        screened = {"candidates": {e: screened["candidates"].get(e) or screened["ruled_out"].get(e) for e in entries},
+                    "ruled_out": {}, "not_compared": {}}
+    candidates = [e for e in entries if e in screened["candidates"]]
+    jobs = batch_jobs(library.directory, (added["name"], True), candidates, opts, task_device, null, executor, progress)
+    outcomes = dict(zip(candidates, run_batches(jobs, executor, "exact stage", progress)))
+    matches = [{**o["record"], "stage": "exact", "first_pass": screened["candidates"][e]} for e, o in outcomes.items() if "record" in o]
     matches.sort(key=lambda r: (RANK.get(r["verdict"], 9), -((r.get("aligned_scores") or r["scores"])["final"] or 0.0)))
     return {
-        "placement": _placement(library, added["name"], matches, device),
         "tool": "awm", "version": VERSION, "suspect": suspect, "library": library.directory,
         "suspect_digest": "reused" if added["status"] == "up to date" else "built",
         "matches": matches,
-        "not_compared": [{"entry": e, "reason": o["error"]} for e, o in zip(entries, outcomes) if "error" in o],
+        "placement": _placement(library, added["name"], matches, device),
+        "ruled_out": [{"entry": e, "stage": "first pass", "verdict": "independent", "first_pass": evidence}
+                      for e, evidence in screened["ruled_out"].items()],
+        "first_pass_only": [{"entry": e, "stage": "first pass", "first_pass": screened["candidates"][e], "reason": o["error"]}
+                            for e, o in outcomes.items() if o.get("source_unavailable")],
+        "not_compared": [{"entry": e, "reason": reason} for e, reason in screened["not_compared"].items()] +
+                        [{"entry": e, "reason": o["error"]} for e, o in outcomes.items() if "error" in o and not o.get("source_unavailable")],
     }
 
 

@@ -11,6 +11,7 @@ folder and renamed into place: a reader never sees half an entry, and builders r
 the same time do not collide.
 """
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -20,17 +21,19 @@ import time
 import uuid
 
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from awm import body_rows, cka
+from awm import body_rows, cka, fingerprint
 from awm.atomic import write_json_atomic
 from awm.digest import LayerKernels, ModelDigest
 from awm.errors import CheckpointError
 from awm.readers import checkpoint_files as files
 from awm.version import VERSION
 
-DIGEST_FILE, KERNEL_FILE = "digest.json", "kernels.safetensors"
-ENTRY_FORMAT = 2
+DIGEST_FILE, KERNEL_FILE, FINGERPRINT_FILE = "digest.json", "kernels.safetensors", "fingerprint.safetensors"
+ENTRY_FORMAT = 3
+COMPACT, EXACT = "compact", "exact"         # an entry's kind: the fingerprint alone, or the kernels too
 DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 ROW_TENSORS = ("query_rows", "key_rows", "row_gain")          # per row layer: W_q, W_k as stored, the input gain
 TORCH_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
@@ -124,35 +127,72 @@ def decode_vocab(encoded):
 
 
 # ----------------------------------------------------------------------------- one entry
-def build_entry(folder, name, checkpoint, identity, options, device, progress=False):
-    """Digest a model into `folder/name` (built aside, renamed into place); returns the path."""
-    with_circuit = options["with_circuit"]
-    digest = ModelDigest(checkpoint, device, with_circuit=with_circuit, progress=progress, precision=options["precision"])
-    record = {"tool": "awm", "version": VERSION, "entry_format": ENTRY_FORMAT, "name": name,
+def build_entry(folder, name, checkpoint, identity, options, device, progress=False, exact=False):
+    """Digest a model into `folder/name` (built aside, renamed into place); returns the path.
+    Every entry holds the compact fingerprint; an exact one also the kernels and its vocabulary."""
+    digest = ModelDigest(checkpoint, device, with_circuit=options["with_circuit"], progress=progress, precision=options["precision"])
+    record = {"tool": "awm", "version": VERSION, "entry_format": ENTRY_FORMAT, "name": name, "kind": EXACT if exact else COMPACT,
               "build_id": uuid.uuid4().hex, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "source": identity, "options": options, "meta": digest.meta, "hidden_size": digest.hidden_size,
-              "num_layers": digest.num_layers, "vocab": encode_vocab(digest.vocab)}
+              "num_layers": digest.num_layers, "vocab": encode_vocab(digest.vocab) if exact else None}
+    anchors, anchor_gram = fingerprint.anchor_gram(digest.vocab, digest.embedding)
     os.makedirs(folder, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix=f".building-{name}-", dir=folder)
     try:
-        with open(os.path.join(scratch, KERNEL_FILE), "wb") as handle:
-            writer = StreamingSafetensorsWriter(handle, kernel_layout(digest), {"format": "awm-digest", "entry": name})
-            writer.write("embedding", digest.embedding)
+        with contextlib.ExitStack() as stack:
+            writer = None
+            if exact:
+                handle = stack.enter_context(open(os.path.join(scratch, KERNEL_FILE), "wb"))
+                writer = StreamingSafetensorsWriter(handle, kernel_layout(digest), {"format": "awm-digest", "entry": name})
+                writer.write("embedding", digest.embedding)
+            spectra = []
             for i in tqdm(range(digest.num_layers), desc=f"digest {name}", unit="layer", leave=False, disable=None if progress else True):
                 kernels = digest.layer(i)
-                writer.write(f"layers.{i}.query", pack_upper(kernels.query))
-                writer.write(f"layers.{i}.key", pack_upper(kernels.key))
-                if with_circuit:
-                    writer.write(f"layers.{i}.circuit", kernels.circuit)
-                if i in digest.rows:
-                    for kind, tensor in zip(ROW_TENSORS, digest.rows[i]):
-                        writer.write(f"layers.{i}.{kind}", tensor)
-            handle.flush()
-            os.fsync(handle.fileno())
+                spectra.append(fingerprint.layer_spectra(kernels))
+                if writer is not None:
+                    _write_layer(writer, i, kernels, digest)
+            if writer is not None:
+                handle.flush()
+                os.fsync(handle.fileno())
+        save_file({"anchors": anchors, "anchor_gram": fingerprint.pack_gram(anchor_gram), "spectra": torch.stack(spectra)},
+                  os.path.join(scratch, FINGERPRINT_FILE), metadata={"format": "awm-fingerprint", "entry": name})
         write_json_atomic(os.path.join(scratch, DIGEST_FILE), record)
         return publish(scratch, os.path.join(folder, name))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _write_layer(writer, i, kernels, digest):
+    writer.write(f"layers.{i}.query", pack_upper(kernels.query))
+    writer.write(f"layers.{i}.key", pack_upper(kernels.key))
+    if kernels.circuit is not None:
+        writer.write(f"layers.{i}.circuit", kernels.circuit)
+    if i in digest.rows:
+        for kind, tensor in zip(ROW_TENSORS, digest.rows[i]):
+            writer.write(f"layers.{i}.{kind}", tensor)
+
+
+def read_fingerprint(entry):
+    """The entry's compact fingerprint: {"anchors", "anchor_gram", "spectra"}, checked."""
+    path = os.path.join(entry, FINGERPRINT_FILE)
+    tensors = files.read_safetensors_header(path) if os.path.isfile(path) else None
+    if tensors is None:
+        raise CheckpointError(path, "library entry is incomplete (no fingerprint file)")
+    shapes = {name: info.shape for name, info in tensors.items()}
+    anchors, gram, spectra = shapes.get("anchors"), shapes.get("anchor_gram"), shapes.get("spectra")
+    if anchors is None or len(anchors) != 1 or gram != (anchors[0] * (anchors[0] - 1) // 2,) or spectra is None \
+            or len(spectra) != 3 or spectra[1] != 3 or spectra[2] != fingerprint.SPECTRUM:
+        raise CheckpointError(path, "library entry is corrupt: its fingerprint is malformed")
+    try:
+        found = load_file(path)
+    except Exception as err:                  # the library's own messages are not one-liners with a path
+        raise CheckpointError(path, f"library entry is corrupt: {str(err).splitlines()[0] if str(err) else err.__class__.__name__}") from None
+    if found["anchors"].dtype != torch.int16 or found["anchor_gram"].dtype != torch.int8 or not found["spectra"].is_floating_point():
+        raise CheckpointError(path, "library entry is corrupt: its fingerprint has the wrong data types")
+    anchors = found["anchors"].long()
+    if (anchors < 0).any() or (anchors >= len(fingerprint.ANCHORS)).any() or (anchors[1:] <= anchors[:-1]).any():
+        raise CheckpointError(path, "library entry is corrupt: anchor indices out of range or out of order")
+    return {**found, "anchors": anchors, "spectra": found["spectra"].float()}
 
 
 def publish(scratch, target):
@@ -190,6 +230,7 @@ def read_record(entry):
         raise CheckpointError(path, "not an awm library entry")
     if isinstance(record["options"], dict):
         record["options"].setdefault("precision", "exact")     # entries from before --precision
+    record.setdefault("kind", EXACT)                            # entries from before compact fingerprints
     return record
 
 
@@ -215,6 +256,8 @@ class StoredDigest:
         self.entry, self.device = entry, device
         record = record if record is not None else read_record(entry)
         check_current(record, entry)
+        if record["kind"] != EXACT:
+            raise CheckpointError(entry, "a compact entry holds no kernels: its exact stage reads the model from its source")
         self.meta = record["meta"]
         self.name = record["name"]
         self.hidden_size, self.num_layers = int(record["hidden_size"]), int(record["num_layers"])
@@ -274,6 +317,9 @@ class StoredDigest:
         return LayerKernels(query, key, circuit)
 
     release_embedding = ModelDigest.release_embedding
+
+    def kept_rows(self):
+        return self.rows
 
     @property
     def rows(self):

@@ -8,7 +8,7 @@ import torch
 
 from awm import executors
 from awm.batch import compare_many
-from awm.errors import AwmError, CheckpointError
+from awm.errors import AwmError, CheckpointError, SourceUnavailable
 from awm.library import Library, default_name
 from awm.library_entry import read_record
 
@@ -25,9 +25,9 @@ BATCH_ENTRIES = 8
 
 def add_task(job):
     """Digest one model into the library: {"reference", "name", "status"} or an "error"."""
-    directory, reference, name, opts, device, suspect = job
+    directory, reference, name, opts, device, suspect, exact = job
     try:
-        name, status = Library(directory).add(reference, opts, torch.device(device), name=name, suspect=suspect)
+        name, status = Library(directory).add(reference, opts, torch.device(device), name=name, suspect=suspect, exact=exact)
         return {"reference": reference, "name": name, "status": status}
     except AwmError as err:
         return {"reference": reference, "name": name, "error": str(err)}
@@ -75,7 +75,7 @@ def batch_task(job):
             records = [err] * len(to_score)
         for (other, (key, _)), record in zip(to_score.items(), records):
             if isinstance(record, AwmError):
-                outcomes[other] = {"error": str(record)}
+                outcomes[other] = {"error": str(record), "source_unavailable": isinstance(record, SourceUnavailable)}
                 continue
             record["model_a"]["name"], record["model_b"]["name"] = name, other
             cache.put(key, record)
@@ -95,14 +95,15 @@ def run_batches(jobs, executor, description, progress):
     return [outcome for done in executors.run_all(batch_task, jobs, executor, description, progress) for outcome in done]
 
 
-def add_models(references, directory, opts, device, executor="local", progress=False):
-    return add_models_named({ref: None for ref in references}, directory, opts, device, executor, progress)
+def add_models(references, directory, opts, device, executor="local", progress=False, exact=False):
+    return add_models_named({ref: None for ref in references}, directory, opts, device, executor, progress, exact)
 
 
-def add_models_named(names, directory, opts, device, executor="local", progress=False):
-    """Digest {reference: entry name or None (its default)} into the library, each once."""
+def add_models_named(names, directory, opts, device, executor="local", progress=False, exact=False):
+    """Digest {reference: entry name or None (its default)} into the library, each once;
+    exact: keep the kernels too (else a compact fingerprint)."""
     library, task_device = Library(directory, create=True), executors.task_device(executor, device.type)
-    jobs = [(library.directory, ref, name, opts, task_device, False) for ref, name in names.items()]
+    jobs = [(library.directory, ref, name, opts, task_device, False, exact) for ref, name in names.items()]
     return executors.run_all(add_task, jobs, executor, "digests", progress)
 
 

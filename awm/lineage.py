@@ -6,14 +6,17 @@ family is a connected group of such edges. Models with no derived edge stand alo
 from awm.verdict import is_derived
 
 
-def lineage_graph(records):
-    """{"nodes", "edges", "families", "pairs_compared"} from scored pair records."""
-    nodes = list(dict.fromkeys(n for r in records for n in (r["model_a"]["name"], r["model_b"]["name"])))
+def lineage_graph(records, ruled_out=()):
+    """{"nodes", "edges", "families", "pairs_compared", "pairs_ruled_out"} from scored pair
+    records and the pairs the first pass ruled out ({"models": [a, b]}: nodes, never edges)."""
+    nodes = list(dict.fromkeys([n for r in records for n in (r["model_a"]["name"], r["model_b"]["name"])] +
+                               [n for entry in ruled_out for n in entry["models"]]))
     edges = [{"a": r["model_a"]["name"], "b": r["model_b"]["name"], "verdict": r["verdict"],
               "awm": r["scores"]["final"], "qk_circuit": r["scores"]["qk_circuit"],
               "dims_confirmed": (r["evidence"].get("correspondence") or {}).get("fraction")}
              for r in records if is_derived(r["verdict"])]
-    return {"nodes": nodes, "edges": edges, "families": families(nodes, edges), "pairs_compared": len(records)}
+    return {"nodes": nodes, "edges": edges, "families": families(nodes, edges), "pairs_compared": len(records),
+            "pairs_ruled_out": len(ruled_out)}
 
 
 def families(nodes, edges):

@@ -73,13 +73,16 @@ class SuiteResult:
     verdict_confusion: dict
     interrupted: bool
     lineage: dict = None   # lineage.json: families and their tree (three or more models; else None)
+    ruled_out: list = ()   # a library map: {"pair", "first_pass"} the first pass showed independent
 
 
 class Identification(tuple):
     """(ranked [Report], not compared [{"entry", "reason"}]), as before; `.placement` says where
-    the suspect sits: its most likely parent(s) and the entries derived from it."""
+    the suspect sits: its most likely parent(s) and the entries derived from it; `.ruled_out`
+    and `.first_pass_only`: the entries the first pass decided, with its evidence."""
 
-    def __new__(cls, matches, not_compared, placement):
+    def __new__(cls, matches, not_compared, placement, ruled_out=(), first_pass_only=()):
         identification = super().__new__(cls, (matches, not_compared))
         identification.matches, identification.not_compared, identification.placement = matches, not_compared, placement
+        identification.ruled_out, identification.first_pass_only = list(ruled_out), list(first_pass_only)
         return identification

@@ -41,8 +41,8 @@ def write_tables(run, final=False):
     records = run.records
     summary = {
         "tool": "awm", "version": VERSION, "run": run.name, "reference": run.null,
-        "complete": final and len(records) + len(run.skipped) == len(run.pairs),
-        "pairs": records, "skipped": run.skipped,
+        "complete": final and len(records) + len(run.skipped) + len(run.ruled_out) == len(run.pairs),
+        "pairs": records, "skipped": run.skipped, "ruled_out": run.ruled_out,
         "metrics": {k: {m: v for m, v in d.items() if m not in ("fpr", "tpr")} for k, d in suite_metrics(records).items()},
         "verdict_confusion": evaluation.verdict_confusion(records),
         "model_reads": {os.path.basename(p): n for p, n in run.model_reads.items()},
@@ -52,7 +52,7 @@ def write_tables(run, final=False):
     write_json_atomic(os.path.join(folder, "scores.json"), summary)
     write_text_atomic(os.path.join(folder, "scores.csv"), csv_table(records))
     write_text_atomic(os.path.join(folder, "table.md"),
-                      markdown_table(records, run.skipped, summary["metrics"], run.null, summary["verdict_confusion"]))
+                      markdown_table(records, run.skipped, summary["metrics"], run.null, summary["verdict_confusion"], run.ruled_out))
     stats = null_stats(records, run.name)
     if stats:
         write_json_atomic(os.path.join(folder, "null_stats.json"), stats)
@@ -104,7 +104,7 @@ def confusion_markdown(confusion):
     return "\n".join(lines)
 
 
-def markdown_table(records, skipped, metrics, null, confusion=None):
+def markdown_table(records, skipped, metrics, null, confusion=None, ruled_out=()):
     cell = lambda v, fmt="{:.2f}": "n/a" if v is None else fmt.format(v)
     lines = ["| Pair | Category | Wq (%) | Wk (%) | Wq·Wk (%) | Z | QK-circuit (%) |", "|---|---|---:|---:|---:|---:|---:|"]
     for r in records:
@@ -117,6 +117,8 @@ def markdown_table(records, skipped, metrics, null, confusion=None):
                      f"{m['pauc']:.3f}, TPR@{m['at_fpr']:.0%}FPR {m['tpr_at_fpr']:.3f} ({m['positives']} derived, {m['negatives']} independent).")
     if confusion and any(sum(row.values()) for row in confusion["counts"].values()):
         lines += ["", confusion_markdown(confusion)]
+    if ruled_out:
+        lines.append(f"\nRuled out by the first pass (independent by the compact fingerprints alone; no exact score): {len(ruled_out)} pairs.")
     if skipped:
         lines.append("\nSkipped:")
         lines += [f"- {s['pair']}: {s['reason']}" for s in skipped]

@@ -8,7 +8,7 @@ import os
 
 from tqdm import tqdm
 
-from awm import family_tree, library_tasks, lineage, suite_outputs
+from awm import family_tree, library_tasks, lineage, screening, suite_outputs
 from awm.digest_cache import DigestCache, default_budget, reuse_order
 from awm.errors import CheckpointError, ComparisonError
 from awm.library import Library, PairCache, source_identity
@@ -23,16 +23,17 @@ class SuiteRun:
     every scored pair is kept on disk, so a killed run resumes without recomputing them."""
 
     def __init__(self, name, pairs, device, null, results_dir, budget, options, progress=True,
-                 executor="local", library=None, from_library=False):
+                 executor="local", library=None, from_library=False, first_pass=False):
         self.name, self.pairs, self.device, self.null = name, pairs, device, null
         self.results_dir, self.progress = results_dir, progress
         self.options = options
         self.cache = DigestCache(device, budget, options, progress)
         self.executor, self.library, self.from_library = executor, library, from_library
+        self.first_pass = first_pass           # a library's pairs: the first pass picks those to score exactly
         self.pair_cache = PairCache(os.path.join(results_dir, ".pairs"))
         self.identities = {}
         self._entry_names = {}                 # a model's name in this run -> its library entry
-        self.records, self.skipped = [], []
+        self.records, self.skipped, self.ruled_out = [], [], []
         self.resumed = 0
 
     def run(self):
@@ -48,7 +49,7 @@ class SuiteRun:
         except KeyboardInterrupt:
             interrupted = True
         self.write_tables(final=True)
-        if self.records:
+        if self.records or self.ruled_out:
             self.write_plots()
         return interrupted
 
@@ -108,10 +109,20 @@ class SuiteRun:
                 if path in names:
                     self._entry_names[name] = names[path]
         runnable = [pair for pair in self.pairs if pair.path_a in names and pair.path_b in names]
+        if self.first_pass:
+            ruled_out = screening.screen_pairs(Library(library), [(names[p.path_a], names[p.path_b]) for p in runnable], self.options)
+            self.ruled_out = [{"pair": p.name, "models": [p.name_a, p.name_b], "stage": "first pass", "verdict": "independent",
+                               "first_pass": evidence}
+                              for p in runnable if (evidence := ruled_out.get((names[p.path_a], names[p.path_b])))]
+            excluded = {entry["pair"] for entry in self.ruled_out}
+            runnable = [p for p in runnable if p.name not in excluded]
         outcomes = library_tasks.score_pairs(library, [(names[p.path_a], names[p.path_b]) for p in runnable], self.options,
                                                  self.device, self.null, self.executor, self.progress)
         results = dict(zip(runnable, outcomes))
+        excluded = {entry["pair"] for entry in self.ruled_out}
         for pair in reuse_order(self.pairs):      # the order a local run reports them in
+            if pair.name in excluded:
+                continue
             outcome = results.get(pair) or {"error": failed.get(pair.path_a) or failed.get(pair.path_b)}
             if "record" in outcome:
                 self._keep(pair, outcome["record"])
@@ -135,9 +146,9 @@ class SuiteRun:
     def family_map(self):
         """lineage.json: the families of derived pairs and their tree (three or more models)."""
         names = list(dict.fromkeys(n for pair in self.pairs for n in (pair.name_a, pair.name_b)))
-        if len(names) < suite_outputs.LINEAGE_MIN_MODELS or not self.records:
+        if len(names) < suite_outputs.LINEAGE_MIN_MODELS or not (self.records or self.ruled_out):
             return None
-        graph = lineage.lineage_graph(self.records)
+        graph = lineage.lineage_graph(self.records, self.ruled_out)
         metas = {r[side]["name"]: r[side] for r in self.records for side in ("model_a", "model_b")}
         scored = set(metas)
         reasons = {}
@@ -165,12 +176,13 @@ def run_suite(specs, device, null, options, results_dir=None, checkpoint_dir=Non
     return run, run.run()
 
 
-def run_family_map(library, device, null, results_dir=None, progress=False, options=None, executor="local"):
-    """Every pair of a library's entries: the N x N matrix, the heatmap and the lineage map."""
+def run_family_map(library, device, null, results_dir=None, progress=False, options=None, executor="local", exhaustive=False):
+    """Every pair of a library's entries: the first pass rules out the pairs it can, the rest
+    are scored exactly (exhaustive: every pair); the N x N matrix, heatmap and lineage map."""
     pairs = [SuitePair("library", a, a, b, b) for a, b in library_tasks.family_pairs(library)]
     if not pairs:
         raise CheckpointError(library, "a family map needs at least two entries")
     results_dir = os.path.abspath(results_dir or os.path.join("results", "library-map"))
     run = SuiteRun("library map", pairs, device, null, results_dir, 0, options or library_tasks.options(), progress, executor,
-                   library, from_library=True)
+                   library, from_library=True, first_pass=not exhaustive)
     return run, run.run()

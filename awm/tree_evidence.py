@@ -45,7 +45,7 @@ class RowSpace:
         self.layers = row_layers(next(iter(digests.values())).num_layers)
         count = len(self.names)
         self.per_layer = np.zeros((len(self.layers), count, count))
-        rows = {name: digest.rows for name, digest in digests.items()}
+        rows = {name: digest.kept_rows() for name, digest in digests.items()}
         for position, layer in enumerate(self.layers):
             for kind in (0, 1):                                       # W_q, W_k
                 vectors = [rows[name][layer][kind].double().reshape(-1) for name in self.names]

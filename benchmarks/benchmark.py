@@ -89,14 +89,25 @@ def write_sparse_safetensors(path, shapes, dtype_name, make_tensor):
 
 class SyntheticModel:
     """Weights of the tensors awm reads, generated per tensor from a seed; a derived copy is the
-    base with permuted/sign-flipped/rescaled hidden dims plus fine-tuning noise."""
+    base with permuted/sign-flipped/rescaled hidden dims plus fine-tuning noise. Two more
+    derived kinds exercise the witnesses beyond the embedding's permutation: `redrawn` (the
+    derived copy with a new random embedding: only the body can align it) and `rotated` (norm
+    gains folded, the residual stream rotated by a dense random orthogonal matrix)."""
 
-    def __init__(self, preset, seed, derived_from=None):
-        self.p, self.seed, self.parent = preset, seed, derived_from
+    def __init__(self, preset, seed, derived_from=None, kind="derived"):
+        self.p, self.seed, self.parent, self.kind = preset, seed, derived_from, kind
         generator = torch.Generator().manual_seed(1000 + seed)
         hidden = preset["hidden"]
         self.perm = torch.randperm(hidden, generator=generator)
         self.sign = torch.where(torch.rand(hidden, generator=generator) < 0.5, -1.0, 1.0)
+        self._rotation = None
+
+    @property
+    def rotation(self):
+        if self._rotation is None:
+            generator = torch.Generator().manual_seed(2000 + self.seed)
+            self._rotation = torch.linalg.qr(torch.randn(self.p["hidden"], self.p["hidden"], generator=generator))[0]
+        return self._rotation
 
     def raw(self, name, shape):
         generator = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{name}".encode()))
@@ -107,8 +118,10 @@ class SyntheticModel:
     def tensor(self, name, shape):
         if not name.endswith(READ):
             return None
-        if self.parent is None:
+        if self.parent is None or (self.kind == "redrawn" and name.endswith("embed_tokens.weight")):
             return self.raw(name, shape)
+        if self.kind == "rotated":
+            return self.rotated(name, shape)
         # In place where possible: a 70B embedding is 4 GB in float32.
         tuned = self.parent.tensor(name, shape)
         scale = 0.1 * tuned.std()
@@ -116,6 +129,17 @@ class SyntheticModel:
         if name.endswith("layernorm.weight"):
             return tuned[self.perm]
         return tuned[:, self.perm].mul_(self.sign).mul_(2.0 if name.endswith("embed_tokens.weight") else 0.5)
+
+
+    def rotated(self, name, shape):
+        """The parent's tensor in a residual stream rotated by Q: norm gains folded into W_q / W_k."""
+        if name.endswith("layernorm.weight"):
+            return torch.ones(shape)
+        tensor = self.parent.tensor(name, shape)
+        if not name.endswith("embed_tokens.weight"):
+            layer = name.split(".self_attn.")[0]
+            tensor = tensor * self.parent.tensor(layer + ".input_layernorm.weight", (shape[1],))
+        return tensor @ self.rotation
 
 
 def write_model(directory, preset, model, tokens):
@@ -146,7 +170,9 @@ def prepare(preset_name, folder, suspects=("derived", "independent")):
     preset = PRESETS[preset_name]
     tokens = byte_level_tokens(preset["vocab"], seed=5)
     base = SyntheticModel(preset, seed=1)
-    models = {"base": base, "derived": SyntheticModel(preset, seed=2, derived_from=base), "independent": SyntheticModel(preset, seed=3)}
+    models = {"base": base, "derived": SyntheticModel(preset, seed=2, derived_from=base), "independent": SyntheticModel(preset, seed=3),
+              "redrawn": SyntheticModel(preset, seed=4, derived_from=base, kind="redrawn"),
+              "rotated": SyntheticModel(preset, seed=5, derived_from=base, kind="rotated")}
     models = {role: model for role, model in models.items() if role == "base" or role in suspects}
     paths = {}
     for role, model in models.items():
@@ -234,6 +260,7 @@ def measure(path_a, path_b, device_name, threads, paper_only=False, local_paths=
     peak_mb = peak_rss_mb()
     deviation = straightforward_check(unrounded, *(local_paths or (path_a, path_b)), not paper_only)
     return {"total_s": round(total, 2), **data["timings"], "peak_rss_mb": round(peak_mb), "scores": data["scores"],
+            "aligned_scores": data["aligned_scores"], "basis": data["evidence"]["alignment"]["basis"], "verdict": data["verdict"],
             "max_abs_deviation_from_float64_pp": deviation}
 
 
@@ -288,7 +315,7 @@ def main():
     parser.add_argument("--keep", action="store_true", help="keep the synthetic checkpoints")
     parser.add_argument("--modes", nargs="+", default=["full", "paper_only"], choices=("full", "paper_only"),
                         help="full: both scores; paper_only: as main.py --paper_only")
-    parser.add_argument("--suspects", nargs="+", default=["derived", "independent"], choices=("derived", "independent"),
+    parser.add_argument("--suspects", nargs="+", default=["derived", "independent"], choices=("derived", "independent", "redrawn", "rotated"),
                         help="which models to compare with the base (a 70B pair needs ~28 GB of disk per two models)")
     parser.add_argument("--hub", action="store_true",
                         help="also read base vs derived from a Hub server on 127.0.0.1 (tests/hub_server.py): "

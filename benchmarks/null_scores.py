@@ -23,7 +23,6 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 from awm import demo, gguf_convert  # noqa: E402
 import factory  # noqa: E402
-from awm.atomic import write_json_atomic  # noqa: E402
 from awm.digest import digest_path  # noqa: E402
 from awm.pair import compare_digests  # noqa: E402
 from awm.verdict import PAPER_NULL  # noqa: E402

@@ -24,6 +24,18 @@ def byte_level_tokens(count, seed=0):
     return tokens
 
 
+def anchored_tokens(count, seed=0):
+    """A byte-level vocabulary of `count` tokens that holds the first pass's anchor strings (as
+    real tokenizers do), then random tokens."""
+    from awm.fingerprint import ANCHORS
+    from awm.readers.vocabulary import BYTE_OF_CHAR
+
+    char_of_byte = {byte: char for char, byte in BYTE_OF_CHAR.items()}
+    tokens = list(dict.fromkeys("".join(char_of_byte[b] for b in anchor) for anchor in ANCHORS))
+    extra = [t for t in byte_level_tokens(count + len(tokens), seed) if t not in set(tokens)]
+    return (tokens + extra)[:count]
+
+
 def write_tokenizer_json(directory, tokens, specials=("<|endoftext|>",)):
     vocab = {token: i for i, token in enumerate(tokens)}
     added = [{"id": len(tokens) + i, "content": s, "special": True} for i, s in enumerate(specials)]

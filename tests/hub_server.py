@@ -2,6 +2,7 @@
 
 Serves repositories built from local folders: `GET /api/models/{repo}[/revision/{rev}]`
 (id, commit sha, siblings with sizes) and `GET /{repo}/resolve/{rev}/{file}` with `Range`
+(dataset repos: the same under /api/datasets/ and /datasets/)
 (206 answers with Content-Range, X-Repo-Commit, ETag). Errors carry the X-Error-Code headers
 the client maps to its exceptions. It counts the bytes it sends per file, and can be told to
 misbehave: drop the connection mid-transfer, or send fewer bytes than asked.
@@ -15,8 +16,8 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
-RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<file>.+)$")
-API = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<revision>[^/]+))?$")
+RESOLVE = re.compile(r"^/(?P<kind>datasets/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<file>.+)$")
+API = re.compile(r"^/api/(?P<kind>models|datasets)/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<revision>[^/]+))?$")
 RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
@@ -58,9 +59,11 @@ class FakeHub:
         self.server.shutdown()
         self.server.server_close()
 
-    def add(self, repo, folder, gated_token=None):
-        self.repos[repo] = FakeRepo(folder, gated_token)
-        return self.repos[repo]
+    def add(self, repo, folder, gated_token=None, repo_type="model"):
+        """Serve `folder` as a repo (a dataset repo: repo_type="dataset")."""
+        key = repo if repo_type == "model" else f"datasets/{repo}"
+        self.repos[key] = FakeRepo(folder, gated_token)
+        return self.repos[key]
 
     def weight_bytes_sent(self, repo=None):
         return sum(n for (r, f), n in self.sent.items() if (repo is None or r == repo) and f.endswith((".safetensors", ".gguf")))
@@ -105,10 +108,11 @@ class FakeHub:
                 api, resolve = API.match(path), RESOLVE.match(path)
                 if api:
                     hub.requests["api"] += 1
-                    return self._model_info(api["repo"], api["revision"] or "main")
+                    prefix = "datasets/" if api["kind"] == "datasets" else ""
+                    return self._model_info(prefix + api["repo"], api["revision"] or "main")
                 if resolve:
                     hub.requests["resolve"] += 1
-                    return self._resolve(resolve["repo"], resolve["revision"], resolve["file"])
+                    return self._resolve((resolve["kind"] or "") + resolve["repo"], resolve["revision"], resolve["file"])
                 self._error(404, "NotFound")
 
             def _commit(self, name, revision):
@@ -128,7 +132,7 @@ class FakeHub:
                     return
                 repo, sha = found
                 siblings = [{"rfilename": f, "size": os.path.getsize(p)} for f, p in sorted(repo.commits[sha].items())]
-                body = json.dumps({"id": name, "modelId": name, "sha": sha, "siblings": siblings, "private": False}).encode()
+                body = json.dumps({"id": name.removeprefix("datasets/"), "modelId": name.removeprefix("datasets/"), "sha": sha, "siblings": siblings, "private": False}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

@@ -86,3 +86,19 @@ def with_embedding(state, donor):
     out = {k: v for k, v in state.items() if k != "lm_head.weight"}
     out["model.embed_tokens.weight"] = donor["model.embed_tokens.weight"].clone()
     return out
+
+
+def rotate_residual(state, seed):
+    """Norm gains folded into W_q / W_k, then the residual stream rotated: E Q, W Q (only the
+    tensors the score reads)."""
+    hidden = state["model.embed_tokens.weight"].shape[1]
+    layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("model.layers."))
+    rotation = torch.linalg.qr(torch.randn(hidden, hidden, generator=torch.Generator().manual_seed(seed)))[0]
+    rotated = {"model.embed_tokens.weight": state["model.embed_tokens.weight"] @ rotation}
+    for layer in range(layers):
+        prefix = f"model.layers.{layer}."
+        gain = state[prefix + "input_layernorm.weight"]
+        for projection in ("q_proj", "k_proj"):
+            rotated[prefix + f"self_attn.{projection}.weight"] = (state[prefix + f"self_attn.{projection}.weight"] * gain) @ rotation
+        rotated[prefix + "input_layernorm.weight"] = torch.ones(hidden)
+    return rotated

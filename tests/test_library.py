@@ -51,16 +51,20 @@ def models(tmp_path_factory):
 
 
 def without_run_details(record):
+    """The pair record as a comparison from the weights writes it: no timings, names, or the
+    identify's own fields (which stage decided, the first pass's evidence)."""
     record = json.loads(json.dumps(record))
-    record.pop("timings")
+    for key in ("timings", "stage", "first_pass"):
+        record.pop(key, None)
     for side in ("model_a", "model_b"):
         record[side].pop("name", None)
     return record
 
 
-def build(tmp_path, models, names=("base", "tuned", "other", "deep")):
+def build(tmp_path, models, names=("base", "tuned", "other", "deep"), exact=True):
+    """A library of exact entries (kernels stored), unless exact=False (compact fingerprints)."""
     directory = str(tmp_path / "lib")
-    outcomes = library_tasks.add_models([models[n] for n in names], directory, OPTIONS, CPU)
+    outcomes = library_tasks.add_models([models[n] for n in names], directory, OPTIONS, CPU, exact=exact)
     assert all("error" not in o for o in outcomes), outcomes
     return directory
 
@@ -253,7 +257,7 @@ def test_bad_entries_are_listed_with_their_reason_and_harm_nothing(tmp_path, mod
     os.truncate(kernels, os.path.getsize(kernels) // 2)
     record_path = os.path.join(directory, "deep", library_entry.DIGEST_FILE)
     record = json.loads(open(record_path).read())
-    record["version"] = "0.0.1"
+    record.update(version="0.0.1", entry_format=library_entry.ENTRY_FORMAT - 1)
     with open(record_path, "w") as handle:
         json.dump(record, handle)
     untouched = {n: os.path.getsize(os.path.join(directory, "base", n)) for n in os.listdir(os.path.join(directory, "base"))}
@@ -261,9 +265,31 @@ def test_bad_entries_are_listed_with_their_reason_and_harm_nothing(tmp_path, mod
     printed = capsys.readouterr().out
     assert "not compared: tuned: " in printed and "corrupt (not JSON" in printed
     assert "not compared: other: " in printed and "truncated" in printed
-    assert "not compared: deep: " in printed and "built by awm 0.0.1" in printed and "rebuild it with --add" in printed
+    assert "not compared: deep: " in printed and "built by awm 0.0.1 (entry format" in printed and "rebuild it with --add" in printed
     assert "best match: base (derived)" in printed
     assert untouched == {n: os.path.getsize(os.path.join(directory, "base", n)) for n in os.listdir(os.path.join(directory, "base"))}
+
+
+def test_an_entry_of_another_version_is_scored_from_its_source_and_a_lost_source_is_said(tmp_path, models):
+    source = tmp_path / "base"
+    shutil.copytree(models["base"], source)
+    directory = build(tmp_path, {"base": str(source)}, ("base",))
+    expected = identification.identify(models["suspect"], directory, OPTIONS, CPU, load_reference(None))
+    record_path = os.path.join(directory, "base", library_entry.DIGEST_FILE)
+    record = json.loads(open(record_path).read())
+    record["version"] = "0.0.1"                      # same entry format: its fingerprint still serves
+    with open(record_path, "w") as handle:
+        json.dump(record, handle)
+    shutil.rmtree(os.path.join(directory, library.PAIRS))
+    again = identification.identify(models["suspect"], directory, OPTIONS, CPU, load_reference(None))
+    assert [without_run_details(r) for r in again["matches"]] == [without_run_details(r) for r in expected["matches"]]
+    shutil.rmtree(os.path.join(directory, library.PAIRS))
+    shutil.rmtree(source)                            # now the stored kernels are stale and the model is gone
+    lost = identification.identify(models["suspect"], directory, OPTIONS, CPU, load_reference(None))
+    assert lost["matches"] == [] and [e["entry"] for e in lost["first_pass_only"]] == ["base"]
+    reason = lost["first_pass_only"][0]["reason"]
+    assert "its kernels are from awm 0.0.1" in reason and "source is gone" in reason
+    assert lost["first_pass_only"][0]["first_pass"]["candidate"] and "scores" not in lost["first_pass_only"][0]
 
 
 def test_not_a_library_and_nothing_to_compare_are_one_line_errors(tmp_path, models, capsys):
@@ -279,11 +305,13 @@ def test_not_a_library_and_nothing_to_compare_are_one_line_errors(tmp_path, mode
     factory.make_llama(str(other_width), hidden=64)
     os.remove(other_width / "tokenizer.json")                            # no vocabulary, another width
     directory = build(tmp_path, {"narrow": str(other_width)}, ("narrow",))
-    # Only the body can align these: it is asked, finds nothing, and the entry is still ranked.
+    # Without a vocabulary the first pass cannot rule it out; only the body can align these:
+    # it is asked, finds nothing, and the entry is still ranked.
     assert cli.main(["--library", directory, "--identify", models["suspect"], "--device", "cpu", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "narrow" in out and "inconclusive" in out
-    os.remove(os.path.join(directory, "narrow", library_entry.KERNEL_FILE))   # now nothing can be compared
+    assert "narrow" in out and "inconclusive" in out and "0 entries ruled out" in out
+    for name in (library_entry.KERNEL_FILE, library_entry.FINGERPRINT_FILE):   # now nothing can be compared
+        os.remove(os.path.join(directory, "narrow", name))
     shutil.rmtree(os.path.join(directory, library.PAIRS))                     # (nor read from an earlier run)
     assert cli.main(["--library", directory, "--identify", models["suspect"], "--device", "cpu", "--quiet"]) == 2
     captured = capsys.readouterr()
@@ -297,9 +325,10 @@ def test_two_processes_adding_to_one_library_at_once(tmp_path, models):
     command = lambda *paths: [sys.executable, os.path.join(ROOT, "main.py"), "--library", directory, "--add", *paths, "--device", "cpu", "--quiet"]
     racers = [subprocess.Popen(command(models["base"], models["tuned"])), subprocess.Popen(command(models["tuned"], models["base"]))]
     assert [p.wait(timeout=300) for p in racers] == [0, 0]
-    assert sorted(n for n in os.listdir(directory) if not n.startswith(".")) == ["awm-library.json", "base", "other", "tuned"]
+    assert sorted(n for n in os.listdir(directory) if not n.startswith(".")) == ["awm-library.json", "base", "manifest.json", "other", "tuned"]
     assert not [n for n in os.listdir(directory) if n.startswith((".building", ".retired"))]
-    result = identification.identify(models["suspect"], directory, OPTIONS, CPU, load_reference(None))
+    assert sorted(library.Library(directory).manifest()["entries"]) == ["base", "other", "tuned"]    # no line lost in the race
+    result = identification.identify(models["suspect"], directory, OPTIONS, CPU, load_reference(None), exhaustive=True)
     assert len(result["matches"]) == 3 and not result["not_compared"]
 
 

@@ -9,7 +9,6 @@ import torch
 
 from awm import pair, verdict
 from awm.digest import digest_path
-from awm.errors import ComparisonError
 from awm.readers.model_reader import ModelCheckpoint
 
 CPU = torch.device("cpu")

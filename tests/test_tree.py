@@ -241,7 +241,7 @@ def test_a_broken_entry_is_listed_with_its_reason_and_the_rest_still_form_the_tr
     config, tokens = factory.llama_config(HIDDEN, LAYERS, 4, 2, VOCAB), factory.byte_level_tokens(VOCAB)
     paths = [factory.write_safetensors_model(str(tmp_path / name), t, config, tokens) for name, t in models.items()]
     library = str(tmp_path / "lib")
-    assert cli.main(["--library", library, "--add", *paths, "--device", "cpu", "--quiet"]) == 0
+    assert cli.main(["--library", library, "--add", *paths, "--exact", "--device", "cpu", "--quiet"]) == 0
     (tmp_path / "lib" / "broken" / "kernels.safetensors").write_bytes(b"not a kernel file")
     assert cli.main(["--library", library, "--map", "--results_dir", str(tmp_path / "map"), "--device", "cpu", "--quiet"]) == 0
     tree = json.loads((tmp_path / "map" / "lineage.json").read_text())["tree"]

@@ -158,19 +158,6 @@ def compare(path_a, path_b):
     return compare_digests(digest_path(path_a, CPU), digest_path(path_b, CPU), CPU, verdict.PAPER_NULL, progress=False)
 
 
-def rotated_copy(tensors, seed, hidden=96, layers=8):
-    """Norm gains folded into W_q / W_k, then the residual stream rotated: E Q, W Q."""
-    rotation = torch.linalg.qr(torch.randn(hidden, hidden, generator=torch.Generator().manual_seed(seed)))[0]
-    rotated = {"model.embed_tokens.weight": tensors["model.embed_tokens.weight"] @ rotation}
-    for layer in range(layers):
-        prefix = f"model.layers.{layer}."
-        gain = tensors[prefix + "input_layernorm.weight"]
-        for projection in ("q_proj", "k_proj"):
-            rotated[prefix + f"self_attn.{projection}.weight"] = (tensors[prefix + f"self_attn.{projection}.weight"] * gain) @ rotation
-        rotated[prefix + "input_layernorm.weight"] = torch.ones(hidden)
-    return rotated
-
-
 @pytest.fixture(scope="module")
 def parent(tmp_path_factory):
     tensors = structured_tensors(0)
@@ -201,7 +188,7 @@ def test_a_tokenizer_transplant_sharing_no_token_is_derived_by_the_body(parent):
 
 def test_a_rotated_residual_stream_is_derived_by_the_embedding_rotation(parent):
     root, tensors = parent
-    result = compare(write(root, "parent", tensors), write(root, "rotated", rotated_copy(tensors, 8)))
+    result = compare(write(root, "parent", tensors), write(root, "rotated", surgery.rotate_residual(tensors, 8)))
     assert result["evidence"]["correspondence"]["p_value"] > verdict.CORRESPONDENCE_P      # no pairing of dims explains it
     assert result["evidence"]["alignment"]["basis"] == "embedding rotation"
     assert result["aligned_scores"]["qk_circuit"] > 99.0 and result["verdict"] == "derived"
@@ -261,7 +248,7 @@ def test_identify_from_stored_entries_finds_the_redrawn_and_the_rotated_copies(p
     other = structured_tensors(4)
     other["model.embed_tokens.weight"] = anisotropic_embedding(torch.Generator().manual_seed(14), tokens=400, hidden=96)
     entries = [write(tmp_path, "redrawn", surgery.redraw_embedding(tensors, torch.Generator().manual_seed(13))),
-               write(tmp_path, "rotated", rotated_copy(tensors, 12)), write(tmp_path, "other", other)]
+               write(tmp_path, "rotated", surgery.rotate_residual(tensors, 12)), write(tmp_path, "other", other)]
     library = str(tmp_path / "lib")
     options = library_tasks.options()
     added = library_tasks.add_models(entries, library, options, CPU)

@@ -42,9 +42,14 @@ class HubReference:
     repo: str
     revision: str = None
     filename: str = None       # one GGUF file in a repo that holds several
+    repo_type: str = "model"   # or "dataset": a published fingerprint library
+
+    @property
+    def where(self):
+        return HUB_PREFIX + ("datasets/" if self.repo_type == "dataset" else "") + self.repo
 
     def __str__(self):
-        return HUB_PREFIX + self.repo + (f"@{self.revision}" if self.revision else "") + (f"/{self.filename}" if self.filename else "")
+        return self.where + (f"@{self.revision}" if self.revision else "") + (f"/{self.filename}" if self.filename else "")
 
 
 def parse_reference(text, base_dir=None):
@@ -107,9 +112,9 @@ class HubSnapshot:
 
     def __init__(self, reference):
         self.reference = reference
-        self.repo = reference.repo
-        self.where = HUB_PREFIX + self.repo
-        self.repo_dir = os.path.join(cache_root(), "models--" + self.repo.replace("/", "--"))
+        self.repo, self.repo_type = reference.repo, reference.repo_type
+        self.where = reference.where
+        self.repo_dir = os.path.join(cache_root(), f"{self.repo_type}s--" + self.repo.replace("/", "--"))
         self.commit, self.sizes = self._resolve()
         self.directory = os.path.join(self.repo_dir, "snapshots", self.commit)
         os.makedirs(self.directory, exist_ok=True)
@@ -145,7 +150,9 @@ class HubSnapshot:
         if cached and COMMIT_SHA.match(revision):
             return cached                      # a pinned commit never changes: no network needed
         try:
-            info = HfApi(endpoint=constants.ENDPOINT).model_info(self.repo, revision=self.reference.revision, files_metadata=True)
+            api = HfApi(endpoint=constants.ENDPOINT)
+            describe = api.dataset_info if self.repo_type == "dataset" else api.model_info
+            info = describe(self.repo, revision=self.reference.revision, files_metadata=True)
         except (httpx2.TransportError, hub_errors.OfflineModeIsEnabled) as err:
             if cached:
                 return cached
@@ -288,7 +295,7 @@ class HubSnapshot:
             hf_raise_for_status,
         )
 
-        url = hf_hub_url(self.repo, name, revision=self.commit, endpoint=constants.ENDPOINT)
+        url = hf_hub_url(self.repo, name, repo_type=self.repo_type, revision=self.commit, endpoint=constants.ENDPOINT)
         where = f"{self.where}/{name}"
         position, failure = start, None
         for attempt in range(MAX_TRANSFER_ATTEMPTS):
@@ -333,6 +340,26 @@ class HubSnapshot:
         raise CheckpointError(where, f"the server ignored the byte range request (HTTP {response.status_code})")
 
     # ------------------------------------------------------------------ for the report
+    def download(self, name, target):
+        """Stream a whole repo file to `target` (written beside it, renamed when complete)."""
+        partial = f"{target}.part-{os.getpid()}"
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            with open(partial, "wb") as handle:
+                def write(position, data):
+                    handle.seek(position)
+                    handle.write(data)
+                size = self.sizes.get(name)
+                if not isinstance(size, int) or size < 0:
+                    raise CheckpointError(f"{self.where}/{name}", "the Hub listing gives no size for this file")
+                if size:
+                    self._transfer(name, 0, size, write)
+            os.replace(partial, target)
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
+        return target
+
     def source(self, needed_bytes):
         return {"hub_repo": self.repo, "revision": self.reference.revision or "main", "commit": self.commit,
                 "fetched_bytes": self.fetcher.fetched_bytes, "needed_bytes": needed_bytes, "repo_bytes": self.repo_bytes}

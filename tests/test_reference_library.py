@@ -1,0 +1,289 @@
+"""A reference library: compact entries (a fingerprint and the model's source), a first pass
+that keeps every derived model and rules out independent ones, an exact stage whose answer is
+the exhaustive one, and a library published as a Hub dataset repo, read lazily and checked."""
+import json
+import os
+import shutil
+
+import factory
+import pytest
+import surgery
+import torch
+from hub_server import FakeHub
+from safetensors.torch import save_file
+
+from awm import cli, fingerprint, identification, library_entry, library_tasks
+from awm.errors import CheckpointError
+from awm.library import MANIFEST, Library, library_folder
+from awm.library_remote import file_facts
+from awm.readers import hub
+from awm.verdict import is_derived, load_reference
+
+CPU = torch.device("cpu")
+OPTIONS = library_tasks.options()
+HIDDEN, LAYERS, VOCAB = 96, 4, 900
+DERIVED = ("tuned", "pruned-width", "pruned-depth", "redrawn", "rotated", "weak")
+INDEPENDENT = ("other-1", "other-2", "other-3")
+
+
+def trained_like(seed):
+    """Random weights with what trained ones have and random ones lack: input dims of W_q / W_k
+    that differ in scale, and an anisotropic embedding."""
+    tensors = factory.random_llama_tensors(hidden=HIDDEN, layers=LAYERS, heads=4, kv_heads=2, vocab=VOCAB, seed=seed)
+    generator = torch.Generator().manual_seed(100 + seed)
+    for name in list(tensors):
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            tensors[name] = tensors[name] * torch.exp(0.7 * torch.randn(HIDDEN, generator=generator))
+    tensors["model.embed_tokens.weight"] += 3.0 * torch.randn(VOCAB, 1, generator=generator) * torch.randn(1, HIDDEN, generator=generator)
+    return tensors
+
+
+def tuned(tensors, seed, amount=0.05):
+    generator = torch.Generator().manual_seed(seed)
+    return {k: v + amount * v.std() * torch.randn(v.shape, generator=generator) for k, v in tensors.items()}
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    """A base, six kinds of derived model (fine-tuned, width- and depth-pruned, embedding
+    redrawn, residual stream rotated, attention mostly redrawn) and three independent models."""
+    root = tmp_path_factory.mktemp("family")
+    tokens = factory.anchored_tokens(VOCAB)
+    base = trained_like(0)
+    depth_pruned, depth = surgery.drop_layers(base, [2])
+    models = {
+        "base": (base, {}),
+        "tuned": (tuned(base, 1), {}),
+        "pruned-width": (surgery.prune_hidden(base, torch.arange(80)), {"hidden_size": 80, "head_dim": HIDDEN // 4}),
+        "pruned-depth": (depth_pruned, {"num_hidden_layers": depth}),
+        "redrawn": (surgery.redraw_embedding(base, torch.Generator().manual_seed(5)), {}),
+        "rotated": (surgery.rotate_residual(base, 6), {}),
+        "weak": (surgery.weak_positive(base, LAYERS, keep=0.2), {}),
+        **{name: (trained_like(10 + k), {}) for k, name in enumerate(INDEPENDENT)},
+    }
+    config = factory.llama_config(HIDDEN, LAYERS, 4, 2, VOCAB)
+    return {name: factory.write_safetensors_model(str(root / name), tensors, {**config, **changes}, tokens)
+            for name, (tensors, changes) in models.items()}
+
+
+def build(directory, family, names, exact=False):
+    outcomes = library_tasks.add_models([family[n] for n in names], str(directory), OPTIONS, CPU, exact=exact)
+    assert all("error" not in o for o in outcomes), outcomes
+    return str(directory)
+
+
+def entries_of(family):
+    return [n for n in family if n != "base"]
+
+
+def comparable(record):
+    record = json.loads(json.dumps(record))
+    for key in ("timings", "stage", "first_pass"):
+        record.pop(key, None)
+    return record
+
+
+def tree_of(results_dir):
+    tree = json.loads((results_dir / "lineage.json").read_text())["tree"]
+    return {node["name"]: sorted(p["name"] for p in node["parents"]) for node in tree["nodes"]}
+
+
+@pytest.fixture(scope="module")
+def compact(family, tmp_path_factory):
+    return build(tmp_path_factory.mktemp("compact") / "lib", family, entries_of(family))
+
+
+# ----------------------------------------------------------------------------- entries
+def test_a_compact_entry_is_a_fingerprint_and_a_source(compact, family, tmp_path):
+    entry = os.path.join(compact, "tuned")
+    assert sorted(os.listdir(entry)) == [library_entry.DIGEST_FILE, library_entry.FINGERPRINT_FILE]
+    record = library_entry.read_record(entry)
+    assert record["kind"] == "compact" and record["source"]["path"] == family["tuned"] and record["vocab"] is None
+    held = library_entry.read_fingerprint(entry)
+    assert len(held["anchors"]) == len(fingerprint.ANCHORS)              # the vocabulary holds every anchor
+    payload = fingerprint.payload_bytes(len(held["anchors"]), LAYERS)
+    size = os.path.getsize(os.path.join(entry, library_entry.FINGERPRINT_FILE))
+    assert payload < size < payload + 1024
+    manifest = Library(compact).manifest()
+    assert sorted(manifest["entries"]) == sorted(entries_of(family))
+    line = manifest["entries"]["tuned"]
+    assert line["kind"] == "compact" and line["source"] == record["source"] and set(line["files"]) == set(os.listdir(entry))
+    exact = build(tmp_path / "exact", family, ("tuned",), exact=True)
+    assert os.path.isfile(os.path.join(exact, "tuned", library_entry.KERNEL_FILE))
+    assert Library(exact).manifest()["entries"]["tuned"]["bytes"] > 5 * line["bytes"]
+
+
+def test_a_malformed_fingerprint_is_refused(compact, tmp_path):
+    entry = tmp_path / "entry"
+    shutil.copytree(os.path.join(compact, "tuned"), entry)
+    held = library_entry.read_fingerprint(str(entry))
+    for broken, why in (({**held, "anchors": held["anchors"].flip(0).short()}, "out of order"),
+                        ({**held, "anchor_gram": held["anchor_gram"][1:]}, "malformed"),
+                        ({**held, "anchors": held["anchors"].long()}, "wrong data types")):
+        save_file({k: v.contiguous() for k, v in broken.items()}, str(entry / library_entry.FINGERPRINT_FILE))
+        with pytest.raises(CheckpointError) as raised:
+            library_entry.read_fingerprint(str(entry))
+        assert why in str(raised.value) and library_entry.FINGERPRINT_FILE in str(raised.value)
+
+
+# ----------------------------------------------------------------------------- two stages
+def test_the_first_pass_keeps_every_derived_model_and_rules_out_the_independent(compact, family):
+    result = identification.identify(family["base"], compact, OPTIONS, CPU, load_reference(None))
+    assert sorted(r["model_b"]["name"] for r in result["matches"]) == sorted(DERIVED)
+    assert all(r["stage"] == "exact" and r["first_pass"]["candidate"] for r in result["matches"])
+    assert sorted(e["entry"] for e in result["ruled_out"]) == sorted(INDEPENDENT)
+    assert all(e["stage"] == "first pass" and not e["first_pass"]["candidate"] and "scores" not in e for e in result["ruled_out"])
+    assert all(is_derived(r["verdict"]) for r in result["matches"]), [(r["model_b"]["name"], r["verdict"]) for r in result["matches"]]
+
+
+def test_the_two_stages_give_the_exhaustive_answer(compact, family):
+    staged = identification.identify(family["tuned"], compact, OPTIONS, CPU, load_reference(None))
+    exhaustive = identification.identify(family["tuned"], compact, OPTIONS, CPU, load_reference(None), exhaustive=True)
+    assert len(exhaustive["matches"]) == len(entries_of(family)) and not exhaustive["ruled_out"]
+    by_entry = {r["model_b"]["name"]: r for r in exhaustive["matches"]}
+    assert [comparable(r) for r in staged["matches"]] == [comparable(by_entry[r["model_b"]["name"]]) for r in staged["matches"]]
+    assert [r["model_b"]["name"] for r in staged["matches"]] == [n for n in by_entry if n not in {e["entry"] for e in staged["ruled_out"]}]
+    assert staged["ruled_out"] and not any(is_derived(by_entry[e["entry"]]["verdict"]) for e in staged["ruled_out"])
+    assert staged["placement"] == exhaustive["placement"]
+
+
+def test_the_map_scores_only_candidate_pairs_and_draws_the_same_tree(family, tmp_path, capsys):
+    directory = build(tmp_path / "lib", family, list(family))
+    assert cli.main(["--library", directory, "--map", "--results_dir", str(tmp_path / "staged"), "--device", "cpu", "--quiet"]) == 0
+    assert "ruled out by the first pass" in capsys.readouterr().out
+    assert cli.main(["--library", directory, "--map", "--exhaustive", "--results_dir", str(tmp_path / "all"), "--device", "cpu", "--quiet"]) == 0
+    staged, everything = (json.loads((tmp_path / d / "scores.json").read_text()) for d in ("staged", "all"))
+    assert staged["complete"] and everything["complete"] and not everything["ruled_out"]
+    exact = {frozenset(r["pair"].split(" vs ")): r for r in everything["pairs"]}
+    ruled_out = {frozenset(entry["pair"].split(" vs ")) for entry in staged["ruled_out"]}
+    assert sorted(r["pair"] for r in staged["pairs"]) == sorted(r["pair"] for pair, r in exact.items() if pair not in ruled_out)
+    for pair, record in exact.items():
+        if "base" in pair and not pair & set(INDEPENDENT):      # parent and child: always scored exactly
+            assert pair not in ruled_out and is_derived(record["verdict"]), record["pair"]
+        if pair & set(INDEPENDENT):                             # an independent model: ruled out, and rightly
+            assert pair in ruled_out and not is_derived(record["verdict"]), record["pair"]
+    assert tree_of(tmp_path / "staged") == tree_of(tmp_path / "all")
+
+
+def test_a_compact_entry_whose_source_is_gone_is_reported_from_the_first_pass_only(family, tmp_path, capsys):
+    moved = tmp_path / "tuned-model"
+    shutil.copytree(family["tuned"], moved)
+    directory = build(tmp_path / "lib", {"tuned": str(moved), "other-1": family["other-1"]}, ("tuned", "other-1"))
+    shutil.rmtree(moved)
+    assert cli.main(["--library", directory, "--identify", family["base"], "--output", str(tmp_path / "out.json"),
+                     "--device", "cpu", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "first pass only: tuned-model: a candidate (" in printed and "source is gone" in printed
+    assert "1 entries ruled out" in printed
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["matches"] == [] and [e["entry"] for e in result["first_pass_only"]] == ["tuned-model"]
+    assert "scores" not in result["first_pass_only"][0] and "verdict" not in result["first_pass_only"][0]
+
+
+# ----------------------------------------------------------------------------- many models at once
+def test_add_takes_a_list_reports_each_model_and_goes_on(family, tmp_path, capsys):
+    listing = tmp_path / "bases.txt"
+    listing.write_text(f"# bases we know\n{family['base']}\n\n{tmp_path / 'missing'}   # gone\n{family['other-1']}\n")
+    directory = str(tmp_path / "lib")
+    assert cli.main(["--library", directory, "--add", str(listing), "--device", "cpu", "--quiet"]) == 2
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == "3 models: 2 added, 0 up to date, 1 failed"
+    assert any("missing: error: " in line and "does not exist" in line for line in printed)
+    assert sorted(Library(directory).entries()) == ["base", "other-1"]
+
+
+# ----------------------------------------------------------------------------- published on the Hub
+def publish(directory, target):
+    """What a team uploads: the library folder without its hidden working folders."""
+    shutil.copytree(directory, target, ignore=shutil.ignore_patterns(".*"))
+    return str(target)
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv(hub.HUB_CACHE_ENV, str(tmp_path / "hub-cache"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(hub, "RETRY_WAIT_S", 0.0)
+    with FakeHub() as server:
+        monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        yield server
+
+
+@pytest.fixture(scope="module")
+def mixed(family, tmp_path_factory):
+    """A library of compact entries and two exact ones (a derived and an independent model)."""
+    directory = build(tmp_path_factory.mktemp("mixed") / "lib", family, [n for n in entries_of(family) if n not in ("tuned", "other-1")])
+    return build(directory, family, ("tuned", "other-1"), exact=True)
+
+
+def test_a_published_library_answers_as_the_local_one_and_fetches_only_what_it_reads(mixed, family, fake_hub, tmp_path, capsys):
+    fake_hub.add("team/awm-bases", publish(mixed, tmp_path / "upload"), repo_type="dataset")
+    local = identification.identify(family["base"], mixed, OPTIONS, CPU, load_reference(None))
+    assert cli.main(["--library", "team/awm-bases", "--identify", family["base"], "--output", str(tmp_path / "remote.json"),
+                     "--device", "cpu", "--quiet"]) == 0
+    remote = json.loads((tmp_path / "remote.json").read_text())
+    assert [comparable(r) for r in remote["matches"]] == [comparable(r) for r in local["matches"]]
+    assert remote["ruled_out"] == local["ruled_out"]
+    fetched = {file for (repo, file) in fake_hub.sent if repo == "datasets/team/awm-bases"}
+    assert "tuned/kernels.safetensors" in fetched                  # an exact candidate: its kernels serve the exact stage
+    assert "other-1/kernels.safetensors" not in fetched            # ruled out: never fetched
+    assert {f"{n}/{library_entry.FINGERPRINT_FILE}" for n in entries_of(family)} <= fetched
+    sent = sum(fake_hub.sent.values())
+    assert cli.main(["--library", "hf://datasets/team/awm-bases", "--identify", family["base"], "--device", "cpu", "--quiet"]) == 0
+    assert sum(fake_hub.sent.values()) == sent                     # the second time, everything is in the cache
+    assert "best match: " in capsys.readouterr().out
+    assert cli.main(["--library", "team/awm-bases", "--add", family["base"], "--device", "cpu", "--quiet"]) == 2
+    assert "read-only" in capsys.readouterr().err
+
+
+def test_a_published_library_with_bad_entries_says_why_per_entry_and_goes_on(mixed, family, fake_hub, tmp_path, capsys):
+    upload = publish(mixed, tmp_path / "upload")
+    manifest_path = os.path.join(upload, MANIFEST)
+    manifest = json.loads(open(manifest_path).read())
+    lines = manifest["entries"]
+    lines["rotated"]["files"][library_entry.FINGERPRINT_FILE]["sha256"] = "0" * 64               # a lying checksum
+    lines["redrawn"]["files"][library_entry.FINGERPRINT_FILE]["size"] += 1                       # a lying size
+    record_path = os.path.join(upload, "weak", library_entry.DIGEST_FILE)                       # another entry format,
+    record = json.loads(open(record_path).read())                                               # honestly listed
+    record["entry_format"] -= 1
+    with open(record_path, "w") as handle:
+        json.dump(record, handle)
+    lines["weak"]["files"][library_entry.DIGEST_FILE] = file_facts(record_path)
+    del lines["other-3"]["files"][library_entry.DIGEST_FILE]                                    # a file the manifest omits
+    with open(manifest_path, "w") as handle:
+        json.dump(manifest, handle)
+    fake_hub.add("team/awm-bases", upload, repo_type="dataset")
+    fake_hub.faults.append({"kind": "short", "times": 100, "files": f"pruned-depth/{library_entry.FINGERPRINT_FILE}"})
+    before = {p: open(os.path.join(mixed, p), "rb").read() for p in (MANIFEST, "tuned/digest.json")}
+    assert cli.main(["--library", "team/awm-bases", "--identify", family["base"], "--device", "cpu", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    reasons = {line.split(": ", 2)[1]: line for line in printed.splitlines() if line.startswith("  not compared: ")}
+    assert sorted(reasons) == ["other-3", "pruned-depth", "redrawn", "rotated", "weak"]
+    assert "SHA-256 differs from the manifest" in reasons["rotated"]
+    assert "the manifest says" in reasons["redrawn"]
+    assert "entry format" in reasons["weak"] and "rebuild it with --add" in reasons["weak"]
+    assert "not in the library's manifest" in reasons["other-3"]
+    assert "transfer failed" in reasons["pruned-depth"]
+    assert "best match: " in printed and "tuned" in printed
+    cache = os.path.join(str(tmp_path / "hub-cache"), "libraries", "team--awm-bases")
+    kept = [os.path.relpath(os.path.join(r, f), cache) for r, _, files in os.walk(cache) for f in files]
+    assert not any(k.endswith(("rotated/" + library_entry.FINGERPRINT_FILE, ".unchecked")) or ".part-" in k for k in kept)
+    assert before == {p: open(os.path.join(mixed, p), "rb").read() for p in before}
+
+
+def test_an_entry_built_from_the_hub_is_scored_exactly_from_the_hub(family, fake_hub, tmp_path):
+    fake_hub.add("lab/tuned-model", family["tuned"])
+    directory = str(tmp_path / "lib")
+    library_tasks.add_models(["lab/tuned-model", family["other-1"]], directory, OPTIONS, CPU)
+    record = library_entry.read_record(os.path.join(directory, "lab--tuned-model"))
+    assert record["source"]["hub_repo"] == "lab/tuned-model" and len(record["source"]["commit"]) == 40
+    fake_hub.add("team/awm-bases", publish(directory, tmp_path / "upload"), repo_type="dataset")
+    shutil.rmtree(tmp_path / "hub-cache" / "models--lab--tuned-model")          # another machine: nothing cached
+    sent_before = fake_hub.weight_bytes_sent("lab/tuned-model")
+    result = identification.identify(family["base"], library_folder("team/awm-bases"), OPTIONS, CPU, load_reference(None))
+    assert [r["model_b"]["name"] for r in result["matches"]] == ["lab--tuned-model"] and is_derived(result["matches"][0]["verdict"])
+    assert fake_hub.weight_bytes_sent("lab/tuned-model") > sent_before     # read again, by byte ranges
+    assert [e["entry"] for e in result["ruled_out"]] == ["other-1"]
