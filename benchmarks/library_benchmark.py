@@ -3,6 +3,8 @@
 
     python benchmarks/library_benchmark.py --preset llama2-7b --entries 8
 
+The exact stage's cost: entries added with their kernels (--exact), every entry scored.
+
 Writes the benchmark's synthetic models (benchmarks/benchmark.py: every tensor of the real
 architecture): a base, then alternately independent models and derived siblings of the base
 (fine-tuned copies, hidden dims permuted), up to `--entries`, and a derived suspect. Then it
@@ -85,10 +87,13 @@ def main():
     library = os.path.join(args.dir, f"library-{args.preset}")
     shutil.rmtree(library, ignore_errors=True)
     device = "torch.device('cpu')"
-    added = in_fresh_process(f"library_tasks.add_models({entries!r}, {library!r}, library_tasks.options(), {device})", args.threads)
+    # Exact entries, every entry scored: the exact stage's own cost (benchmarks/reference_library.py
+    # measures the first pass and compact entries).
+    added = in_fresh_process(f"library_tasks.add_models({entries!r}, {library!r}, library_tasks.options(), {device}, exact=True)", args.threads)
     sizes = {n: folder_bytes(os.path.join(library, n)) for n in os.listdir(library) if os.path.isdir(os.path.join(library, n)) and not n.startswith(".")}
     suspect = in_fresh_process(f"library.Library({library!r}).add({paths['derived']!r}, library_tasks.options(), {device}, suspect=True)", args.threads)
-    found = in_fresh_process(f"identification.identify({paths['derived']!r}, {library!r}, library_tasks.options(), {device}, load_reference(None))", args.threads)
+    found = in_fresh_process(f"identification.identify({paths['derived']!r}, {library!r}, library_tasks.options(), {device}, "
+                             "load_reference(None), exhaustive=True)", args.threads)
     weighed = entries[:args.weights_pairs or len(entries)]
     from_weights = [in_fresh_process(f"awm.compare({paths['derived']!r}, {e!r}, device='cpu').to_dict()", args.threads) for e in weighed]
 

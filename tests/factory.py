@@ -93,6 +93,18 @@ def make_llama(directory, hidden=64, layers=4, heads=4, kv_heads=2, vocab=300, s
     return tensors
 
 
+def structured_llama_tensors(hidden=96, layers=4, heads=4, kv_heads=2, vocab=900, seed=0):
+    """Random weights with what trained ones have and random ones lack: input dims of W_q / W_k
+    that differ in scale (layer spectra of their own), and an anisotropic embedding."""
+    tensors = random_llama_tensors(hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, vocab=vocab, seed=seed)
+    generator = torch.Generator().manual_seed(100 + seed)
+    for name in list(tensors):
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            tensors[name] = tensors[name] * torch.exp(0.7 * torch.randn(hidden, generator=generator))
+    tensors["model.embed_tokens.weight"] += 3.0 * torch.randn(vocab, 1, generator=generator) * torch.randn(1, hidden, generator=generator)
+    return tensors
+
+
 def anisotropic_llama_tensors(hidden=128, layers=4, heads=4, kv_heads=2, vocab=3000, seed=0, strength=3.0):
     """Independent weights with the anisotropy of trained small models: every embedding column
     carries one token-space profile shared by all models (think token frequency), with its own

@@ -27,15 +27,7 @@ INDEPENDENT = ("other-1", "other-2", "other-3")
 
 
 def trained_like(seed):
-    """Random weights with what trained ones have and random ones lack: input dims of W_q / W_k
-    that differ in scale, and an anisotropic embedding."""
-    tensors = factory.random_llama_tensors(hidden=HIDDEN, layers=LAYERS, heads=4, kv_heads=2, vocab=VOCAB, seed=seed)
-    generator = torch.Generator().manual_seed(100 + seed)
-    for name in list(tensors):
-        if name.endswith(("q_proj.weight", "k_proj.weight")):
-            tensors[name] = tensors[name] * torch.exp(0.7 * torch.randn(HIDDEN, generator=generator))
-    tensors["model.embed_tokens.weight"] += 3.0 * torch.randn(VOCAB, 1, generator=generator) * torch.randn(1, HIDDEN, generator=generator)
-    return tensors
+    return factory.structured_llama_tensors(hidden=HIDDEN, layers=LAYERS, vocab=VOCAB, seed=seed)
 
 
 def tuned(tensors, seed, amount=0.05):
