@@ -57,13 +57,17 @@ def fold_norm_gains(state, layers):
     for i in range(layers):
         for norm, projections in readers.items():
             gain_name = LAYER.format(i=i) + f"{norm}.weight"
+            if gain_name not in state:              # a partial state (only the tensors the score reads)
+                continue
             gain = state[gain_name]
             for projection in projections:
                 name = LAYER.format(i=i) + f"{projection}.weight"
-                out[name] = state[name] * gain[None, :]
+                if name in state:
+                    out[name] = state[name] * gain[None, :]
             out[gain_name] = torch.ones_like(gain)
-    out["lm_head.weight"] = state["lm_head.weight"] * state["model.norm.weight"][None, :]
-    out["model.norm.weight"] = torch.ones_like(state["model.norm.weight"])
+    if "model.norm.weight" in state:
+        out["lm_head.weight"] = state["lm_head.weight"] * state["model.norm.weight"][None, :]
+        out["model.norm.weight"] = torch.ones_like(state["model.norm.weight"])
     return out
 
 
@@ -129,6 +133,6 @@ def rotate_residual(state, layers, rotation):
         out[name] = state[name] @ rotation
     for name in _layer_names(state, layers, WRITES_RESIDUAL):
         out[name] = rotation.t() @ state[name]
-    for name in _layer_names(state, layers, NORMS) + ["model.norm.weight"]:
+    for name in _layer_names(state, layers, NORMS) + [n for n in ("model.norm.weight",) if n in state]:
         out[name] = torch.ones(rotation.shape[1])
     return out

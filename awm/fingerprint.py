@@ -1,7 +1,7 @@
 """A compact fingerprint of a model, for a first pass over thousands of library entries.
 
 Two summaries, each invariant to what the exact comparison aligns away (permutation, sign,
-scale and rotation of the hidden space) and each a few hundred kilobytes:
+scale and rotation of the hidden space); together about 0.3 MB whatever the model's size:
 
 - the **anchor Gram**: cosines between the embedding rows of a fixed list of anchor strings
   that almost every tokenizer holds (ASCII characters, common words with and without a
@@ -10,23 +10,27 @@ scale and rotation of the hidden space) and each a few hundred kilobytes:
   models share the broad semantic outline those directions carry (raw cosines correlate up to
   0.8 between same-corpus twins); without them they share nothing (at most 0.02 measured),
   while a model that inherited its embedding keeps its fine geometry (0.27 after heavy
-  continued pre-training, mostly above 0.8);
+  continued pre-training, mostly above 0.8). Stored as int8 (steps of 1/127), upper triangle;
 - the **layer spectra**: per layer, the normalised log singular values of W_q, W_k and the QK
   circuit (the circuit with norm gains folded: also invariant to the disguises the QK-circuit
-  score survives). A model that inherited its body keeps at least one of them to a fraction of
-  a percent.
+  score survives). A model that inherited its body keeps at least one of them within 0.005
+  (measured), where independently trained twins differ by 0.087 or more.
 
-The first pass calls an entry a candidate when either summary is close to the suspect's; the
-thresholds are calibrated on trained models (docs/library.md) so that no derived pair is
-ruled out. Everything it rules out is independent by that evidence only, and said so.
+The first pass calls an entry a candidate when either summary is close to the suspect's, or
+when the two share too few anchors for the embedding summary to speak; the thresholds are
+calibrated on trained models (docs/library.md) so that no derived pair is ruled out.
+Everything it rules out is independent by that evidence only, and said so.
 """
+import functools
+
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
 from awm.alignment import common_axes
 
-SPECTRUM = 64              # singular values kept per matrix
+SPECTRUM = 64              # singular values kept per matrix (at most)
+NEGLIGIBLE = float(np.log(1e-3))   # singular values below this fraction of the largest are left out
 MIN_ANCHORS = 64           # fewer common anchors leave the embedding summary out of the first pass
 # Calibrated on the calibration zoo and the test families (docs/library.md): every derived pair
 # is a candidate by at least one summary, with margin.
@@ -79,10 +83,17 @@ def pack_gram(gram):
     return (gram[upper[0], upper[1]] * 127).round().clamp(-127, 127).to(torch.int8)
 
 
-def unpack_gram(packed, count):
-    gram = np.zeros((count, count), dtype=np.float32)
-    gram[np.triu_indices(count, 1)] = packed.numpy().astype(np.float32) / 127
-    return gram + gram.T
+def packed_positions(where, count):
+    """Positions in a packed strict upper triangle of size `count` of the pairs (where[i],
+    where[j]), i < j, for increasing `where`: the packed Gram of those anchors alone."""
+    rows, cols = _upper_pairs(len(where))
+    i, j = where.astype(np.int64)[rows], where.astype(np.int64)[cols]
+    return i * count - i * (i + 1) // 2 + (j - i - 1)
+
+
+@functools.lru_cache(maxsize=8)
+def _upper_pairs(size):
+    return np.triu_indices(size, 1)
 
 
 def _mean_row(embedding, block=8192):
@@ -109,14 +120,19 @@ def _top_singular_values(matrix, count, symmetric):
 
 
 def layer_spectra(kernels):
-    """(3, SPECTRUM) normalised log singular values of W_q, W_k and the QK circuit (NaN where a
-    matrix is missing or has fewer values)."""
+    """(3, SPECTRUM) normalised log singular values of W_q, W_k and the QK circuit: the top
+    quarter of each spectrum at most, above 1e-3 of the largest (NaN beyond, and where a matrix
+    is missing). The tail of a square matrix's spectrum sits near zero and the values past a
+    matrix's rank are rounding noise: any change moves their logarithms, so they say nothing."""
     spectra = torch.full((3, SPECTRUM), float("nan"))
     for row, (matrix, symmetric) in enumerate(((kernels.query, True), (kernels.key, True), (kernels.circuit, False))):
         if matrix is None:
             continue
-        values = _top_singular_values(matrix, SPECTRUM, symmetric).double().cpu().clamp_min(1e-30)
-        spectra[row, :len(values)] = (values.log() - values[0].log()).float()
+        count = min(SPECTRUM, max(1, matrix.shape[0] // 4))
+        values = _top_singular_values(matrix, count, symmetric).double().cpu().clamp_min(1e-30)
+        logs = values.log() - values[0].log()
+        logs[logs < NEGLIGIBLE] = float("nan")
+        spectra[row, :len(values)] = logs.float()
     return spectra
 
 
@@ -129,15 +145,20 @@ def payload_bytes(anchors, layers):
 # ----------------------------------------------------------------------------- the first pass
 def embedding_similarity(indices_a, packed_a, indices_b, packed_b):
     """Correlation of the two packed anchor Grams over the anchors both hold (None below MIN_ANCHORS)."""
-    common, where_a, where_b = np.intersect1d(indices_a.numpy(), indices_b.numpy(), return_indices=True)
-    if len(common) < MIN_ANCHORS:
-        return None
-    upper = np.triu_indices(len(common), 1)
-    a = unpack_gram(packed_a, len(indices_a))[np.ix_(where_a, where_a)][upper]
-    b = unpack_gram(packed_b, len(indices_b))[np.ix_(where_b, where_b)][upper]
-    if a.std() == 0 or b.std() == 0:
-        return 0.0
-    return float(np.corrcoef(a, b)[0, 1])
+    if len(indices_a) == len(indices_b) and bool((indices_a == indices_b).all()):
+        if len(indices_a) < MIN_ANCHORS:
+            return None
+        a, b = packed_a.numpy(), packed_b.numpy()            # the same anchors: the packed Grams align as they are
+    else:
+        common, where_a, where_b = np.intersect1d(indices_a.numpy(), indices_b.numpy(), return_indices=True)
+        if len(common) < MIN_ANCHORS:
+            return None
+        a = packed_a.numpy()[packed_positions(where_a, len(indices_a))]
+        b = packed_b.numpy()[packed_positions(where_b, len(indices_b))]
+    a, b = a.astype(np.float32), b.astype(np.float32)
+    a, b = a - a.mean(), b - b.mean()
+    scale = float(np.sqrt(np.dot(a, a) * np.dot(b, b)))
+    return float(np.dot(a, b) / scale) if scale > 0 else 0.0
 
 
 def body_distance(spectra_a, spectra_b):

@@ -12,13 +12,13 @@ import re
 from awm.atomic import write_json_atomic
 from awm.errors import CheckpointError, SourceUnavailable
 from awm.library_remote import Mirror, file_facts, mirror, parse_library_reference
-from awm.library_entry import (DIGEST_FILE, ENTRY_FORMAT, EXACT, FINGERPRINT_FILE, KERNEL_FILE, StoredDigest, build_entry,
+from awm.library_entry import (DIGEST_FILE, ENTRY_FORMAT, EXACT, FINGERPRINT_FILE, KERNEL_FILE, VOCAB_FILE, StoredDigest, build_entry,
                                is_current, read_record)
 from awm.version import VERSION
 
 MARKER, MANIFEST = "awm-library.json", "manifest.json"
 SUSPECTS, PAIRS = ".suspects", ".pairs"       # the suspects' digests and scored pairs, beside the entries
-ENTRY_FILES = (DIGEST_FILE, FINGERPRINT_FILE, KERNEL_FILE)
+ENTRY_FILES = (DIGEST_FILE, FINGERPRINT_FILE, VOCAB_FILE, KERNEL_FILE)
 
 
 def _marker(path):
@@ -190,7 +190,7 @@ class Library:
         record = record if record is not None else read_record(entry)
         if record["kind"] == EXACT and is_current(record):
             if self.mirror and not suspect:
-                self.mirror.ensure(name, (KERNEL_FILE,))
+                self.mirror.ensure(name, (VOCAB_FILE, KERNEL_FILE))
             return StoredDigest(entry, device, record)
         stored = "" if record["kind"] != EXACT else f" (its kernels are from awm {record['version']})"
         why = source_unchanged(record["source"])

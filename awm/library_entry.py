@@ -2,11 +2,13 @@
 how it is read back.
 
 An entry is a folder holding `digest.json` (tool version, the source and how to tell that it
-changed, the model's description and vocabulary) and `kernels.safetensors` (the embedding in
-its stored precision; per layer the W_q and W_k Grams as their upper row blocks and the QK
-circuit, all float32; the W_q and W_k of a few layers as stored, with their input norm gain,
-for the body-weights test and the family tree). These are exactly the matrices a comparison from the weights computes,
-so a score from an entry equals the score from the weights. Entries are built in a scratch
+changed, the model's description) and `fingerprint.safetensors` (the first pass's compact
+summary, awm.fingerprint). An exact entry adds `vocab.json` (the vocabulary) and
+`kernels.safetensors` (the embedding in its stored precision; per layer the W_q and W_k Grams
+as their upper row blocks and the QK circuit, all float32; the W_q and W_k of a few layers as
+stored, with their input norm gain, for the body-weights test and the family tree). These are
+exactly the matrices a comparison from the weights computes, so a score from an exact entry
+equals the score from the weights. Entries are built in a scratch
 folder and renamed into place: a reader never sees half an entry, and builders running at
 the same time do not collide.
 """
@@ -25,13 +27,14 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from awm import body_rows, cka, fingerprint
-from awm.atomic import write_json_atomic
+from awm.atomic import usual_mode, write_json_atomic
 from awm.digest import LayerKernels, ModelDigest
 from awm.errors import CheckpointError
 from awm.readers import checkpoint_files as files
 from awm.version import VERSION
 
-DIGEST_FILE, KERNEL_FILE, FINGERPRINT_FILE = "digest.json", "kernels.safetensors", "fingerprint.safetensors"
+DIGEST_FILE, FINGERPRINT_FILE = "digest.json", "fingerprint.safetensors"
+KERNEL_FILE, VOCAB_FILE = "kernels.safetensors", "vocab.json"          # exact entries only
 ENTRY_FORMAT = 3
 COMPACT, EXACT = "compact", "exact"         # an entry's kind: the fingerprint alone, or the kernels too
 DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
@@ -126,6 +129,18 @@ def decode_vocab(encoded):
     return vocab
 
 
+def read_vocab(entry):
+    """An exact entry's vocabulary (None for a model that has none)."""
+    path = os.path.join(entry, VOCAB_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return decode_vocab(json.load(handle))
+    except OSError as err:
+        raise CheckpointError(path, f"library entry is incomplete ({err.strerror})") from None
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(path, "library entry has a corrupt vocabulary") from None
+
+
 # ----------------------------------------------------------------------------- one entry
 def build_entry(folder, name, checkpoint, identity, options, device, progress=False, exact=False):
     """Digest a model into `folder/name` (built aside, renamed into place); returns the path.
@@ -134,7 +149,7 @@ def build_entry(folder, name, checkpoint, identity, options, device, progress=Fa
     record = {"tool": "awm", "version": VERSION, "entry_format": ENTRY_FORMAT, "name": name, "kind": EXACT if exact else COMPACT,
               "build_id": uuid.uuid4().hex, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "source": identity, "options": options, "meta": digest.meta, "hidden_size": digest.hidden_size,
-              "num_layers": digest.num_layers, "vocab": encode_vocab(digest.vocab) if exact else None}
+              "num_layers": digest.num_layers}
     anchors, anchor_gram = fingerprint.anchor_gram(digest.vocab, digest.embedding)
     os.makedirs(folder, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix=f".building-{name}-", dir=folder)
@@ -156,7 +171,10 @@ def build_entry(folder, name, checkpoint, identity, options, device, progress=Fa
                 os.fsync(handle.fileno())
         save_file({"anchors": anchors, "anchor_gram": fingerprint.pack_gram(anchor_gram), "spectra": torch.stack(spectra)},
                   os.path.join(scratch, FINGERPRINT_FILE), metadata={"format": "awm-fingerprint", "entry": name})
+        if exact:
+            write_json_atomic(os.path.join(scratch, VOCAB_FILE), encode_vocab(digest.vocab))
         write_json_atomic(os.path.join(scratch, DIGEST_FILE), record)
+        usual_mode(scratch)
         return publish(scratch, os.path.join(folder, name))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -263,10 +281,7 @@ class StoredDigest:
         self.hidden_size, self.num_layers = int(record["hidden_size"]), int(record["num_layers"])
         self.with_circuit = bool(record["options"]["with_circuit"])
         self.precision = record["options"]["precision"]
-        try:
-            self.vocab = decode_vocab(record.get("vocab"))
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(os.path.join(entry, DIGEST_FILE), "library entry has a corrupt vocabulary") from None
+        self.vocab = read_vocab(entry)
         self.path = os.path.join(entry, KERNEL_FILE)
         self.tensors = files.read_safetensors_header(self.path) if os.path.isfile(self.path) else None
         if self.tensors is None:

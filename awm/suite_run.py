@@ -97,7 +97,9 @@ class SuiteRun:
             taken = {}
             paths = list(dict.fromkeys(p for pair in self.pairs for p in (pair.path_a, pair.path_b)))
             wanted = {path: library_tasks.entry_name_for(path, taken) for path in paths}
-            for path, outcome in zip(paths, library_tasks.add_models_named(wanted, library, self.options, self.device, self.executor, self.progress)):
+            # Exact entries: a suite scores each model against several others.
+            added = library_tasks.add_models_named(wanted, library, self.options, self.device, self.executor, self.progress, exact=True)
+            for path, outcome in zip(paths, added):
                 if "error" in outcome:
                     failed[path] = outcome["error"]
                 else:

@@ -54,18 +54,18 @@ DTYPE_BYTES = {"F16": 2, "BF16": 2}
 # ----------------------------------------------------------------------------- sizes
 def weight_bytes(preset):
     p = benchmark.PRESETS[preset]
-    return sum(int(torch.tensor(shape).prod()) for _, shape in benchmark.tensor_shapes(p)) * DTYPE_BYTES[p["dtype"]]
+    return sum(torch.Size(shape).numel() for shape in benchmark.tensor_shapes(p).values()) * DTYPE_BYTES[p["dtype"]]
 
 
 def kernel_bytes(preset):
-    """An exact entry's kernels (library_entry.kernel_layout) without building them: the float32
-    embedding, per layer the packed W_q and W_k Grams and the QK circuit, and the raw W_q / W_k
-    rows of four layers in their stored dtype."""
+    """An exact entry's kernels (library_entry.kernel_layout) without building them: the
+    embedding and the raw W_q / W_k rows of four layers in their stored dtype, per layer the
+    packed W_q and W_k Grams and the QK circuit in float32."""
     p = benchmark.PRESETS[preset]
     hidden, layers, head_dim = p["hidden"], p["layers"], p["hidden"] // p["heads"]
     packed = hidden * (hidden + 1) // 2
     rows = 4 * ((p["heads"] + p["kv"]) * head_dim * hidden * DTYPE_BYTES[p["dtype"]] + 4 * hidden)
-    return 4 * (p["vocab"] * hidden + layers * (2 * packed + hidden * hidden)) + rows
+    return DTYPE_BYTES[p["dtype"]] * p["vocab"] * hidden + 4 * layers * (2 * packed + hidden * hidden) + rows
 
 
 def sizes(model, work):
@@ -218,13 +218,14 @@ def identify_at_scale(work, families, exhaustive_suspects):
                "first_pass_candidates": len(staged["matches"]) + len(staged["first_pass_only"]), "ruled_out": len(staged["ruled_out"]),
                "not_compared": len(staged["not_compared"]), "derived_found": len(derived_answer(staged)),
                "best_match": next((r["model_b"]["name"] for r in staged["matches"] if is_derived(r["verdict"])), None)}
-        if name in exhaustive_suspects:
+        if exhaustive_suspects is None or name in exhaustive_suspects:
             shutil.rmtree(os.path.join(directory, ".pairs"), ignore_errors=True)
             started = time.perf_counter()
             everything = identification.identify(path, directory, OPTIONS, CPU, load_reference(None), exhaustive=True)
             row["exhaustive_seconds"] = round(time.perf_counter() - started, 1)
             row["ratio"] = round(staged_seconds / row["exhaustive_seconds"], 4)
             row["same_answer"] = derived_answer(staged) == derived_answer(everything) and staged["placement"] == everything["placement"]
+            row["derived_missed"] = sorted(set(derived_answer(everything)) - set(derived_answer(staged)))
         print(json.dumps(row), flush=True)
         rows.append(row)
     screen_started = time.perf_counter()
@@ -244,14 +245,14 @@ def main():
     parser.add_argument("--root", help="the calibration zoo (benchmarks/calibration_zoo.py --root); without it, no recall on the zoo")
     parser.add_argument("--dir", default=os.path.join(ROOT, "bench_out", "reference"))
     parser.add_argument("--families", type=int, default=50, help="families of 20 small models in the library (default 50: 1,000 entries)")
-    parser.add_argument("--exhaustive", nargs="*", default=["suspect-f000-tuned", "suspect-independent-1"],
-                        help="suspects also identified exhaustively (every entry scored), for the ratio")
+    parser.add_argument("--exhaustive", nargs="*", help="the suspects also identified exhaustively (every entry scored), "
+                                                        "for the ratio and the answer (default: all)")
     parser.add_argument("--json", default=os.path.join(ROOT, "asset", "reference_library.json"))
     args = parser.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     result = {"first_pass_cost": first_pass_cost()}
     print(json.dumps(result["first_pass_cost"]), flush=True)
-    result["scale"] = identify_at_scale(args.dir, args.families, set(args.exhaustive))
+    result["scale"] = identify_at_scale(args.dir, args.families, args.exhaustive)
     result["sizes"] = sizes(os.path.join(args.dir, "models", "f000-base"), args.dir)
     print(json.dumps(result["sizes"], indent=1), flush=True)
     if args.root:

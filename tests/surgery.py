@@ -2,6 +2,8 @@
 and a mostly re-drawn attention do to a parent. The tests and the calibration zoo use them."""
 import torch
 
+from awm import disguise
+
 
 def prune_hidden(state, keep):
     """Keep only the residual dims in `keep` in every tensor that reads or writes the residual."""
@@ -89,16 +91,8 @@ def with_embedding(state, donor):
 
 
 def rotate_residual(state, seed):
-    """Norm gains folded into W_q / W_k, then the residual stream rotated: E Q, W Q (only the
-    tensors the score reads)."""
+    """The residual stream rotated by a random orthogonal matrix (awm.disguise.rotate_residual:
+    norm gains folded, E Q, W Q), for states holding only some of a model's tensors."""
     hidden = state["model.embed_tokens.weight"].shape[1]
     layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("model.layers."))
-    rotation = torch.linalg.qr(torch.randn(hidden, hidden, generator=torch.Generator().manual_seed(seed)))[0]
-    rotated = {"model.embed_tokens.weight": state["model.embed_tokens.weight"] @ rotation}
-    for layer in range(layers):
-        prefix = f"model.layers.{layer}."
-        gain = state[prefix + "input_layernorm.weight"]
-        for projection in ("q_proj", "k_proj"):
-            rotated[prefix + f"self_attn.{projection}.weight"] = (state[prefix + f"self_attn.{projection}.weight"] * gain) @ rotation
-        rotated[prefix + "input_layernorm.weight"] = torch.ones(hidden)
-    return rotated
+    return disguise.rotate_residual(state, layers, disguise.random_rotation(hidden, torch.Generator().manual_seed(seed)))

@@ -12,7 +12,7 @@ import torch
 from hub_server import FakeHub
 from safetensors.torch import save_file
 
-from awm import cli, fingerprint, identification, library_entry, library_tasks
+from awm import cli, fingerprint, identification, library, library_entry, library_tasks
 from awm.errors import CheckpointError
 from awm.library import MANIFEST, Library, library_folder
 from awm.library_remote import file_facts
@@ -90,7 +90,7 @@ def test_a_compact_entry_is_a_fingerprint_and_a_source(compact, family, tmp_path
     entry = os.path.join(compact, "tuned")
     assert sorted(os.listdir(entry)) == [library_entry.DIGEST_FILE, library_entry.FINGERPRINT_FILE]
     record = library_entry.read_record(entry)
-    assert record["kind"] == "compact" and record["source"]["path"] == family["tuned"] and record["vocab"] is None
+    assert record["kind"] == "compact" and record["source"]["path"] == family["tuned"] and "vocab" not in record
     held = library_entry.read_fingerprint(entry)
     assert len(held["anchors"]) == len(fingerprint.ANCHORS)              # the vocabulary holds every anchor
     payload = fingerprint.payload_bytes(len(held["anchors"]), LAYERS)
@@ -101,8 +101,15 @@ def test_a_compact_entry_is_a_fingerprint_and_a_source(compact, family, tmp_path
     line = manifest["entries"]["tuned"]
     assert line["kind"] == "compact" and line["source"] == record["source"] and set(line["files"]) == set(os.listdir(entry))
     exact = build(tmp_path / "exact", family, ("tuned",), exact=True)
-    assert os.path.isfile(os.path.join(exact, "tuned", library_entry.KERNEL_FILE))
-    assert Library(exact).manifest()["entries"]["tuned"]["bytes"] > 5 * line["bytes"]
+    assert sorted(os.listdir(os.path.join(exact, "tuned"))) == sorted(library.ENTRY_FILES)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path, mode in ((entry, 0o777), (os.path.join(entry, library_entry.DIGEST_FILE), 0o666), (os.path.join(compact, MANIFEST), 0o666)):
+        assert os.stat(path).st_mode & 0o777 == mode & ~umask, path        # a shared library is readable by its team
+    exact_line = Library(exact).manifest()["entries"]["tuned"]
+    for folder, listed in ((entry, line), (os.path.join(exact, "tuned"), exact_line)):
+        assert listed["bytes"] == sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
+    assert exact_line["kind"] == "exact" and exact_line["bytes"] > line["bytes"]
 
 
 def test_a_malformed_fingerprint_is_refused(compact, tmp_path):
@@ -149,11 +156,12 @@ def test_the_map_scores_only_candidate_pairs_and_draws_the_same_tree(family, tmp
     exact = {frozenset(r["pair"].split(" vs ")): r for r in everything["pairs"]}
     ruled_out = {frozenset(entry["pair"].split(" vs ")) for entry in staged["ruled_out"]}
     assert sorted(r["pair"] for r in staged["pairs"]) == sorted(r["pair"] for pair, r in exact.items() if pair not in ruled_out)
+    with_independent = [pair for pair in exact if pair & set(INDEPENDENT)]
     for pair, record in exact.items():
         if "base" in pair and not pair & set(INDEPENDENT):      # parent and child: always scored exactly
             assert pair not in ruled_out and is_derived(record["verdict"]), record["pair"]
-        if pair & set(INDEPENDENT):                             # an independent model: ruled out, and rightly
-            assert pair in ruled_out and not is_derived(record["verdict"]), record["pair"]
+    assert not any(is_derived(exact[pair]["verdict"]) for pair in with_independent)
+    assert sum(pair in ruled_out for pair in with_independent) > len(with_independent) / 2     # most never reach the exact stage
     assert tree_of(tmp_path / "staged") == tree_of(tmp_path / "all")
 
 
