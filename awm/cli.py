@@ -223,6 +223,10 @@ def model_references(arguments):
 
 
 def dispatch(args):
+    if args.exact and not args.add:
+        raise AwmError("--exact goes with --add (it decides what an entry stores)")
+    if args.exhaustive and not (args.identify or args.map):
+        raise AwmError("--exhaustive goes with --identify or --map")
     if args.list_suites:
         from awm import configs
 

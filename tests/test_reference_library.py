@@ -190,6 +190,9 @@ def test_add_takes_a_list_reports_each_model_and_goes_on(family, tmp_path, capsy
     assert printed[-1] == "3 models: 2 added, 0 up to date, 1 failed"
     assert any("missing: error: " in line and "does not exist" in line for line in printed)
     assert sorted(Library(directory).entries()) == ["base", "other-1"]
+    for misplaced in (["--identify", family["base"], "--exact"], ["--add", family["base"], "--exhaustive"]):
+        assert cli.main(["--library", directory, *misplaced, "--device", "cpu", "--quiet"]) == 2
+        assert "goes with" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- published on the Hub
