@@ -141,8 +141,10 @@ def identify_lines(result):
     screened = len(result["matches"]) + len(result.get("ruled_out", ())) + len(result.get("first_pass_only", ()))
     lines = [f"suspect {result['suspect']} against {screened + len(result['not_compared'])} entries of {result['library']}"]
     if result.get("ruled_out") is not None:
+        linked = sum("via" in (r.get("first_pass") or {}) for r in result["matches"] + result.get("first_pass_only", []))
+        through = f" ({linked} through a relative found derived)" if linked else ""
         lines.append(f"  first pass: {len(result['ruled_out'])} entries ruled out as independent, "
-                     f"{len(result['matches']) + len(result.get('first_pass_only', ()))} to the exact stage")
+                     f"{len(result['matches']) + len(result.get('first_pass_only', ()))} to the exact stage{through}")
     if result["matches"]:
         lines.append(f"  {'rank':>4}  {'entry':40s} {'AWM':>10} {'QK-circuit':>10}  {'dims confirmed':>15}  verdict"
                      "   (exact scores, under the alignment each verdict rests on)")

@@ -13,8 +13,9 @@ scale and rotation of the hidden space); together about 0.3 MB whatever the mode
   continued pre-training, mostly above 0.8). Stored as int8 (steps of 1/127), upper triangle;
 - the **layer spectra**: per layer, the normalised log singular values of W_q, W_k and the QK
   circuit (the circuit with norm gains folded: also invariant to the disguises the QK-circuit
-  score survives). A model that inherited its body keeps at least one of them within 0.005
-  (measured), where independently trained twins differ by 0.087 or more.
+  score survives). A model that inherited its body keeps at least one of them within 0.03
+  (0.0011 with a new embedding or a rotation; measured), where independently trained twins
+  differ by 0.087 or more.
 
 The first pass calls an entry a candidate when either summary is close to the suspect's, or
 when the two share too few anchors for the embedding summary to speak; the thresholds are
@@ -36,6 +37,11 @@ MIN_ANCHORS = 64           # fewer common anchors leave the embedding summary ou
 # is a candidate by at least one summary, with margin.
 EMBEDDING_CANDIDATE = 0.1      # residual anchor-Gram correlation at or above: a candidate
 BODY_CANDIDATE = 0.05          # mean |difference| of the closest kind of normalised log spectra at or below
+# Links through a relative (screening.reach) need what inheritance leaves, measured on the zoo:
+# inherited embeddings correlate 0.27 or more; bodies of the parent's shape stay within 0.0096
+# (a fine-tune), where the chance matches of synthetic near-random bodies start at 0.0177.
+LINK_EMBEDDING = 0.2
+LINK_BODY = 0.015
 
 _WORDS = """the of and to in is was that for on as with by at it from his be an are this which or her had not
 but have were he they one all she their has been there its more who also after first new would two can
@@ -143,61 +149,144 @@ def payload_bytes(anchors, layers):
 
 
 # ----------------------------------------------------------------------------- the first pass
+class Probes:
+    """Fingerprints to hold against many entries (a suspect; the relatives found derived), made
+    ready once: their packed anchor Grams centred and stacked per anchor set, their spectra
+    stacked per depth, so an entry meets all of them in a few array operations."""
+
+    def __init__(self, fingerprints):
+        self.fingerprints = fingerprints
+        self.grams, self.spectra = {}, {}
+        for k, own in enumerate(fingerprints):
+            self.grams.setdefault(_anchor_key(own), []).append(k)
+            self.spectra.setdefault(own["spectra"].shape[0], []).append(k)
+        self.grams = {key: (members, *_stacked([fingerprints[k]["anchor_gram"].numpy() for k in members]))
+                      for key, members in self.grams.items()}
+        self.spectra = {depth: (members, np.stack([fingerprints[k]["spectra"].numpy() for k in members]))
+                        for depth, members in self.spectra.items()}
+
+    def first_pass(self, entry):
+        """first_pass(probe, entry) for every probe, in their order."""
+        embeddings, bodies = self._embeddings(entry), self._bodies(entry)
+        return [_evidence(embedding, body) for embedding, body in zip(embeddings, bodies)]
+
+    def _embeddings(self, entry):
+        found = [None] * len(self.fingerprints)
+        same_anchors = _anchor_key(entry)
+        for key, (members, stacked, squares) in self.grams.items():
+            if key == same_anchors:               # the same anchors: the packed Grams align as they are
+                if len(entry["anchors"]) >= MIN_ANCHORS:
+                    for k, value in zip(members, _correlations(stacked, squares, _centred(entry["anchor_gram"].numpy()[None])[0])):
+                        found[k] = value
+                continue
+            for k in members:
+                found[k] = embedding_similarity(self.fingerprints[k]["anchors"], self.fingerprints[k]["anchor_gram"],
+                                                entry["anchors"], entry["anchor_gram"])
+        return found
+
+    def _bodies(self, entry):
+        found = [None] * len(self.fingerprints)
+        own = entry["spectra"].numpy()
+        for depth, (members, stacked) in self.spectra.items():
+            distances = _same_depth_distances(stacked, own) if depth == len(own) else \
+                [_body_distance(stacked[i], own) for i in range(len(members))]
+            for k, distance in zip(members, distances):
+                found[k] = float(distance) if np.isfinite(distance) else None
+        return found
+
+
+def first_pass(suspect, entry):
+    """{"embedding", "body", "candidate", "why"}: whether the exact stage must look at this pair."""
+    return Probes([suspect]).first_pass(entry)[0]
+
+
+def _anchor_key(fingerprint):
+    return fingerprint["anchors"].numpy().astype(np.int64).tobytes()
+
+
+def _centred(packed):
+    rows = packed.astype(np.float32)
+    return rows - rows.mean(1, keepdims=True) if rows.shape[1] else rows
+
+
+def _stacked(packed):
+    """(packed Grams centred and stacked, each row's sum of squares)."""
+    stacked = _centred(np.stack(packed))
+    return stacked, np.einsum("ij,ij->i", stacked, stacked)
+
+
+def _correlations(stacked, squares, centred):
+    scales = np.sqrt(squares * np.dot(centred, centred))
+    dots = stacked @ centred
+    return [float(d / s) if s > 0 else 0.0 for d, s in zip(dots, scales)]
+
+
 def embedding_similarity(indices_a, packed_a, indices_b, packed_b):
     """Correlation of the two packed anchor Grams over the anchors both hold (None below MIN_ANCHORS)."""
-    if len(indices_a) == len(indices_b) and bool((indices_a == indices_b).all()):
-        if len(indices_a) < MIN_ANCHORS:
-            return None
-        a, b = packed_a.numpy(), packed_b.numpy()            # the same anchors: the packed Grams align as they are
-    else:
-        common, where_a, where_b = np.intersect1d(indices_a.numpy(), indices_b.numpy(), return_indices=True)
-        if len(common) < MIN_ANCHORS:
-            return None
-        a = packed_a.numpy()[packed_positions(where_a, len(indices_a))]
-        b = packed_b.numpy()[packed_positions(where_b, len(indices_b))]
-    a, b = a.astype(np.float32), b.astype(np.float32)
-    a, b = a - a.mean(), b - b.mean()
-    scale = float(np.sqrt(np.dot(a, a) * np.dot(b, b)))
-    return float(np.dot(a, b) / scale) if scale > 0 else 0.0
+    common, where_a, where_b = np.intersect1d(indices_a.numpy(), indices_b.numpy(), return_indices=True)
+    if len(common) < MIN_ANCHORS:
+        return None
+    a = packed_a.numpy()[packed_positions(where_a, len(indices_a))]
+    b = packed_b.numpy()[packed_positions(where_b, len(indices_b))]
+    return _correlations(*_stacked([a]), _centred(b[None])[0])[0]
 
 
-def body_distance(spectra_a, spectra_b):
+def _layer_gaps(differences):
+    """Mean |difference| over the defined values of the last axis; inf where none is defined."""
+    defined = ~np.isnan(differences)
+    counts = defined.sum(-1)
+    gaps = np.where(defined, differences, 0.0).sum(-1) / np.maximum(counts, 1)
+    gaps[counts == 0] = np.inf
+    return gaps
+
+
+def _same_depth_distances(stacked, own):
+    """body distance of each of the stacked (k, layers, 3, SPECTRUM) spectra to own, layer i with i."""
+    gaps = _layer_gaps(np.abs(stacked - own[None]))          # (k, layers, kinds)
+    return gaps.mean(1).min(1)
+
+
+def _body_distance(spectra_a, spectra_b):
     """For the kind of matrix whose spectra agree best (W_q, W_k or the circuit: a disguise may
     change the first two and never the third), the mean |difference| of the normalised log
     spectra over matched layers (equal depth: layer i with i; else the assignment of smallest
     total difference)."""
-    return min(_kind_distance(spectra_a[:, kind].numpy(), spectra_b[:, kind].numpy()) for kind in range(spectra_a.shape[1]))
+    if len(spectra_a) == len(spectra_b):
+        return _same_depth_distances(spectra_a[None], spectra_b)[0]
+    best = np.inf
+    for kind in range(spectra_a.shape[1]):
+        gaps = _layer_gaps(np.abs(spectra_a[:, None, kind] - spectra_b[None, :, kind]))
+        if np.isfinite(gaps).any():
+            rows, cols = linear_sum_assignment(np.where(np.isfinite(gaps), gaps, 1e9))
+            best = min(best, float(gaps[rows, cols].mean()))
+    return best
 
 
-def _kind_distance(a, b):
-    differences = np.abs(a[:, None] - b[None, :])
-    defined = ~np.isnan(differences)
-    counts = defined.sum(2)
-    gaps = np.where(defined, differences, 0.0).sum(2) / np.maximum(counts, 1)
-    if not counts.any():
-        return float("inf")
-    gaps[counts == 0] = np.inf
-    if len(a) == len(b):
-        return float(np.mean(np.diag(gaps)))
-    rows, cols = linear_sum_assignment(gaps)
-    return float(gaps[rows, cols].mean())
-
-
-def first_pass(suspect, entry):
-    """{"embedding", "body", "candidate", "why"}: whether the exact stage must look at this pair.
-    Only both summaries together rule a pair out: with too few anchors in common the embedding
-    cannot speak (a pruned or rotated body alone may look unrelated), so the pair stays a candidate."""
-    embedding = embedding_similarity(suspect["anchors"], suspect["anchor_gram"], entry["anchors"], entry["anchor_gram"])
-    body = body_distance(suspect["spectra"], entry["spectra"])
-    body = None if not np.isfinite(body) else body
-    reasons = []
+def _evidence(embedding, body):
+    """Only both summaries together rule a pair out: with too few anchors in common the
+    embedding cannot speak (a pruned or rotated body alone may look unrelated), so the pair
+    stays a candidate."""
+    alike, reasons = [], []
     if embedding is None:
         reasons.append(f"fewer than {MIN_ANCHORS} anchor tokens in common: the embeddings cannot be compared here")
     elif embedding >= EMBEDDING_CANDIDATE:
+        alike.append("embedding")
         reasons.append(f"anchor-token geometry alike (correlation {embedding:.3f})")
     if body is not None and body <= BODY_CANDIDATE:
+        alike.append("body")
         reasons.append(f"layer spectra alike (mean difference {body:.4f})")
     shown = "n/a" if body is None else f"{body:.3f}"
     why = "; ".join(reasons) or f"neither the anchor-token geometry ({embedding:.3f}) nor the layer spectra ({shown}) are alike"
     return {"embedding": None if embedding is None else round(embedding, 4), "body": None if body is None else round(body, 5),
-            "candidate": bool(reasons), "why": why}
+            "alike": alike, "candidate": bool(reasons), "why": why}
+
+
+def links(suspect_relative, relative_entry):
+    """The summaries on which a relative (found derived from the suspect) is close to an entry
+    and unlike the suspect: what the relative carries that the suspect lost. Where the suspect
+    and the relative are alike, an entry alike to the relative was within the suspect's own
+    reach already. A link asks for what inheritance leaves (LINK_EMBEDDING, LINK_BODY), not the
+    first pass's permissive bounds: chance matches of every relative would add up."""
+    close = {"embedding": relative_entry["embedding"] is not None and relative_entry["embedding"] >= LINK_EMBEDDING,
+             "body": relative_entry["body"] is not None and relative_entry["body"] <= LINK_BODY}
+    return [kind for kind, near in close.items() if near and kind not in suspect_relative["alike"]]

@@ -3,7 +3,7 @@ from awm import executors, family_tree
 from awm.errors import AwmError, CheckpointError
 from awm.library import Library
 from awm.library_tasks import add_task, batch_jobs, run_batches
-from awm.screening import screen
+from awm.screening import reach, screen
 from awm.verdict import RANK, is_derived
 from awm.version import VERSION
 
@@ -14,7 +14,8 @@ SUSPECT = "<suspect>"          # the suspect's name inside the placement: "<" ca
 def identify(suspect, directory, opts, device, null, executor="local", progress=False, exhaustive=False):
     """Score the suspect against every entry in two stages: the first pass compares compact
     fingerprints and rules out the entries it can; every other entry gets the exact pair (from
-    its stored kernels, or from its source). exhaustive: every entry gets the exact pair.
+    its stored kernels, or from its source), and so does every entry the first pass links to
+    one found derived. exhaustive: every entry gets the exact pair.
     Returns the JSON-ready result."""
     library = Library(directory)
     entries = library.entries()
@@ -29,9 +30,7 @@ def identify(suspect, directory, opts, device, null, executor="local", progress=
     if exhaustive:
         screened = {"candidates": {e: screened["candidates"].get(e) or screened["ruled_out"].get(e) for e in entries},
                     "ruled_out": {}, "not_compared": {}}
-    candidates = [e for e in entries if e in screened["candidates"]]
-    jobs = batch_jobs(library.directory, (added["name"], True), candidates, opts, task_device, null, executor, progress)
-    outcomes = dict(zip(candidates, run_batches(jobs, executor, "exact stage", progress)))
+    outcomes = _exact_stage(library, added["name"], screened, opts, task_device, null, executor, progress)
     matches = [{**o["record"], "stage": "exact", "first_pass": screened["candidates"][e]} for e, o in outcomes.items() if "record" in o]
     matches.sort(key=lambda r: (RANK.get(r["verdict"], 9), -((r.get("aligned_scores") or r["scores"])["final"] or 0.0)))
     return {
@@ -46,6 +45,25 @@ def identify(suspect, directory, opts, device, null, executor="local", progress=
         "not_compared": [{"entry": e, "reason": reason} for e, reason in screened["not_compared"].items()] +
                         [{"entry": e, "reason": o["error"]} for e, o in outcomes.items() if "error" in o and not o.get("source_unavailable")],
     }
+
+
+def _exact_stage(library, suspect, screened, opts, device, null, executor, progress):
+    """{entry: outcome} of the exact pairs: the first pass's candidates, then, round by round,
+    the ruled-out entries it links to an entry just found derived (moved to the candidates
+    with that link as their evidence), until a round finds no new one."""
+    outcomes, pending = {}, list(screened["candidates"])
+    while pending:
+        jobs = batch_jobs(library.directory, (suspect, True), pending, opts, device, null, executor, progress)
+        outcomes.update(zip(pending, run_batches(jobs, executor, "exact stage", progress)))
+        relatives = {e: screened["candidates"][e] for e in pending if is_derived(outcomes[e].get("record", {}).get("verdict"))}
+        reached = reach(library, relatives, list(screened["ruled_out"]), opts) if relatives else {}
+        for entry, (probe, link) in reached.items():
+            own = screened["ruled_out"].pop(entry)
+            screened["candidates"][entry] = {**own, "candidate": True, "via": probe,
+                                             "why": f"linked through {probe}, which the exact stage found derived: {link['why']} "
+                                                    f"(against the suspect: {own['why']})"}
+        pending = list(reached)
+    return outcomes
 
 
 def _placement(library, suspect, matches, device):

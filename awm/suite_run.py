@@ -14,6 +14,7 @@ from awm.errors import CheckpointError, ComparisonError
 from awm.library import Library, PairCache, source_identity
 from awm.pair import compare_digests
 from awm.suite_files import SuitePair, resolve
+from awm.verdict import is_derived
 
 
 class SuiteRun:
@@ -111,16 +112,21 @@ class SuiteRun:
                 if path in names:
                     self._entry_names[name] = names[path]
         runnable = [pair for pair in self.pairs if pair.path_a in names and pair.path_b in names]
-        if self.first_pass:
-            ruled_out = screening.screen_pairs(Library(library), [(names[p.path_a], names[p.path_b]) for p in runnable], self.options)
-            self.ruled_out = [{"pair": p.name, "models": [p.name_a, p.name_b], "stage": "first pass", "verdict": "independent",
-                               "first_pass": evidence}
-                              for p in runnable if (evidence := ruled_out.get((names[p.path_a], names[p.path_b])))]
-            excluded = {entry["pair"] for entry in self.ruled_out}
-            runnable = [p for p in runnable if p.name not in excluded]
-        outcomes = library_tasks.score_pairs(library, [(names[p.path_a], names[p.path_b]) for p in runnable], self.options,
+        keys = {pair: (names[pair.path_a], names[pair.path_b]) for pair in runnable}
+        evidence = screening.screen_pairs(Library(library), list(keys.values()), self.options) if self.first_pass else {}
+        ruled_out = {key: found for key, found in evidence.items() if not found["candidate"]}
+        results, pending = {}, [pair for pair in runnable if keys[pair] not in ruled_out]
+        while pending:                            # then the ruled-out pairs a relative found derived links
+            outcomes = library_tasks.score_pairs(library, [keys[p] for p in pending], self.options,
                                                  self.device, self.null, self.executor, self.progress)
-        results = dict(zip(runnable, outcomes))
+            results.update(zip(pending, outcomes))
+            derived = [keys[p] for p, outcome in results.items() if is_derived(outcome.get("record", {}).get("verdict"))]
+            linked = screening.linked_pairs(ruled_out, evidence, derived)
+            pending = [pair for pair in runnable if keys[pair] in linked]
+            for key in linked:
+                del ruled_out[key]
+        self.ruled_out = [{"pair": p.name, "models": [p.name_a, p.name_b], "stage": "first pass", "verdict": "independent",
+                           "first_pass": ruled_out[keys[p]]} for p in runnable if keys[p] in ruled_out]
         excluded = {entry["pair"] for entry in self.ruled_out}
         for pair in reuse_order(self.pairs):      # the order a local run reports them in
             if pair.name in excluded:

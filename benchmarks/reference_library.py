@@ -214,8 +214,10 @@ def identify_at_scale(work, families, exhaustive_suspects):
         started = time.perf_counter()
         staged = identification.identify(path, directory, OPTIONS, CPU, load_reference(None))
         staged_seconds = time.perf_counter() - started
+        linked = sum("via" in r["first_pass"] for r in staged["matches"] + staged["first_pass_only"])
         row = {"suspect": name, "entries": len(entries), "staged_seconds": round(staged_seconds, 1),
-               "first_pass_candidates": len(staged["matches"]) + len(staged["first_pass_only"]), "ruled_out": len(staged["ruled_out"]),
+               "first_pass_candidates": len(staged["matches"]) + len(staged["first_pass_only"]) - linked,
+               "through_relatives": linked, "ruled_out": len(staged["ruled_out"]),
                "not_compared": len(staged["not_compared"]), "derived_found": len(derived_answer(staged)),
                "best_match": next((r["model_b"]["name"] for r in staged["matches"] if is_derived(r["verdict"])), None)}
         if exhaustive_suspects is None or name in exhaustive_suspects:

@@ -1,11 +1,13 @@
 """A reference library: compact entries (a fingerprint and the model's source), a first pass
 that keeps every derived model and rules out independent ones, an exact stage whose answer is
 the exhaustive one, and a library published as a Hub dataset repo, read lazily and checked."""
+import itertools
 import json
 import os
 import shutil
 
 import factory
+import numpy as np
 import pytest
 import surgery
 import torch
@@ -13,6 +15,7 @@ from hub_server import FakeHub
 from safetensors.torch import save_file
 
 from awm import cli, fingerprint, identification, library, library_entry, library_tasks
+from awm.console import identify_lines
 from awm.errors import CheckpointError
 from awm.library import MANIFEST, Library, library_folder
 from awm.library_remote import file_facts
@@ -125,6 +128,51 @@ def test_a_malformed_fingerprint_is_refused(compact, tmp_path):
         assert why in str(raised.value) and library_entry.FINGERPRINT_FILE in str(raised.value)
 
 
+def unpacked(held):
+    """{(anchor, anchor): cosine} of a fingerprint's packed Gram, written out."""
+    anchors, values = held["anchors"].tolist(), held["anchor_gram"].tolist()
+    pairs = [(a, b) for i, a in enumerate(anchors) for b in anchors[i + 1:]]
+    return dict(zip(pairs, (v / 127 for v in values)))
+
+
+def mean_gap(a, b):
+    defined = ~(np.isnan(a) | np.isnan(b))
+    return np.abs(a - b)[defined].mean() if defined.any() else np.inf
+
+
+def test_the_first_pass_computes_its_definitions(compact):
+    held = {name: library_entry.read_fingerprint(os.path.join(compact, name)) for name in ("tuned", "pruned-depth", "other-1")}
+    keep = torch.arange(0, len(fingerprint.ANCHORS), 3)                     # a tokenizer holding a third of the anchors
+    gram = {pair: value for pair, value in unpacked(held["other-1"]).items() if pair[0] in keep and pair[1] in keep}
+    held["few anchors"] = {**held["other-1"], "anchors": keep, "anchor_gram": torch.tensor([round(v * 127) for v in gram.values()], dtype=torch.int8)}
+    probes = [held["tuned"], held["pruned-depth"]]
+    for name, entry in held.items():
+        for probe, evidence in zip(probes, fingerprint.Probes(probes).first_pass(entry)):
+            a, b = unpacked(probe), unpacked(entry)
+            common = sorted(set(a) & set(b))
+            assert evidence["embedding"] == pytest.approx(np.corrcoef([a[p] for p in common], [b[p] for p in common])[0, 1], abs=1e-4)
+            x, y = probe["spectra"].numpy(), entry["spectra"].numpy()
+            shallow, deep = sorted((x, y), key=len)
+            body = min(min(np.mean([mean_gap(shallow[i, kind], deep[j, kind]) for i, j in enumerate(chosen)])
+                           for chosen in (itertools.permutations(range(len(deep)), len(shallow)) if len(x) != len(y) else [range(len(x))]))
+                       for kind in range(3))
+            assert evidence["body"] == pytest.approx(body, abs=1e-5), name
+            assert evidence == fingerprint.first_pass(probe, entry)
+            assert evidence["candidate"] == (evidence["embedding"] >= fingerprint.EMBEDDING_CANDIDATE or evidence["body"] <= fingerprint.BODY_CANDIDATE)
+
+
+def test_a_relative_links_only_through_what_the_suspect_lost_and_inheritance_leaves():
+    evidence = fingerprint._evidence
+    new_embedding = evidence(0.01, 0.001)             # the suspect and its relative: the same body, another embedding
+    assert fingerprint.links(new_embedding, evidence(0.9, 0.3)) == ["embedding"]
+    assert fingerprint.links(new_embedding, evidence(0.01, 0.0)) == []          # the body: within the suspect's own reach
+    pruned = evidence(0.9, 0.3)                       # the same embedding, a changed body
+    assert fingerprint.links(pruned, evidence(0.01, 0.004)) == ["body"]
+    assert fingerprint.links(pruned, evidence(0.01, 0.03)) == []               # a first-pass candidate, not an inherited body
+    assert fingerprint.links(evidence(None, 0.3), evidence(0.5, 0.3)) == ["embedding"]
+    assert fingerprint.links(evidence(None, 0.3), evidence(0.15, 0.3)) == []
+
+
 # ----------------------------------------------------------------------------- two stages
 def test_the_first_pass_keeps_every_derived_model_and_rules_out_the_independent(compact, family):
     result = identification.identify(family["base"], compact, OPTIONS, CPU, load_reference(None))
@@ -144,6 +192,25 @@ def test_the_two_stages_give_the_exhaustive_answer(compact, family):
     assert [r["model_b"]["name"] for r in staged["matches"]] == [n for n in by_entry if n not in {e["entry"] for e in staged["ruled_out"]}]
     assert staged["ruled_out"] and not any(is_derived(by_entry[e["entry"]]["verdict"]) for e in staged["ruled_out"])
     assert staged["placement"] == exhaustive["placement"]
+
+
+def test_a_sibling_that_shares_nothing_with_the_suspect_is_reached_through_the_parent(compact, family):
+    """The redrawn child kept the body, the width-pruned one the embedding (less a quarter of
+    its dims): their own fingerprints share nothing, yet they are siblings. The exact stage
+    finds the base derived, and the base links the first pass to the other child."""
+    staged = identification.identify(family["redrawn"], compact, OPTIONS, CPU, load_reference(None))
+    exhaustive = identification.identify(family["redrawn"], compact, OPTIONS, CPU, load_reference(None), exhaustive=True)
+    linked = [r for r in staged["matches"] if "via" in r["first_pass"]]
+    assert linked and all(not r["first_pass"]["embedding"] or r["first_pass"]["embedding"] < fingerprint.EMBEDDING_CANDIDATE
+                          for r in linked)
+    assert all(r["first_pass"]["via"] in {m["model_b"]["name"] for m in staged["matches"] if is_derived(m["verdict"])} for r in linked)
+    derived = lambda result: sorted(r["model_b"]["name"] for r in result["matches"] if is_derived(r["verdict"]))
+    assert derived(staged) == derived(exhaustive)
+    by_entry = {r["model_b"]["name"]: comparable(r) for r in exhaustive["matches"]}
+    assert all(comparable(r) == by_entry[r["model_b"]["name"]] for r in staged["matches"])
+    assert staged["ruled_out"] and not any(is_derived(next(r for r in exhaustive["matches"] if r["model_b"]["name"] == e["entry"])["verdict"])
+                                           for e in staged["ruled_out"])
+    assert f"({len(linked)} through a relative found derived)" in "\n".join(identify_lines(staged))
 
 
 def test_the_map_scores_only_candidate_pairs_and_draws_the_same_tree(family, tmp_path, capsys):
