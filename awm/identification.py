@@ -56,7 +56,7 @@ def _exact_stage(library, suspect, screened, opts, device, null, executor, progr
         jobs = batch_jobs(library.directory, (suspect, True), pending, opts, device, null, executor, progress)
         outcomes.update(zip(pending, run_batches(jobs, executor, "exact stage", progress)))
         relatives = {e: screened["candidates"][e] for e in pending if is_derived(outcomes[e].get("record", {}).get("verdict"))}
-        reached = reach(library, relatives, list(screened["ruled_out"]), opts) if relatives else {}
+        reached = reach(library, relatives, list(screened["ruled_out"]), opts)
         for entry, (probe, link) in reached.items():
             own = screened["ruled_out"].pop(entry)
             screened["candidates"][entry] = {**own, "candidate": True, "via": probe,

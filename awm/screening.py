@@ -25,6 +25,17 @@ def _fingerprint(library, name, opts, suspect=False):
     return read_fingerprint(entry)
 
 
+def _readable(library, names, opts):
+    """{name: fingerprint} of the names whose fingerprint can be read."""
+    found = {}
+    for name in names:
+        try:
+            found[name] = _fingerprint(library, name, opts)
+        except CheckpointError:
+            pass
+    return found
+
+
 def screen(library, suspect, entries, opts):
     """{"candidates": {entry: evidence}, "ruled_out": {entry: evidence}, "not_compared":
     {entry: reason}} of a suspect (a stored suspect digest) against entries."""
@@ -43,12 +54,7 @@ def screen(library, suspect, entries, opts):
 def screen_pairs(library, pairs, opts):
     """{(a, b): evidence} of the entry pairs the first pass compared; each fingerprint read
     once. A pair with an unreadable entry is left out: the exact stage says what is wrong."""
-    fingerprints = {}
-    for name in dict.fromkeys(n for pair in pairs for n in pair):
-        try:
-            fingerprints[name] = _fingerprint(library, name, opts)
-        except CheckpointError:
-            pass
+    fingerprints = _readable(library, dict.fromkeys(n for pair in pairs for n in pair), opts)
     return {(a, b): first_pass(fingerprints[a], fingerprints[b]) for a, b in pairs if a in fingerprints and b in fingerprints}
 
 
@@ -57,8 +63,11 @@ def reach(library, relatives, entries, opts):
     ({name: its first-pass evidence against the suspect}; entries the exact stage found derived)
     through a summary the relative carries and the suspect lost (fingerprint.links). Each
     fingerprint is read once."""
-    names = list(relatives)
-    held = Probes([_fingerprint(library, name, opts) for name in names])
+    fingerprints = _readable(library, relatives, opts)      # one scored from its kernels alone links nothing
+    names = list(fingerprints)
+    if not names or not entries:
+        return {}
+    held = Probes(list(fingerprints.values()))
     reached = {}
     for entry in entries:
         try:

@@ -213,6 +213,16 @@ def test_a_sibling_that_shares_nothing_with_the_suspect_is_reached_through_the_p
     assert f"({len(linked)} through a relative found derived)" in "\n".join(identify_lines(staged))
 
 
+def test_an_exact_entry_with_a_broken_fingerprint_is_not_compared_in_two_stages_and_scored_exhaustively(family, tmp_path):
+    directory = build(tmp_path / "lib", family, ("tuned", "other-1"), exact=True)
+    with open(os.path.join(directory, "tuned", library_entry.FINGERPRINT_FILE), "r+b") as broken:
+        broken.truncate(100)
+    staged = identification.identify(family["base"], directory, OPTIONS, CPU, load_reference(None))
+    assert [e["entry"] for e in staged["not_compared"]] == ["tuned"] and "truncated" in staged["not_compared"][0]["reason"]
+    exhaustive = identification.identify(family["base"], directory, OPTIONS, CPU, load_reference(None), exhaustive=True)
+    assert {r["model_b"]["name"]: is_derived(r["verdict"]) for r in exhaustive["matches"]} == {"tuned": True, "other-1": False}
+
+
 def test_the_map_scores_only_candidate_pairs_and_draws_the_same_tree(family, tmp_path, capsys):
     directory = build(tmp_path / "lib", family, list(family))
     assert cli.main(["--library", directory, "--map", "--results_dir", str(tmp_path / "staged"), "--device", "cpu", "--quiet"]) == 0
