@@ -14,7 +14,6 @@ import factory
 import pytest
 import torch
 import transformers as tf
-from hub_server import FakeHub
 
 import awm
 from awm import cli
@@ -23,20 +22,6 @@ from awm.readers import hub, range_cache
 
 TOKENS = factory.byte_level_tokens(300)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture
-def fake_hub(tmp_path, monkeypatch):
-    """A running fake Hub that huggingface_hub talks to, and an empty range cache."""
-    from huggingface_hub import constants
-
-    monkeypatch.setenv(hub.HUB_CACHE_ENV, str(tmp_path / "hub-cache"))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(hub, "RETRY_WAIT_S", 0.0)
-    with FakeHub() as server:
-        monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-        yield server
 
 
 def comparable(report):

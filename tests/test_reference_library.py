@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import surgery
 import torch
-from hub_server import FakeHub
 from safetensors.torch import save_file
 
 from awm import cli, fingerprint, identification, library, library_entry, library_tasks
@@ -19,7 +18,6 @@ from awm.console import identify_lines
 from awm.errors import CheckpointError
 from awm.library import MANIFEST, Library, library_folder
 from awm.library_remote import file_facts
-from awm.readers import hub
 from awm.verdict import is_derived, load_reference
 
 CPU = torch.device("cpu")
@@ -277,19 +275,6 @@ def publish(directory, target):
     """What a team uploads: the library folder without its hidden working folders."""
     shutil.copytree(directory, target, ignore=shutil.ignore_patterns(".*"))
     return str(target)
-
-
-@pytest.fixture
-def fake_hub(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setenv(hub.HUB_CACHE_ENV, str(tmp_path / "hub-cache"))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(hub, "RETRY_WAIT_S", 0.0)
-    with FakeHub() as server:
-        monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-        yield server
 
 
 @pytest.fixture(scope="module")
