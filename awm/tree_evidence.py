@@ -22,6 +22,9 @@ from awm.body_rows import row_layers
 # best single parent's residual (a linear merge: none at all) ...
 LINEAR_FIT = 0.05
 MIN_WEIGHT = 0.05            # every parent of a linear merge contributes at least this, positively
+# A single parent that leaves at most this share of the child's rows holds its weights (up to
+# storage rounding): nothing is left for a merge to explain, however well an average also fits.
+SAME_WEIGHTS = 1e-4
 # ... or the entrywise signature of trimmed and sign-elected merges (TIES, DARE): each entry of
 # the child's change from a base is zero, one parent's change or their mean (times one global
 # scale), leaving at most this share of the change unexplained.
@@ -100,6 +103,8 @@ def best_merge(space, child, candidates):
     if len(singles) < 2:
         return None
     single = min(singles, key=singles.get)
+    if singles[single] <= SAME_WEIGHTS:
+        return None
     closest = sorted(candidates, key=lambda name: space.distance(child, name))[:MERGE_CANDIDATES]
     best = None
     for size in (2, 3):

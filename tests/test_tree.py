@@ -8,7 +8,7 @@ import factory
 import pytest
 import torch
 
-from awm import cli, family_tree
+from awm import cli, family_tree, tree_evidence
 from awm.lineage import families
 
 HIDDEN, LAYERS, VOCAB = 96, 8, 400
@@ -248,3 +248,22 @@ def test_a_broken_entry_is_listed_with_its_reason_and_the_rest_still_form_the_tr
     assert sorted(n["name"] for n in tree["nodes"]) == ["base", "ft-a", "ft-b"]
     (left,) = tree["not_compared"]
     assert left["name"] == "broken" and "kernels.safetensors" in left["reason"]
+
+
+class Points(tree_evidence.RowSpace):
+    """Models as plain vectors of weights: the row space's fits without reading any rows."""
+
+    def __init__(self, vectors):
+        self.names = list(vectors)
+        stacked = torch.stack(list(vectors.values())).double().numpy()
+        self.total = stacked @ stacked.T
+
+
+def test_a_child_holding_one_parents_weights_is_no_merge_of_that_parents_copies():
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(500, generator=generator), torch.randn(500, generator=generator)
+    merged = Points({"child": 0.3 * a + 0.7 * b, "a": a, "b": b})
+    found = tree_evidence.best_merge(merged, "child", ["a", "b"])
+    assert dict(zip(found.parents, found.weights)) == pytest.approx({"a": 0.3, "b": 0.7}, abs=1e-6)
+    copies = Points({"child": a, "a-1": a.clone(), "a-2": a.clone(), "b": b})       # bodies kept whole, embeddings redrawn
+    assert tree_evidence.best_merge(copies, "child", ["a-1", "a-2", "b"]) is None
