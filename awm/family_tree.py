@@ -115,6 +115,10 @@ class Pairs:
         scores = record.get("aligned_scores") or record["scores"]
         return scores.get("final"), scores.get("qk_circuit")
 
+    def share_embedding(self, a, b):
+        record = self.get(a, b)
+        return record is not None and (record.get("inheritance") or {}).get("embedding") == "shared"
+
     def similarity(self, a, b):
         awm, circuit = self.scores(a, b)
         return max(v for v in (awm, circuit, -1.0) if v is not None)
@@ -387,8 +391,12 @@ def place(suspect, records, metas, open_digest):
         parents = merge or []
     if not parents and same:
         space = evidence.RowSpace({n: builder.digest(n) for n in [suspect, *same]})
-        closest = min(same, key=lambda n: space.distance(suspect, n))
-        distance = space.distance(suspect, closest)
+        distances = {n: space.distance(suspect, n) for n in same}
+        # Entries whose W_q / W_k are equally close (siblings that kept the parent's body under a
+        # new embedding): the one that also shares the suspect's embedding holds more of it.
+        tied = [n for n in same if distances[n] <= min(distances.values()) + evidence.SAME_WEIGHTS]
+        closest = min(tied, key=lambda n: (not pairs.share_embedding(suspect, n), distances[n]))
+        distance = distances[closest]
         relation = builder._same_shape_relation(closest, suspect, distance)
         parents = [Link(closest, suspect, relation, f"the closest of the library's models of its shape (weights {100 * distance:.3g} % "
                         "apart); the weights do not tell which came first", None, round(distance, 6))]
@@ -400,7 +408,10 @@ def place(suspect, records, metas, open_digest):
             parents = [Link(parent, suspect, relation, f"structure: {relation}: {why}")]
     children = [(n, structural_relation(metas[n], metas[suspect])) for n in related]
     tree = FamilyTree(parents, [], builder.tree.layers)
-    tree.links += [Link(suspect, n, found[0], f"structure: {found[0]}: {found[1]}") for n, found in children
+    # With a parent of its own in the library, what is smaller than the suspect may as well come
+    # from that parent: only the suspect's pairs are known here, so say so.
+    caveat = f"; or from {' / '.join(p.parent for p in parents)}, its closest relative" if parents else ""
+    tree.links += [Link(suspect, n, found[0], f"structure: {found[0]}: {found[1]}{caveat}") for n, found in children
                    if found is not None and (found[0] != "stacked" or builder._stacked(n, suspect))]
     record = _record([suspect, *related], tree, pairs, ())
     node = next(n for n in record["nodes"] if n["name"] == suspect)

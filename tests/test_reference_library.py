@@ -352,3 +352,12 @@ def test_an_entry_built_from_the_hub_is_scored_exactly_from_the_hub(family, fake
     assert [r["model_b"]["name"] for r in result["matches"]] == ["lab--tuned-model"] and is_derived(result["matches"][0]["verdict"])
     assert fake_hub.weight_bytes_sent("lab/tuned-model") > sent_before     # read again, by byte ranges
     assert [e["entry"] for e in result["ruled_out"]] == ["other-1"]
+
+
+def test_the_suspects_parent_is_the_entry_that_kept_its_embedding_too(family, tmp_path):
+    """The base and its redrawn child hold the same W_q / W_k, so both are as close to a
+    fine-tune of the base; only the base also shares the fine-tune's embedding."""
+    directory = build(tmp_path / "lib", family, ("redrawn", "base", "other-1"))
+    placement = identification.identify(family["tuned"], directory, OPTIONS, CPU, load_reference(None))["placement"]
+    assert [p["name"] for p in placement["parents"]] == ["base"]
+    assert {c["name"] for c in placement["derived_from_it"]} <= set(DERIVED)
