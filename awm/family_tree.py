@@ -384,22 +384,24 @@ def place(suspect, records, metas, open_digest):
     pairs = Pairs(records)
     related = [n for n in metas if n != suspect and pairs.derived(suspect, n)]
     builder = TreeBuilder([suspect, *related], metas, pairs, open_digest)
-    same = [n for n in related if shape_key(metas[n]) == shape_key(metas[suspect]) and pairs.shared_basis(suspect, n)]
-    parents = []
-    if len(same) >= 2:
-        merge = builder._merge(evidence.RowSpace({n: builder.digest(n) for n in [suspect, *same]}), suspect, same)
-        parents = merge or []
-    if not parents and same:
-        space = evidence.RowSpace({n: builder.digest(n) for n in [suspect, *same]})
-        distances = {n: space.distance(suspect, n) for n in same}
+    same_shape = [n for n in related if shape_key(metas[n]) == shape_key(metas[suspect])]
+    same = [n for n in same_shape if pairs.shared_basis(suspect, n)]
+    space = evidence.RowSpace({n: builder.digest(n) for n in [suspect, *same]}) if same else None
+    parents = (builder._merge(space, suspect, same) or []) if len(same) >= 2 else []
+    if not parents and same_shape:
+        # As the map measures same-shape models: their rows when they share a basis, else
+        # their scores' shortfall (a rotated residual stream, a new embedding's permutation).
+        distances = {n: builder._distance(space, suspect, n) for n in same_shape}
         # Entries whose W_q / W_k are equally close (siblings that kept the parent's body under a
         # new embedding): the one that also shares the suspect's embedding holds more of it.
-        tied = [n for n in same if distances[n] <= min(distances.values()) + evidence.SAME_WEIGHTS]
+        tied = [n for n in same_shape if distances[n] <= min(distances.values()) + evidence.SAME_WEIGHTS]
         closest = min(tied, key=lambda n: (not pairs.share_embedding(suspect, n), distances[n]))
         distance = distances[closest]
-        relation = builder._same_shape_relation(closest, suspect, distance)
-        parents = [Link(closest, suspect, relation, f"the closest of the library's models of its shape (weights {100 * distance:.3g} % "
-                        "apart); the weights do not tell which came first", None, round(distance, 6))]
+        apart = f"weights {100 * distance:.3g} % apart" if closest in same else \
+            "AWM / QK-circuit {:.2f} / {:.2f} % under its alignment".format(*pairs.scores(suspect, closest))
+        parents = [Link(closest, suspect, builder._same_shape_relation(closest, suspect, distance),
+                        f"the closest of the library's models of its shape ({apart}); the weights do not tell which came first",
+                        None, round(distance, 6))]
     if not parents:
         upstream = [(pairs.similarity(suspect, n), n, structural_relation(metas[suspect], metas[n])) for n in related]
         upstream = [u for u in upstream if u[2] is not None and (u[2][0] != "stacked" or builder._stacked(suspect, u[1]))]

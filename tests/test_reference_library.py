@@ -354,10 +354,13 @@ def test_an_entry_built_from_the_hub_is_scored_exactly_from_the_hub(family, fake
     assert [e["entry"] for e in result["ruled_out"]] == ["other-1"]
 
 
-def test_the_suspects_parent_is_the_entry_that_kept_its_embedding_too(family, tmp_path):
+def test_the_suspects_parent_is_the_closest_entry_of_its_shape_that_kept_its_embedding_too(family, tmp_path):
     """The base and its redrawn child hold the same W_q / W_k, so both are as close to a
     fine-tune of the base; only the base also shares the fine-tune's embedding."""
     directory = build(tmp_path / "lib", family, ("redrawn", "base", "other-1"))
     placement = identification.identify(family["tuned"], directory, OPTIONS, CPU, load_reference(None))["placement"]
     assert [p["name"] for p in placement["parents"]] == ["base"]
     assert {c["name"] for c in placement["derived_from_it"]} <= set(DERIVED)
+    rotated = identification.identify(family["rotated"], directory, OPTIONS, CPU, load_reference(None))["placement"]
+    assert [(p["name"], p["relation"]) for p in rotated["parents"]] == [("base", "fine-tune")]     # no shared basis: by its scores
+    assert "under its alignment" in rotated["parents"][0]["direction"]
