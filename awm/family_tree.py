@@ -20,7 +20,7 @@ are never linked. Within a family:
 from dataclasses import dataclass, field
 
 from awm import tree_evidence as evidence
-from awm.lineage import families
+from awm.lineage import Groups, families
 from awm.verdict import is_derived
 
 RELATIONS = ("copy", "quantized", "fine-tune", "pruned", "upcycled", "multimodal", "stacked", "merge")
@@ -218,23 +218,9 @@ class TreeBuilder:
             for b in members[i + 1:]:
                 if self.pairs.derived(a, b):
                     candidates.append((self._distance(space, a, b), a, b))
-        root = {m: m for m in members}
-
-        def find(node):
-            while root[node] != node:
-                root[node] = root[root[node]]
-                node = root[node]
-            return node
-
-        edges = []
-        for distance, a, b in sorted(candidates):
-            if find(a) != find(b):
-                root[find(a)] = find(b)
-                edges.append((a, b, distance))
-        groups = {}
-        for member in members:
-            groups.setdefault(find(member), []).append(member)
-        return [(group, [e for e in edges if e[0] in group]) for group in groups.values()]
+        groups = Groups(members)
+        edges = [(a, b, distance) for distance, a, b in sorted(candidates) if groups.join(a, b)]
+        return [(group, [e for e in edges if e[0] in group]) for group in groups.groups()]
 
     def _distance(self, space, a, b):
         """How far two same-shape models' weights are apart (their rows when they share a basis,

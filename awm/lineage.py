@@ -19,19 +19,34 @@ def lineage_graph(records, ruled_out=()):
             "pairs_ruled_out": len(ruled_out)}
 
 
+class Groups:
+    """Disjoint groups of names (union-find with path halving)."""
+
+    def __init__(self, names):
+        self.parent = {name: name for name in names}
+
+    def find(self, name):
+        while self.parent[name] != name:
+            self.parent[name] = self.parent[self.parent[name]]
+            name = self.parent[name]
+        return name
+
+    def join(self, a, b):
+        """Put a and b in one group; False when they already were."""
+        root_a, root_b = self.find(a), self.find(b)
+        self.parent[root_a] = root_b
+        return root_a != root_b
+
+    def groups(self):
+        found = {}
+        for name in self.parent:
+            found.setdefault(self.find(name), []).append(name)
+        return list(found.values())
+
+
 def families(nodes, edges):
-    """Connected groups of models under the derived edges (union-find), largest first."""
-    parent = {n: n for n in nodes}
-
-    def root(node):
-        while parent[node] != node:
-            parent[node] = parent[parent[node]]
-            node = parent[node]
-        return node
-
+    """Connected groups of models under the derived edges, largest first."""
+    groups = Groups(nodes)
     for edge in edges:
-        parent[root(edge["a"])] = root(edge["b"])
-    groups = {}
-    for node in nodes:
-        groups.setdefault(root(node), []).append(node)
-    return sorted(groups.values(), key=lambda group: (-len(group), group[0]))
+        groups.join(edge["a"], edge["b"])
+    return sorted(groups.groups(), key=lambda group: (-len(group), group[0]))

@@ -16,13 +16,7 @@ HIDDEN, LAYERS, VOCAB = 96, 8, 400
 
 def base_tensors(seed):
     """A body whose dims differ from layer to layer and an anisotropic embedding, as trained ones."""
-    tensors = factory.random_llama_tensors(hidden=HIDDEN, layers=LAYERS, heads=4, kv_heads=2, vocab=VOCAB, seed=seed)
-    generator = torch.Generator().manual_seed(100 + seed)
-    for name in list(tensors):
-        if name.endswith(("q_proj.weight", "k_proj.weight")):
-            tensors[name] = tensors[name] * torch.exp(0.7 * torch.randn(HIDDEN, generator=generator))
-    tensors["model.embed_tokens.weight"] += 3.0 * torch.randn(VOCAB, 1, generator=generator) * torch.randn(1, HIDDEN, generator=generator)
-    return tensors
+    return factory.structured_llama_tensors(hidden=HIDDEN, layers=LAYERS, heads=4, kv_heads=2, vocab=VOCAB, seed=seed)
 
 
 def tuned(tensors, seed, amount=0.05):
