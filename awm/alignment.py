@@ -14,7 +14,7 @@ from awm import embedding_rotation
 from awm import embedding_stats as stats
 from awm.assignment import align_hidden
 from awm.correspondence import CorrespondenceTest, correspondence_test
-from awm.verdict import CORRESPONDENCE_P, EMBEDDING_PERMUTATION, EMBEDDING_ROTATION
+from awm.verdict import EMBEDDING_PERMUTATION, EMBEDDING_ROTATION, witness_passes
 
 # Principal axes of each embedding that the residual cosine and residual scores remove: the
 # mean vector plus this many axes (at most 1/16 of the dims) take out what the columns of
@@ -54,8 +54,8 @@ class Alignment:
 
     @property
     def passed(self):
-        """Its test confirmed it (p at or below the verdict's bound)."""
-        return self.correspondence is not None and self.correspondence.p_value <= CORRESPONDENCE_P
+        """Its held-out test confirmed it: significant, and as large as inheritance leaves it."""
+        return witness_passes(self.basis, self.correspondence)
 
     @property
     def usable(self):
@@ -120,12 +120,12 @@ def align(base, target, device):
                      shared_ids=(base_ids, target_ids), axes=tuple(axes))
 
 
-def rotation_alignment(base, target, permutation, device):
+def rotation_alignment(base, target, permutation, device, always=False):
     """The embedding's second witness: an orthogonal map fitted and tested on a token sample
     (awm.embedding_rotation), for pairs whose permutation failed its test."""
     started = time.perf_counter()
     (base_ids, target_ids), (target_axes, base_axes) = permutation.shared_ids, permutation.axes
-    rotation, test = embedding_rotation.fit(base.embedding, base_ids, target.embedding, target_ids, base_axes, target_axes, device)
+    rotation, test = embedding_rotation.fit(base.embedding, base_ids, target.embedding, target_ids, base_axes, target_axes, device, always)
     return Alignment(None, None, permutation.shared_tokens, True, float("nan"), timings={"rotation_s": round(time.perf_counter() - started, 3)},
                      correspondence=test, basis=EMBEDDING_ROTATION, map=rotation)
 

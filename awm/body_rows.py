@@ -80,7 +80,8 @@ def combined(tests, alpha=CORRESPONDENCE_ALPHA):
     count, units = sum(t.matched_dims for t in tests), sum(t.target_dims for t in tests)
     p_value = min(1.0, units * alpha / count) if count else 1.0
     median = float(torch.tensor([t.median_matched_sigmas for t in tests]).median())
-    return CorrespondenceTest(count, units, p_value, max(t.threshold_sigmas for t in tests), median)
+    agreement = float(torch.tensor([t.agreement for t in tests]).median())
+    return CorrespondenceTest(count, units, p_value, max(t.threshold_sigmas for t in tests), median, agreement)
 
 
 def rows_test(base, target, alignment):

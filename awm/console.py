@@ -46,17 +46,24 @@ def _correspondence_line(test):
             f"(p {'<=' if test['matched_dims'] else '='} {test['p_value']:.2g}; median {test['median_matched_sigmas']:.1f} sigma)")
 
 
-def _witness_line(alignment, aligned):
-    """Which alignment the verdict rests on, when it is not the embedding's permutation."""
+def _agreement(witness):
+    return "" if witness.get("agreement") is None else f", agreement {witness['agreement']:.2f}"
+
+
+def _witness_line(alignment, aligned, reference):
+    """Which alignment the verdict rests on, and the null its scores are judged against."""
     basis = alignment["basis"]
     if basis is None:
-        tried = ", ".join(w["witness"] for w in alignment["witnesses"]) or "none testable"
-        return f"no alignment passed its held-out test (tried: {tried})"
+        tried = "; ".join(f"{w['witness']} p = {w['p_value']:.2g}{_agreement(w)}" if "p_value" in w else w["witness"]
+                          for w in alignment["witnesses"]) or "none testable"
+        return f"no alignment passed its held-out test ({tried}; a pass needs p <= 0.001 and the agreement inheritance leaves)"
     witness = next(w for w in alignment["witnesses"] if w["witness"] == basis)
     line = (f"rests on the {basis}: {witness['matched_dims']}/{witness['target_dims']} dims confirmed on held-out "
-            f"{'layers' if basis.startswith('body') else 'tokens'} (p <= {witness['p_value']:.2g})")
+            f"{'layers' if basis.startswith('body') else 'tokens'} (p <= {witness['p_value']:.2g}{_agreement(witness)})")
     if basis != "embedding permutation":
-        line += f"; under it AWM {_fmt(aligned['final'])}, QK circuit {_fmt(aligned['qk_circuit'])}"
+        z = aligned.get("z_score")
+        line += (f"; under it AWM {_fmt(aligned['final'])} (|Z| = {'n/a' if z is None else f'{z:.1f}'} against the "
+                 f"{reference['name']} null, mean {reference['mean']:.2f} %, std {reference['std']:.2f} %), QK circuit {_fmt(aligned['qk_circuit'])}")
     return line
 
 
@@ -98,7 +105,7 @@ def summary_lines(report):
         f"  QK-circuit score   {_fmt(sc['qk_circuit'])}   (disguise-robust: norm-gain folding, RoPE-pair scaling)",
         f"  correspondence     {_correspondence_line(ev.get('correspondence'))}",
         f"  without shared     {_residual_line(report['residual_scores'])}",
-        f"  witness            {_witness_line(ev['alignment'], report['aligned_scores'])}",
+        f"  witness            {_witness_line(ev['alignment'], report['aligned_scores'], report.get('verdict_reference', ref))}",
         *([f"  body weights       {_body_weights_line(ev['body_weights'])}"] if ev.get("body_weights") else []),
         f"  inherited          embedding {report['inheritance']['embedding']}, transformer body {report['inheritance']['body']}",
         f"  verdict            {report['verdict'].upper()}: {report['verdict_reason']}",

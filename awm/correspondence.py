@@ -16,6 +16,11 @@ class CorrespondenceTest:
     p_value: float             # upper bound, valid under any dependence between dims
     threshold_sigmas: float
     median_matched_sigmas: float
+    # Effect size: the median over target dims of the held-out agreement (cosine or correlation,
+    # signed as found) with the partner found on the other half. Significance grows with the
+    # number of tokens; this does not: near 1 for a copy, a few tenths for unrelated models
+    # whose embeddings are merely linearly related.
+    agreement: float = float("nan")
 
     @property
     def fraction(self):
@@ -56,4 +61,4 @@ def correspondence_test(residual_found, residual_held_out, base_index, alpha_per
     confirmed = (sigmas > threshold) & (partner == base_index.cpu())
     count = int(confirmed.sum())
     p_value = min(1.0, target_dims * alpha_per_dim / count) if count else 1.0
-    return CorrespondenceTest(count, target_dims, p_value, threshold, float(sigmas.median()))
+    return CorrespondenceTest(count, target_dims, p_value, threshold, float(sigmas.median()), float(value.median()))

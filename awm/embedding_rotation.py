@@ -12,7 +12,7 @@ import torch
 
 from awm import embedding_stats as stats
 from awm.correspondence import correspondence_test
-from awm.verdict import CORRESPONDENCE_P
+from awm.verdict import EMBEDDING_ROTATION, witness_passes
 
 # An even sample of the shared tokens bounds the cost (three d x d products per half, one SVD):
 # enough tokens to fix a d x d map for the widest models, far more than the test needs.
@@ -83,12 +83,13 @@ def _mapped_correlations(moments, rotation, drop_a, drop_b):
     return cross / scale
 
 
-def fit(base_embedding, base_ids, target_embedding, target_ids, base_axes, target_axes, device):
+def fit(base_embedding, base_ids, target_embedding, target_ids, base_axes, target_axes, device, always=False):
     """(map, test): `map` (base dims x target dims, orthonormal columns) takes the base's hidden
     space to the target's, fitted on the raw rows of every sampled token (None when the test
     fails); `test` checks, on held-out
     tokens, whether a map fitted on the other half relates the two embeddings beyond the
-    directions all their columns share. *_ids: the shared tokens' rows in each embedding."""
+    directions all their columns share. *_ids: the shared tokens' rows in each embedding.
+    always: fit the map even when the test fails (to measure the null of scores under it)."""
     step = max(1, len(base_ids) // ROTATION_SAMPLE_TOKENS)
     base_rows, target_rows = base_embedding[base_ids[::step]], target_embedding[target_ids[::step]]
     halves = [SecondMoments(base_rows[h::2], target_rows[h::2], device) for h in (0, 1)]
@@ -97,7 +98,7 @@ def fit(base_embedding, base_ids, target_embedding, target_ids, base_axes, targe
     found_map = fit_map(drop_a(drop_a(c_aa, "rows"), "cols"), drop_b(drop_a(c_ab, "rows"), "cols"))
     correlations = [_mapped_correlations(m, found_map, drop_a, drop_b) for m in halves]
     test = correspondence_test(correlations[0], correlations[1], torch.arange(found_map.shape[1]))
-    if test.p_value > CORRESPONDENCE_P:
+    if not (always or witness_passes(EMBEDDING_ROTATION, test)):
         return None, test                    # no map to score under: not fitted
     scoring_map = fit_map((halves[0].aa + halves[1].aa).to(ALGEBRA), (halves[0].ab + halves[1].ab).to(ALGEBRA))
     return scoring_map, test

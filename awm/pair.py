@@ -40,12 +40,6 @@ def needs_residual(alignment, scores, null):
     return alignment.testable and not alignment.passed and _above(scores, null)
 
 
-# A permutation that confirms fewer of the target's dims than this explains the embedding only in
-# part (a block rotation leaves a third of the dims nearly in place): the rotation is asked too,
-# and the witness that confirms more dims is the one the verdict rests on.
-PERMUTATION_EXPLAINS = 0.5
-
-
 class PairScoring:
     """One comparison under way: which model is the base, the alignments, and the per-layer
     similarities as passes over the layers fill them.
@@ -65,11 +59,12 @@ class PairScoring:
         self.base, self.target = (digest_a, digest_b) if self.a_is_base else (digest_b, digest_a)
         self.alignment = align(self.base, self.target, device)
         self.tried = [self.alignment] if self.alignment.testable else []
+        # The paper's alignment first: another witness is asked only when it fails.
         self.witness = self.alignment if self.alignment.passed else None
-        if self.alignment.testable and (self.witness is None or self.alignment.correspondence.fraction < PERMUTATION_EXPLAINS):
+        if self.alignment.testable and self.witness is None:
             rotation = rotation_alignment(self.base, self.target, self.alignment, device)
             self.tried.append(rotation)
-            if rotation.passed and (self.witness is None or rotation.correspondence.fraction > self.witness.correspondence.fraction):
+            if rotation.passed:
                 self.witness = rotation
         self.body_match = None
         self.body_weights = None        # the row test, when the verdict would rest on an embedding witness
@@ -132,15 +127,9 @@ class PairScoring:
         if not self.asks_the_body:
             return
         self.body_match = body.match_dims(body.profiles(self.target), body.profiles(self.base))
-        if self.body_match is None or self.body_match.test.p_value > rule.CORRESPONDENCE_P:
+        if self.body_match is None or not rule.witness_passes(BODY_PERMUTATION, self.body_match.test):
             return
-        started = time.perf_counter()
-        agreement = body.SignAgreement(self.body_match.base_index)
-        for base_layer, target_layer in body.sign_layers(self.base.num_layers, self.target.num_layers):
-            agreement.add(self.target.layer(target_layer), self.base.layer(base_layer))
-        self.witness = Alignment(self.body_match.base_index, agreement.signs(), self.alignment.shared_tokens, True, float("nan"),
-                                 timings={"body_s": round(time.perf_counter() - started, 3)},
-                                 correspondence=self.body_match.test, basis=BODY_PERMUTATION)
+        self.witness = body_alignment(self.base, self.target, self.body_match, self.alignment.shared_tokens)
         self.tried.append(self.witness)
         self.pass_over_layers((ALIGNED,), progress)
 
@@ -151,7 +140,7 @@ class PairScoring:
         if self.witness is None or self.witness.basis == BODY_PERMUTATION:
             return
         scores = score_layers(self.sims)[0 if self.witness is self.alignment else 2]
-        if _above(scores, null):
+        if _above(scores, rule.null_for(self.witness.basis, null)):
             started = time.perf_counter()
             test = body_rows.rows_test(self.base, self.target, self.witness)
             if test is not None:
@@ -217,6 +206,16 @@ class PairScoring:
         }
 
 
+def body_alignment(base, target, match, shared_tokens):
+    """The body's pairing as an Alignment: the signs read off a few layers' kernels."""
+    started = time.perf_counter()
+    agreement = body.SignAgreement(match.base_index)
+    for base_layer, target_layer in body.sign_layers(base.num_layers, target.num_layers):
+        agreement.add(target.layer(target_layer), base.layer(base_layer))
+    return Alignment(match.base_index, agreement.signs(), shared_tokens, True, float("nan"),
+                     timings={"body_s": round(time.perf_counter() - started, 3)}, correspondence=match.test, basis=BODY_PERMUTATION)
+
+
 def digest_work(*digests):
     return sum(d.read_seconds for d in digests), sum(d.compute_seconds for d in digests)
 
@@ -243,7 +242,7 @@ def _correspondence_record(test):
     return {"matched_dims": test.matched_dims, "target_dims": test.target_dims,
             "fraction": round(test.fraction, 4), "p_value": float(f"{test.p_value:.3g}"),
             "threshold_sigmas": round(test.threshold_sigmas, 2),
-            "median_matched_sigmas": round(test.median_matched_sigmas, 2)}
+            "median_matched_sigmas": round(test.median_matched_sigmas, 2), "agreement": round(test.agreement, 4)}
 
 
 def _in_stored_order(alignment):

@@ -23,6 +23,11 @@ def pair_report(result, meta_a, meta_b, null, timings):
     scores, evidence = result["scores"], result["evidence"]
     call, reason = rule.verdict(scores, result["residual_scores"], evidence["correspondence"], null, evidence["alignment"],
                                 result["aligned_scores"], evidence["body_weights"])
+    aligned = result["aligned_scores"]
+    # The scores the verdict read are judged against the null of their alignment.
+    verdict_null = rule.null_for(evidence["alignment"]["basis"], null)
+    if aligned is not None:
+        aligned = {**aligned, "z_score": _round(rule.z_score(aligned["final"], verdict_null))}
     return {
         "tool": "awm",
         "version": VERSION,
@@ -30,11 +35,12 @@ def pair_report(result, meta_a, meta_b, null, timings):
         "model_b": meta_b,
         "scores": {**scores, "z_score": _round(rule.z_score(scores["final"], null))},
         "residual_scores": result["residual_scores"],
-        "aligned_scores": result["aligned_scores"],
+        "aligned_scores": aligned,
         "verdict": call,
         "verdict_reason": reason,
         "inheritance": rule.inheritance(call, evidence["alignment"], evidence["body_weights"]),
         "reference": null,
+        "verdict_reference": verdict_null,
         "evidence": result["evidence"],
         "layers": result["layers"],
         "timings": timings,

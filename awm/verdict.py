@@ -44,12 +44,52 @@ def above_reference(value, null):
 
 
 def _dims(test):
-    return f"{test['matched_dims']} of {test['target_dims']} dims, p <= {test['p_value']:.2g}"
+    agreement = f", held-out agreement {test['agreement']:.2f}" if test.get("agreement") is not None else ""
+    return f"{test['matched_dims']} of {test['target_dims']} dims, p <= {test['p_value']:.2g}{agreement}"
 
 
 # The witnesses an alignment can rest on (awm.alignment names them the same).
 EMBEDDING_PERMUTATION, EMBEDDING_ROTATION, BODY_PERMUTATION = "embedding permutation", "embedding rotation", "body permutation"
 EMBEDDING_WITNESSES = (EMBEDDING_PERMUTATION, EMBEDDING_ROTATION)
+
+# Significance is not enough: well-trained embeddings of unrelated models are approximately
+# linearly related over their shared tokens, and with tens of thousands of tokens every dim of a
+# fitted map passes a significance test. A witness passes only when its held-out agreement (the
+# median over target dims of a dim's agreement with its partner, CorrespondenceTest.agreement)
+# is as large as inheritance leaves it. Set between real independent and real derived pairs
+# (asset/calibration_real.json, docs/method.md):
+#   embedding permutation: independent <= 0.08 (real), derived >= 0.97; the paper's null was
+#     measured under this alignment, so the bar only has to keep chance pairings out.
+#   embedding rotation: independent real pairs 0.32-0.50 (a fitted map always finds the linear
+#     relation), rotated copies >= 0.97.
+#   body permutation: independent <= 0.07, derived bodies under a new embedding >= 0.9.
+MIN_AGREEMENT = {EMBEDDING_PERMUTATION: 0.25, EMBEDDING_ROTATION: 0.8, BODY_PERMUTATION: 0.35}
+# "Shared" (inherited) needs copy-level evidence: an embedding witness at this agreement.
+COPY_AGREEMENT = 0.8
+
+
+def witness_passes(witness, test):
+    """The witness's held-out test is significant and its agreement as large as inheritance leaves it."""
+    return (test is not None and test.p_value <= CORRESPONDENCE_P
+            and not test.agreement < MIN_AGREEMENT.get(witness, 0.0))      # NaN (no effect size measured): significance decides
+
+
+# Z of the scores under an alignment uses the null of that alignment. The paper's null was
+# measured under the embedding's permutation; a fitted rotation or the body's pairing lifts the
+# scores of unrelated pairs above it, so each has a null measured on real independent pairs with
+# that alignment forced (benchmarks/calibrate_verdict.py --real).
+MEASURED_NULLS = {
+    EMBEDDING_ROTATION: {"name": "measured (embedding rotation)", "mean": 1.5, "std": 0.5,
+                         "source": "real independent pairs scored under a fitted embedding rotation (asset/calibration_real.json)"},
+    BODY_PERMUTATION: {"name": "measured (body permutation)", "mean": 0.5, "std": 0.3,
+                       "source": "real independent pairs scored under the body's pairing (asset/calibration_real.json)"},
+}
+
+
+def null_for(basis, null):
+    """The reference for scores under `basis`: the caller's (the paper's by default) for the
+    embedding's permutation or the stored order, the measured one for the other witnesses."""
+    return MEASURED_NULLS.get(basis, null)
 WHAT_IT_SHOWS = {
     EMBEDDING_PERMUTATION: "the embedding dimensions correspond one to one ({dims})",
     EMBEDDING_ROTATION: ("the embeddings are related by a rotation of the hidden space, not by a pairing of dims "
@@ -89,6 +129,7 @@ def verdict(scores, residual, correspondence, null, alignment=None, aligned=None
                                     "(no shared tokens and different widths)")
         return "undefined", "the AWM score is undefined for these weights"
     if basis is not None:
+        null = null_for(basis, null)
         shared = WHAT_IT_SHOWS[basis].format(dims=_dims(_confirmed(alignment)))
         call, reason = _aligned_verdict(basis, shared, final, circuit, null, scores.get("final"))
         if is_derived(call) and body_weights is not None and not body_weights["confirmed"] and body_weights["decisive"]:
@@ -106,7 +147,8 @@ def _confirmed(alignment):
 def _aligned_verdict(basis, shared, final, circuit, null, paper_final):
     under = "" if basis == EMBEDDING_PERMUTATION else " under that alignment"
     if above_reference(final, null):
-        reason = f"{shared} and{under} the AWM score {final:.2f} % is {z_score(final, null):.0f} sigma above independent pairs"
+        reason = (f"{shared} and{under} the AWM score {final:.2f} % is {z_score(final, null):.0f} sigma above independent pairs"
+                  f"{'' if under == '' else ' scored the same way (' + null['name'] + ' null)'}")
         if basis != EMBEDDING_PERMUTATION and paper_final is not None:
             reason += f" (the paper's score, on the embedding's pairing: {paper_final:.2f} %)"
         if circuit is not None and circuit - final >= DISGUISE_GAP:
@@ -120,8 +162,17 @@ def _aligned_verdict(basis, shared, final, circuit, null, paper_final):
 
 
 def _none_of(witnesses):
-    asked = ", ".join(f"{w['witness']} p = {w['p_value']:.2g}" for w in witnesses if "p_value" in w)
+    asked = ", ".join(_why_not(w) for w in witnesses if "p_value" in w)
     return f"no witness shows a correspondence of the hidden dims ({asked})"
+
+
+def _why_not(witness):
+    """A failed witness in words: not significant, or significant but far below what inheritance leaves."""
+    name, agreement = witness["witness"], witness.get("agreement")
+    if witness["p_value"] <= CORRESPONDENCE_P and agreement is not None and agreement < MIN_AGREEMENT.get(name, 0.0):
+        related = "related embeddings, not inherited" if name in EMBEDDING_WITNESSES else "related, not inherited"
+        return f"{name}: agreement {agreement:.2f} on held-out data, inheritance leaves >= {MIN_AGREEMENT[name]:.2f}: {related}"
+    return f"{name} p = {witness['p_value']:.2g}"
 
 
 def _embedding_only_verdict(shared, reason, body_weights, final, circuit, null):
@@ -152,12 +203,20 @@ def _no_correspondence_verdict(witnesses, final, circuit, residual, null):
 SHARED, NOT_SHARED, UNKNOWN = "shared", "not shared", "unknown"
 
 
+def copy_level(witness):
+    """A confirmed embedding witness whose held-out agreement is what a copy leaves: the only
+    evidence that lets the report say the embedding was shared. A record without the agreement
+    (written before it was measured) counts as confirmed."""
+    agreement = witness.get("agreement")
+    return witness["confirmed"] and (agreement is None or agreement >= COPY_AGREEMENT)
+
+
 def inheritance(call, alignment, body_weights=None):
     """What the weights show was taken over: the embedding and the transformer body, each
     shared, not shared, or unknown (nothing could test it)."""
     witnesses = {w["witness"]: w for w in alignment["witnesses"]}
     embedding_tested = [w for name, w in witnesses.items() if name in EMBEDDING_WITNESSES]
-    embedding = UNKNOWN if not embedding_tested else SHARED if any(w["confirmed"] for w in embedding_tested) else NOT_SHARED
+    embedding = UNKNOWN if not embedding_tested else SHARED if any(map(copy_level, embedding_tested)) else NOT_SHARED
     if is_derived(call):
         body = SHARED
     elif alignment["basis"] is not None or "p_value" in witnesses.get(BODY_PERMUTATION, {}) or body_weights is not None:

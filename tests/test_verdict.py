@@ -158,3 +158,67 @@ def test_report_explains_the_evidence_in_the_console(tmp_path):
     text = "\n".join(console.summary_lines(result))
     assert "correspondence" in text and "dims match one to one" in text
     assert "without shared" in text and "INDEPENDENT" in text
+
+
+# ----------------------------------------------------------------------------- effect size
+def test_agreement_is_the_median_held_out_value_of_the_partner_found_on_the_other_half():
+    generator = torch.Generator().manual_seed(5)
+    found, held_out = noise_pair(generator, 40, 60, heterogeneity=0.2)
+    partner = found.abs().argmax(dim=1)
+    # The definition, slowly: each target dim's held-out entry at its partner, signed as found.
+    expected = sorted(float(held_out[i, partner[i]] * (1 if found[i, partner[i]] > 0 else -1)) for i in range(40))
+    test = sm.correspondence_test(found, held_out, partner)
+    assert test.agreement == pytest.approx(torch.tensor(expected).median().item())
+
+
+def test_a_significant_witness_needs_the_agreement_inheritance_leaves():
+    from dataclasses import replace
+
+    from awm.correspondence import CorrespondenceTest
+
+    # Two unrelated real embeddings under a fitted map: every dim significant, agreement ~0.5.
+    related = CorrespondenceTest(576, 576, 1e-4, 4.0, 29.0, 0.46)
+    assert not verdict.witness_passes(verdict.EMBEDDING_ROTATION, related)
+    assert verdict.witness_passes(verdict.EMBEDDING_ROTATION, replace(related, agreement=0.97))
+    assert not verdict.witness_passes(verdict.EMBEDDING_ROTATION, replace(related, agreement=0.97, p_value=0.01))
+    for witness, bar in verdict.MIN_AGREEMENT.items():
+        assert verdict.witness_passes(witness, replace(related, agreement=bar))
+        assert not verdict.witness_passes(witness, replace(related, agreement=bar - 0.01))
+
+
+def alignment_record(basis, *witnesses):
+    return {"basis": basis, "witnesses": [dict(zip(("witness", "confirmed", "p_value", "agreement", "matched_dims", "target_dims"), w))
+                                          for w in witnesses]}
+
+
+PERMUTATION_FAILED = (verdict.EMBEDDING_PERMUTATION, False, 0.004, 0.07, 14, 576)
+RESIDUAL = {"final": 0.1, "qk_circuit": 0.1}
+
+
+def test_scores_under_a_fitted_rotation_are_judged_against_the_rotation_null():
+    alignment = alignment_record(verdict.EMBEDDING_ROTATION, PERMUTATION_FAILED,
+                                 (verdict.EMBEDDING_ROTATION, True, 1e-4, 0.97, 576, 576))
+    plain = {"final": 0.36, "qk_circuit": 0.30}
+    # 2.10 % is 6 sigma above the paper's null (measured under the embedding's permutation), not
+    # above scores that a fitted map gives unrelated pairs.
+    assert verdict.above_reference(2.10, verdict.PAPER_NULL)
+    call, _ = verdict.verdict(plain, RESIDUAL, None, verdict.PAPER_NULL, alignment, {"final": 2.10, "qk_circuit": 1.38})
+    assert call == "inconclusive"
+    call, reason = verdict.verdict(plain, RESIDUAL, None, verdict.PAPER_NULL, alignment, {"final": 85.0, "qk_circuit": 99.0})
+    assert call == "derived" and "measured (embedding rotation) null" in reason
+    assert verdict.null_for(verdict.EMBEDDING_PERMUTATION, verdict.PAPER_NULL) is verdict.PAPER_NULL
+
+
+def test_the_embedding_is_called_shared_only_on_copy_level_evidence():
+    confirmed = lambda agreement: alignment_record(verdict.EMBEDDING_PERMUTATION,
+                                                   (verdict.EMBEDDING_PERMUTATION, True, 1e-4, agreement, 500, 576))
+    assert verdict.inheritance("derived", confirmed(0.99))["embedding"] == verdict.SHARED
+    # A pruned and distilled child: its dims still pair up, but its embedding is no copy.
+    assert verdict.inheritance("derived", confirmed(0.4)) == {"embedding": verdict.NOT_SHARED, "body": verdict.SHARED}
+
+
+def test_a_related_but_not_inherited_embedding_is_named_so():
+    alignment = alignment_record(None, PERMUTATION_FAILED, (verdict.EMBEDDING_ROTATION, False, 1e-4, 0.46, 576, 576))
+    call, reason = verdict.verdict({"final": 0.36, "qk_circuit": 0.3}, RESIDUAL, None, verdict.PAPER_NULL, alignment)
+    assert call == "independent" and "related embeddings, not inherited" in reason
+    assert verdict.inheritance(call, alignment)["embedding"] == verdict.NOT_SHARED

