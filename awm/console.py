@@ -77,6 +77,14 @@ def _body_weights_line(test):
     return f"{found}: too weak to tell at this width and score (an inherited row would stand {test['expected_sigmas']:.1f} sigma out)"
 
 
+def _spectra_line(spectra):
+    found = (f"QK-circuit singular values differ by {spectra['distance']:.4f} on {spectra['layers']} matched layers "
+             f"({spectra['contrast']:.3f} of the difference out of order)")
+    if spectra["confirmed"]:
+        return f"{found}: the same body under another residual basis"
+    return f"{found}: not a copy's (a copy stays within {spectra['copy_distance']} and {spectra['max_contrast']})"
+
+
 def summary_lines(report):
     """The human summary of one pair: scores first, then the evidence behind them."""
     ev, sc, ref = report["evidence"], report["scores"], report["reference"]
@@ -107,6 +115,7 @@ def summary_lines(report):
         f"  without shared     {_residual_line(report['residual_scores'])}",
         f"  witness            {_witness_line(ev['alignment'], report['aligned_scores'], report.get('verdict_reference', ref))}",
         *([f"  body weights       {_body_weights_line(ev['body_weights'])}"] if ev.get("body_weights") else []),
+        *([f"  circuit spectra    {_spectra_line(ev['circuit_spectra'])}"] if ev.get("circuit_spectra") else []),
         f"  inherited          embedding {report['inheritance']['embedding']}, transformer body {report['inheritance']['body']}",
         f"  verdict            {report['verdict'].upper()}: {report['verdict_reason']}",
         f"  computed           {_computed_line(report.get('timings') or {})}",

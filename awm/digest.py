@@ -80,6 +80,7 @@ class ModelDigest:
         self.with_circuit = with_circuit
         self.layer_reads = 0
         self.profiles = {}        # per-layer body profiles, when a pair asks the body (awm.body_alignment)
+        self.spectra = {}         # per-layer QK-circuit spectra, likewise (awm.circuit_spectra)
         self.rows = {}            # W_q / W_k rows of a few layers, for the body-weights test (awm.body_rows)
         self._row_layers = set(body_rows.row_layers(self.num_layers))
         self.read_seconds = time.perf_counter() - started

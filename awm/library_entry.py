@@ -289,6 +289,7 @@ class StoredDigest:
         self._check_layout()
         self.embedding = self._read("embedding")
         self.profiles = {}
+        self.spectra = {}
         self.read_seconds, self.compute_seconds = time.perf_counter() - started, 0.0
 
     def _check_layout(self):

@@ -13,6 +13,7 @@ import torch
 from awm import allocator, report
 from awm import body_alignment as body
 from awm import body_rows
+from awm import circuit_spectra
 from awm import verdict as rule
 from awm.verdict import BODY_PERMUTATION
 from awm.alignment import Alignment, align, rotation_alignment
@@ -67,6 +68,7 @@ class PairScoring:
             if rotation.passed:
                 self.witness = rotation
         self.body_match = None
+        self.spectra_match = None       # the circuit spectra, when no witness pairs the dims (awm.circuit_spectra)
         self.body_weights = None        # the row test, when the verdict would rest on an embedding witness
         self.rows_seconds = None
         self.sims = np.full((len(METRICS), self.base.num_layers, self.target.num_layers), np.nan)
@@ -97,6 +99,7 @@ class PairScoring:
     def observe(self, digest, index, kernels):
         if self.asks_the_body:
             body.keep_profile(digest, index, kernels)
+            circuit_spectra.keep_spectrum(digest, index, kernels)
 
     def add_layer(self, index, kernels_a, kernels_b, groups):
         """Equal depth: the similarities of layer `index` of both models, for these groups."""
@@ -128,6 +131,7 @@ class PairScoring:
             return
         self.body_match = body.match_dims(body.profiles(self.target), body.profiles(self.base))
         if self.body_match is None or not rule.witness_passes(BODY_PERMUTATION, self.body_match.test):
+            self.spectra_match = circuit_spectra.match(circuit_spectra.spectra(self.base), circuit_spectra.spectra(self.target))
             return
         self.witness = body_alignment(self.base, self.target, self.body_match, self.alignment.shared_tokens)
         self.tried.append(self.witness)
@@ -182,6 +186,7 @@ class PairScoring:
             "alignment": {"basis": self.witness.basis if self.witness else None, "witnesses": self.witness_records(),
                           "stored_order": _in_stored_order(self.witness)},
             "body_weights": _body_weights_record(self.body_weights, self.base, self.target, self.a_is_base),
+            "circuit_spectra": self.spectra_match.record() if self.spectra_match else None,
             "layers_a": digest_a.num_layers,
             "layers_b": digest_b.num_layers,
             "layer_map": None if self.same_depth else [orient(i, j) for i, j in paper_map],

@@ -22,7 +22,7 @@ def pair_report(result, meta_a, meta_b, null, timings):
     """Assemble the stable JSON record of one pair."""
     scores, evidence = result["scores"], result["evidence"]
     call, reason = rule.verdict(scores, result["residual_scores"], evidence["correspondence"], null, evidence["alignment"],
-                                result["aligned_scores"], evidence["body_weights"])
+                                result["aligned_scores"], evidence["body_weights"], evidence.get("circuit_spectra"))
     aligned = result["aligned_scores"]
     # The scores the verdict read are judged against the null of their alignment.
     verdict_null = rule.null_for(evidence["alignment"]["basis"], null)

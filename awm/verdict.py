@@ -107,7 +107,7 @@ def _legacy_alignment(correspondence):
     return {"basis": EMBEDDING_PERMUTATION if witness["confirmed"] else None, "witnesses": [witness]}
 
 
-def verdict(scores, residual, correspondence, null, alignment=None, aligned=None, body_weights=None):
+def verdict(scores, residual, correspondence, null, alignment=None, aligned=None, body_weights=None, circuit_spectra=None):
     """derived / derived (disguised) / independent / inconclusive, with a plain reason.
 
     A score counts only when the alignment under it is real: one of the witnesses (the
@@ -116,10 +116,14 @@ def verdict(scores, residual, correspondence, null, alignment=None, aligned=None
     any, a high score is what anisotropic embeddings give any pair, and the residual scores
     decide. When the alignment comes from the embedding, the body's own weight rows must be
     recognisable too (body_weights), or only the embedding was inherited.
-    alignment, body_weights: the record's evidence fields; aligned: its aligned_scores.
+    When no witness pairs the dims, the QK circuits' spectra (which no change of residual basis
+    moves) can still show a copy: a rotated body under a new embedding.
+    alignment, body_weights, circuit_spectra: the record's evidence fields; aligned: its aligned_scores.
     """
     alignment = alignment or _legacy_alignment(correspondence)
     basis = alignment["basis"]
+    if basis is None and circuit_spectra and circuit_spectra["confirmed"]:
+        return "derived", _spectra_reason(alignment["witnesses"], circuit_spectra)
     final, circuit = scores.get("final"), scores.get("qk_circuit")
     if basis is not None and basis != EMBEDDING_PERMUTATION:
         final, circuit = (aligned or {}).get("final"), (aligned or {}).get("qk_circuit")
@@ -132,6 +136,9 @@ def verdict(scores, residual, correspondence, null, alignment=None, aligned=None
         null = null_for(basis, null)
         shared = WHAT_IT_SHOWS[basis].format(dims=_dims(_confirmed(alignment)))
         call, reason = _aligned_verdict(basis, shared, final, circuit, null, scores.get("final"))
+        if call == "inconclusive" and basis in EMBEDDING_WITNESSES and not copy_level(_confirmed(alignment)):
+            reason = (f"{shared}: related beyond chance but not copies, and neither score rises above independent pairs: "
+                      "no evidence of derivation")
         if is_derived(call) and body_weights is not None and not body_weights["confirmed"] and body_weights["decisive"]:
             return _embedding_only_verdict(shared, reason, body_weights, final, circuit, null)
         return call, reason
@@ -159,6 +166,13 @@ def _aligned_verdict(basis, shared, final, circuit, null, paper_final):
                                        "computes matches: the weights were reparametrized")
     return "inconclusive", (f"{shared}, but neither score rises above independent pairs{under}: only the embedding "
                             "was inherited, or the attention weights were retrained beyond what the scores can see")
+
+
+def _spectra_reason(witnesses, spectra):
+    return (f"{_none_of(witnesses)}, but every layer's QK circuit has the other model's singular values (mean log difference "
+            f"{spectra['distance']:.4f} over {spectra['layers']} layers, {spectra['contrast']:.3f} of the difference with the layers "
+            "out of order; independently trained models differ by 0.2 or more): the transformer body was kept under another "
+            "residual basis (a rotation) and a new embedding")
 
 
 def _none_of(witnesses):

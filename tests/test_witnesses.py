@@ -2,6 +2,7 @@
 the body's permutation. Each is checked on its own against planted truths and on independent
 data, then end to end on pairs whose embedding no longer carries the lineage."""
 import factory
+import numpy as np
 import pytest
 import surgery
 import torch
@@ -259,3 +260,29 @@ def test_identify_from_stored_entries_finds_the_redrawn_and_the_rotated_copies(p
     assert by_entry["rotated"]["evidence"]["alignment"]["basis"] == "embedding rotation" and by_entry["rotated"]["verdict"] == "derived"
     assert by_entry["rotated"]["evidence"]["body_weights"]["confirmed"]
     assert by_entry["other"]["verdict"] == "independent"
+
+
+def test_a_rotated_body_under_a_new_embedding_is_derived_by_its_circuit_spectra(parent, tmp_path):
+    root, tensors = parent
+    disguised = surgery.redraw_embedding(surgery.rotate_residual(tensors, 15), torch.Generator().manual_seed(16))
+    result = compare(write(root, "parent", tensors), write(tmp_path, "rotated-redrawn", disguised))
+    assert result["evidence"]["alignment"]["basis"] is None                 # no witness pairs the dims
+    spectra = result["evidence"]["circuit_spectra"]
+    assert spectra["confirmed"] and spectra["distance"] < 1e-3 and spectra["contrast"] < 0.05
+    assert result["verdict"] == "derived" and "another residual basis" in result["verdict_reason"]
+    assert result["inheritance"] == {"embedding": "not shared", "body": "shared"}
+
+
+def test_circuit_spectra_match_only_layer_by_layer():
+    from awm import circuit_spectra
+
+    generator = torch.Generator().manual_seed(17)
+    circuits = [torch.randn(64, 64, generator=generator) @ torch.diag(torch.rand(64, generator=generator) ** (k + 1)) for k in range(6)]
+    rotation = torch.linalg.qr(torch.randn(64, 64, generator=generator))[0]
+    own = np.stack([circuit_spectra.layer_spectrum(c).numpy() for c in circuits])
+    rotated = np.stack([circuit_spectra.layer_spectrum(rotation.t() @ c @ rotation).numpy() for c in circuits])
+    found = circuit_spectra.match(own, rotated)
+    assert found.distance < 1e-4 and found.confirmed
+    shuffled = circuit_spectra.match(own, rotated[::-1].copy())      # the same spectra, layers out of order
+    assert not shuffled.confirmed and shuffled.distance > 10 * circuit_spectra.COPY_DISTANCE
+    assert circuit_spectra.match(own, rotated[:5]) is None            # other depths are not compared
