@@ -129,3 +129,43 @@ def test_tiktoken_keys_keep_distinct_bytes_distinct(tmp_path):
 def test_gguf_vocab_uses_token_types_for_control_tokens():
     vocab = vocabulary.from_gguf_metadata(["<s>", "\u2581the", "<0x0A>"], [3, 1, 6], "llama")
     assert vocab == {"<s>": 0, b" the": 1, b"\n": 2}
+
+
+# ----------------------------------------------------------------------------- quantized checkpoints
+def fp8_block_copy(tensors):
+    """A DeepSeek-V3 / Qwen3-FP8-style copy: float8 weights with 128 x 128 block scales beside them."""
+    copy = {}
+    for name, weight in tensors.items():
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            scale = weight.abs().max().clamp_min(1e-12) / 448.0
+            copy[name] = (weight / scale).to(torch.float8_e4m3fn)
+            copy[name.replace(".weight", ".weight_scale_inv")] = scale.reshape(1, 1).float()
+        else:
+            copy[name] = weight
+    return copy
+
+
+def test_float8_weights_are_refused_not_read_as_plain_floats(tmp_path):
+    tensors = factory.random_llama_tensors()
+    path = factory.write_safetensors_model(str(tmp_path / "fp8"), fp8_block_copy(tensors), factory.llama_config(64, 4, 4, 2, 300),
+                                           factory.byte_level_tokens(300))
+    with pytest.raises(CheckpointError, match=r"q_proj.weight' is stored as F8_E4M3: float8 weights need their scales") as err:
+        ModelCheckpoint(path).query_key(0)
+    assert "\n" not in str(err.value) and "model.safetensors" in str(err.value)
+
+
+@pytest.mark.parametrize("method, config_file", [("gptq", "config.json"), ("awq", "config.json"), ("fp8", "config.json"),
+                                                 ("gptq", "quantize_config.json")])
+def test_quantized_checkpoints_are_refused_with_their_method(tmp_path, method, config_file):
+    tensors = factory.random_llama_tensors()
+    config = factory.llama_config(64, 4, 4, 2, 300)
+    quantization = {"quant_method": method, "bits": 4, "group_size": 128}
+    if config_file == "config.json":
+        config["quantization_config"] = quantization
+    path = factory.write_safetensors_model(str(tmp_path / method), tensors, config, factory.byte_level_tokens(300))
+    if config_file != "config.json":
+        with open(os.path.join(path, config_file), "w") as out:
+            json.dump({k: v for k, v in quantization.items() if k != "quant_method"}, out)
+    with pytest.raises(CheckpointError, match=f"quantized checkpoint \\(quant_method '{method}'\\)") as err:
+        ModelCheckpoint(path)
+    assert config_file in str(err.value)

@@ -36,6 +36,20 @@ def _read_json(path, what):
     return data
 
 
+def _refuse_quantized(directory, config_path, raw, config):
+    """A quantized Hugging Face checkpoint holds packed integers or scaled float8, not weights:
+    read as plain floats they give wrong scores without a word, so it is refused by name."""
+    quantization = raw.get("quantization_config") or config.get("quantization_config")
+    if quantization is None and os.path.isfile(os.path.join(directory, "quantize_config.json")):
+        config_path = os.path.join(directory, "quantize_config.json")
+        quantization = _read_json(config_path, "quantize_config.json")
+        quantization.setdefault("quant_method", "gptq")
+    if quantization is not None:
+        method = quantization.get("quant_method", "unknown") if isinstance(quantization, dict) else "unknown"
+        raise CheckpointError(config_path, f"quantized checkpoint (quant_method {method!r}): awm reads full-precision "
+                                           "safetensors / .bin and GGUF; compare the full-precision model it was made from")
+
+
 def _shards_from_index(index_path):
     index = _read_json(index_path, "shard index")
     weight_map = index.get("weight_map")
@@ -105,6 +119,7 @@ class ModelCheckpoint:
         self.config_path = config_path
         raw = _read_json(config_path, "config.json")
         config = arch.text_config(raw)
+        _refuse_quantized(self.path, config_path, raw, config)
         self.model_type = str(config.get("model_type") or raw.get("model_type") or "unknown")
         self.wrapper_type = str(raw.get("model_type") or "")
         self.architecture = self.model_type
@@ -187,13 +202,22 @@ class ModelCheckpoint:
     # ------------------------------------------------------------------ tensors
     def _read(self, name, device=CPU):
         """One tensor as float32 on `device`; the stored precision crosses to the GPU, not float32."""
+        self._refuse_scaled(name)
         tensor = self.store.read(name).to(device).to(torch.float32)
         return files.check_finite(tensor, self.store.tensors[name].path, name)
+
+    def _refuse_scaled(self, name):
+        """float8 values mean nothing without the scales stored beside them."""
+        info = self.store.tensors.get(name)
+        if info is not None and str(info.dtype).upper().replace("_", "").startswith(("F8", "FLOAT8")):
+            raise CheckpointError(info.path, f"tensor '{name}' is stored as {info.dtype}: float8 weights need their scales, "
+                                             "which awm does not apply; compare the full-precision model")
 
     def read_embedding(self, progress=False):
         """The whole input embedding in its stored precision (bf16/fp16 stay half size), read in blocks."""
         name = self.family.embedding
         path = self.store.tensors[name].path
+        self._refuse_scaled(name)
         embedding = None
         starts = range(0, self.vocab_rows, EMBEDDING_BLOCK_ROWS)
         for start in tqdm(starts, desc=f"embedding {os.path.basename(self.display_path)}", leave=False, disable=None if progress else True):
