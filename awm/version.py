@@ -1,2 +1,2 @@
 """The tool's version: written into every report, library entry and cached pair."""
-VERSION = "0.3.0"
+VERSION = "0.4.0"
