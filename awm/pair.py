@@ -60,12 +60,14 @@ class PairScoring:
         self.base, self.target = (digest_a, digest_b) if self.a_is_base else (digest_b, digest_a)
         self.alignment = align(self.base, self.target, device)
         self.tried = [self.alignment] if self.alignment.testable else []
-        # The paper's alignment first: another witness is asked only when it fails.
+        # The paper's alignment first: another witness is asked only when it fails. A permutation
+        # that passes below copy level (a block rotation leaves dims half in place) asks the
+        # rotation too, for what was inherited alone: the paper's scores still decide.
         self.witness = self.alignment if self.alignment.passed else None
-        if self.alignment.testable and self.witness is None:
+        if self.alignment.testable and (self.witness is None or self.alignment.correspondence.agreement < rule.COPY_AGREEMENT):
             rotation = rotation_alignment(self.base, self.target, self.alignment, device)
             self.tried.append(rotation)
-            if rotation.passed:
+            if self.witness is None and rotation.passed:
                 self.witness = rotation
         self.body_match = None
         self.spectra_match = None       # the circuit spectra, when no witness pairs the dims (awm.circuit_spectra)

@@ -88,3 +88,20 @@ def test_real_models_of_equal_depth_have_unrelated_circuit_spectra(smollm2_weigh
     spectra = record["evidence"]["circuit_spectra"]
     assert spectra["layers"] == 18 and not spectra["confirmed"] and spectra["distance"] > 10 * spectra["copy_distance"]
     assert record["verdict"] == "independent"
+
+
+def test_a_block_rotated_real_model_is_derived_by_the_papers_alignment_and_its_embedding_shared(smollm2, smollm2_weights, tmp_path):
+    """64 x 64 blocks leave the dims half in place: the permutation passes below copy level and
+    the paper's scores decide; the rotation, asked for what was inherited, finds the copy."""
+    from awm import disguise
+
+    state, config, tokenizer = smollm2_weights
+    rotation = disguise.random_rotation(config["hidden_size"], torch.Generator().manual_seed(6), block=64)
+    rotated = disguise.rotate_residual(state, config["num_hidden_layers"], rotation)
+    path = gguf_convert.write_hf_model(str(tmp_path / "block-rotated"), rotated, {**config, "tie_word_embeddings": False}, tokenizer)
+    record = compare(smollm2, path)
+    found = witnesses(record)
+    assert record["evidence"]["alignment"]["basis"] == verdict.EMBEDDING_PERMUTATION
+    assert found[verdict.EMBEDDING_PERMUTATION]["agreement"] < verdict.COPY_AGREEMENT
+    assert found[verdict.EMBEDDING_ROTATION]["confirmed"] and found[verdict.EMBEDDING_ROTATION]["agreement"] > 0.9
+    assert record["verdict"] == "derived" and record["inheritance"] == {"embedding": "shared", "body": "shared"}
