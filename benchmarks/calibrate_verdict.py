@@ -116,6 +116,7 @@ def score_all(paths):
                      "aligned": result["aligned_scores"], "basis": evidence["alignment"]["basis"],
                      "witnesses": evidence["alignment"]["witnesses"], "body_weights": evidence["body_weights"],
                      "mean_abs_cosine": evidence["mean_abs_cosine"], "correspondence": evidence["correspondence"],
+                     "circuit_spectra": evidence["circuit_spectra"],
                      "reason": result["verdict_reason"]})
         tried = "  ".join(f"{w['witness'].split()[0][0]}{w['witness'].split()[1][0]} {w.get('matched_dims', '-')}/{w.get('target_dims', '-')}"
                           for w in evidence["alignment"]["witnesses"])
@@ -134,6 +135,25 @@ def _false_matches(rows, witness):
     return sum(w["matched_dims"] for w in tested), sum(w["target_dims"] for w in tested), sum(w["confirmed"] for w in tested)
 
 
+def changed_verdicts(rows, previous_path):
+    """Pairs whose verdict or inheritance differs from the previous calibration file's (the rule
+    it was written under), before that file is overwritten."""
+    try:
+        with open(previous_path, encoding="utf-8") as handle:
+            before = {(r["a"], r["b"]): r for r in json.load(handle)["rows"]}
+    except (OSError, ValueError, KeyError):
+        return None
+    return [{"pair": f"{r['a']} vs {r['b']}", "label": r["label"], "before": before[(r["a"], r["b"])]["verdict"], "now": r["verdict"],
+             "inheritance_before": before[(r["a"], r["b"])].get("inheritance"), "inheritance_now": r["inheritance"]}
+            for r in rows if (r["a"], r["b"]) in before
+            and (before[(r["a"], r["b"])]["verdict"], before[(r["a"], r["b"])].get("inheritance")) != (r["verdict"], r["inheritance"])]
+
+
+def _agreements(rows, label, witness):
+    values = [w["agreement"] for r in rows if r["label"] == label for w in r["witnesses"] if w["witness"] == witness and "agreement" in w]
+    return {"n": len(values), "min": min(values), "max": max(values)} if values else None
+
+
 def summarize(rows):
     confusion = evaluation.verdict_confusion(rows)
     independent = [r for r in rows if r["label"] == "independent"]
@@ -141,7 +161,8 @@ def summarize(rows):
     for name in ("embedding permutation", "embedding rotation", "body permutation"):
         false, tested, pairs = _false_matches(rows, name)
         witnesses[name] = {"false_matches": false, "dims_tested": tested, "empirical_rate": false / tested if tested else None,
-                           "independent_pairs_confirmed": pairs}
+                           "independent_pairs_confirmed": pairs, "agreement_independent": _agreements(rows, "independent", name),
+                           "agreement_derived_when_asked": _agreements(rows, "derived", name)}
     body_tests = [r["body_weights"] for r in independent if r["body_weights"]]
     return {
         "confusion": confusion,
@@ -199,6 +220,7 @@ def main():
     args = parser.parse_args()
     rows = score_all(model_paths(calibration_zoo.Zoo(args.root)))
     summary = summarize(rows)
+    summary["changed_since_previous_file"] = changed_verdicts(rows, args.json)
     print(json.dumps(summary, indent=1))
     write_json_atomic(args.json, {"rows": rows, "summary": summary})
     figure(rows, args.figure)
