@@ -33,7 +33,7 @@ def layer_spectrum(circuit):
     if circuit is None:
         return spectrum
     count = min(VALUES, max(1, circuit.shape[0] // 4))
-    values = fingerprint._top_singular_values(circuit, count, symmetric=False).double().cpu().clamp_min(1e-30)
+    values = fingerprint.top_singular_values(circuit, count, symmetric=False).double().cpu().clamp_min(1e-30)
     logs = values.log() - values[0].log()
     logs[logs < fingerprint.NEGLIGIBLE] = float("nan")
     spectrum[0, :len(values)] = logs.float()
@@ -76,6 +76,6 @@ def match(spectra_a, spectra_b):
     layer matching would pair shuffled layers as well as the true ones)."""
     if len(spectra_a) != len(spectra_b):
         return None
-    distance = fingerprint._body_distance(spectra_a, spectra_b)
-    shifted = [fingerprint._body_distance(np.roll(spectra_a, shift, axis=0), spectra_b) for shift in range(1, len(spectra_a))]
+    distance = fingerprint.body_distance(spectra_a, spectra_b)
+    shifted = [fingerprint.body_distance(np.roll(spectra_a, shift, axis=0), spectra_b) for shift in range(1, len(spectra_a))]
     return SpectraMatch(float(distance), float(np.median(shifted)) if shifted else float("nan"), len(spectra_a))

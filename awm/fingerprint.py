@@ -109,7 +109,7 @@ def _mean_row(embedding, block=8192):
     return (total / max(1, embedding.shape[0])).float()
 
 
-def _top_singular_values(matrix, count, symmetric):
+def top_singular_values(matrix, count, symmetric):
     """The largest `count` singular values (a PSD Gram: its eigenvalues' square roots, those of W),
     by randomized subspace iteration when the matrix is wide."""
     matrix = matrix.float()
@@ -135,7 +135,7 @@ def layer_spectra(kernels):
         if matrix is None:
             continue
         count = min(SPECTRUM, max(1, matrix.shape[0] // 4))
-        values = _top_singular_values(matrix, count, symmetric).double().cpu().clamp_min(1e-30)
+        values = top_singular_values(matrix, count, symmetric).double().cpu().clamp_min(1e-30)
         logs = values.log() - values[0].log()
         logs[logs < NEGLIGIBLE] = float("nan")
         spectra[row, :len(values)] = logs.float()
@@ -168,7 +168,7 @@ class Probes:
     def first_pass(self, entry):
         """first_pass(probe, entry) for every probe, in their order."""
         embeddings, bodies = self._embeddings(entry), self._bodies(entry)
-        return [_evidence(embedding, body) for embedding, body in zip(embeddings, bodies)]
+        return [first_pass_evidence(embedding, body) for embedding, body in zip(embeddings, bodies)]
 
     def _embeddings(self, entry):
         found = [None] * len(self.fingerprints)
@@ -189,7 +189,7 @@ class Probes:
         own = entry["spectra"].numpy()
         for depth, (members, stacked) in self.spectra.items():
             distances = _same_depth_distances(stacked, own) if depth == len(own) else \
-                [_body_distance(stacked[i], own) for i in range(len(members))]
+                [body_distance(stacked[i], own) for i in range(len(members))]
             for k, distance in zip(members, distances):
                 found[k] = float(distance) if np.isfinite(distance) else None
         return found
@@ -246,7 +246,7 @@ def _same_depth_distances(stacked, own):
     return gaps.mean(1).min(1)
 
 
-def _body_distance(spectra_a, spectra_b):
+def body_distance(spectra_a, spectra_b):
     """For the kind of matrix whose spectra agree best (W_q, W_k or the circuit: a disguise may
     change the first two and never the third), the mean |difference| of the normalised log
     spectra over matched layers (equal depth: layer i with i; else the assignment of smallest
@@ -262,7 +262,7 @@ def _body_distance(spectra_a, spectra_b):
     return best
 
 
-def _evidence(embedding, body):
+def first_pass_evidence(embedding, body):
     """Only both summaries together rule a pair out: with too few anchors in common the
     embedding cannot speak (a pruned or rotated body alone may look unrelated), so the pair
     stays a candidate."""

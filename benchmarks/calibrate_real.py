@@ -98,8 +98,8 @@ class Digests:
     def first_pass(self, a, b):
         """The library's first-pass evidence on this pair, from the same summaries an entry stores."""
         (anchors_a, gram_a, spectra_a), (anchors_b, gram_b, spectra_b) = self.summaries[a], self.summaries[b]
-        return fingerprint._evidence(fingerprint.embedding_similarity(anchors_a, gram_a, anchors_b, gram_b),
-                                     fingerprint._body_distance(spectra_a, spectra_b))
+        return fingerprint.first_pass_evidence(fingerprint.embedding_similarity(anchors_a, gram_a, anchors_b, gram_b),
+                                     fingerprint.body_distance(spectra_a, spectra_b))
 
 
 def _record(test):

@@ -160,7 +160,7 @@ def test_the_first_pass_computes_its_definitions(compact):
 
 
 def test_a_relative_links_only_through_what_the_suspect_lost_and_inheritance_leaves():
-    evidence = fingerprint._evidence
+    evidence = fingerprint.first_pass_evidence
     new_embedding = evidence(0.01, 0.001)             # the suspect and its relative: the same body, another embedding
     assert fingerprint.links(new_embedding, evidence(0.9, 0.3)) == ["embedding"]
     assert fingerprint.links(new_embedding, evidence(0.01, 0.0)) == []          # the body: within the suspect's own reach
