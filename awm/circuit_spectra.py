@@ -16,7 +16,6 @@ layers all share one spectral shape would otherwise match anything).
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from awm import fingerprint
 
@@ -27,17 +26,9 @@ MAX_CONTRAST = 0.25      # matched distance / median distance with the layers pa
 
 
 def layer_spectrum(circuit):
-    """(1, VALUES) normalised log singular values of one layer's QK circuit (NaN where the
-    spectrum is negligible or the circuit missing)."""
-    spectrum = torch.full((1, VALUES), float("nan"))
-    if circuit is None:
-        return spectrum
-    count = min(VALUES, max(1, circuit.shape[0] // 4))
-    values = fingerprint.top_singular_values(circuit, count, symmetric=False).double().cpu().clamp_min(1e-30)
-    logs = values.log() - values[0].log()
-    logs[logs < fingerprint.NEGLIGIBLE] = float("nan")
-    spectrum[0, :len(values)] = logs.float()
-    return spectrum
+    """(1, VALUES) normalised log singular values of one layer's QK circuit (the library's
+    spectra, fewer values: fingerprint.normalised_log_spectrum)."""
+    return fingerprint.normalised_log_spectrum(circuit, VALUES, symmetric=False)[None]
 
 
 def keep_spectrum(digest, index, kernels):

@@ -125,21 +125,26 @@ def top_singular_values(matrix, count, symmetric):
     return values.clamp_min(0).sqrt() if symmetric else values
 
 
+def normalised_log_spectrum(matrix, values, symmetric):
+    """(values,) normalised log singular values of one matrix: the top quarter of its spectrum
+    at most, above 1e-3 of the largest (NaN beyond, and for a missing matrix). The tail of a
+    square matrix's spectrum sits near zero and the values past a matrix's rank are rounding
+    noise: any change moves their logarithms, so they say nothing."""
+    spectrum = torch.full((values,), float("nan"))
+    if matrix is None:
+        return spectrum
+    count = min(values, max(1, matrix.shape[0] // 4))
+    kept = top_singular_values(matrix, count, symmetric).double().cpu().clamp_min(1e-30)
+    logs = kept.log() - kept[0].log()
+    logs[logs < NEGLIGIBLE] = float("nan")
+    spectrum[:len(kept)] = logs.float()
+    return spectrum
+
+
 def layer_spectra(kernels):
-    """(3, SPECTRUM) normalised log singular values of W_q, W_k and the QK circuit: the top
-    quarter of each spectrum at most, above 1e-3 of the largest (NaN beyond, and where a matrix
-    is missing). The tail of a square matrix's spectrum sits near zero and the values past a
-    matrix's rank are rounding noise: any change moves their logarithms, so they say nothing."""
-    spectra = torch.full((3, SPECTRUM), float("nan"))
-    for row, (matrix, symmetric) in enumerate(((kernels.query, True), (kernels.key, True), (kernels.circuit, False))):
-        if matrix is None:
-            continue
-        count = min(SPECTRUM, max(1, matrix.shape[0] // 4))
-        values = top_singular_values(matrix, count, symmetric).double().cpu().clamp_min(1e-30)
-        logs = values.log() - values[0].log()
-        logs[logs < NEGLIGIBLE] = float("nan")
-        spectra[row, :len(values)] = logs.float()
-    return spectra
+    """(3, SPECTRUM) normalised log spectra of W_q, W_k and the QK circuit."""
+    return torch.stack([normalised_log_spectrum(matrix, SPECTRUM, symmetric)
+                        for matrix, symmetric in ((kernels.query, True), (kernels.key, True), (kernels.circuit, False))])
 
 
 def payload_bytes(anchors, layers):
