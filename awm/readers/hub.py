@@ -209,7 +209,9 @@ class HubSnapshot:
             raise CheckpointError(self.where, f"holds {len(choice.files)} GGUF files ({shown}); name one: {self.where}/{choice.files[0]}")
         if choice.format == "gguf":
             return list(choice.files), []
-        small = ["config.json"] + next(([f] for f, _ in vocabulary.VOCAB_FILES if f in top), [])
+        # AutoGPTQ keeps its settings beside the config: a quantized repo cannot be read without them.
+        small = ["config.json"] + [f for f in ("quantize_config.json",) if f in top]
+        small += next(([f] for f, _ in vocabulary.VOCAB_FILES if f in top), [])
         return (self._indexed_shards(choice.index) if choice.index else list(choice.files)), small
 
     def _indexed_shards(self, index_name):
@@ -381,8 +383,8 @@ def open_hub_model(reference, vocab_match="bytes", progress=False):
     checkpoint = ModelCheckpoint(local, vocab_match, fetch=snapshot.fetch_local, weight_files=list(local_names))
     needed = {}
     for tensor in checkpoint.tensors_for_score():
-        info = checkpoint.store.tensors[tensor]
-        needed.setdefault(local_names[info.path], []).append((info.begin, info.end))
+        for info in checkpoint.stored_parts(tensor):
+            needed.setdefault(local_names[info.path], []).append((info.begin, info.end))
     with tqdm(desc=f"fetching {reference.repo}", unit="B", unit_scale=True, unit_divisor=1024, total=0, leave=False,
               disable=None if progress else True) as bar:
         snapshot.fetcher.fill([(name, snapshot.sparse(name), ranges) for name, ranges in needed.items()], bar)

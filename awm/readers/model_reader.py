@@ -12,6 +12,7 @@ from tqdm import tqdm
 from awm.errors import CheckpointError
 from awm.readers import architectures as arch
 from awm.readers import checkpoint_files as files
+from awm.readers import quantized
 from awm.readers import vocabulary
 from awm.readers.weight_files import choose_weight_files, gguf_parts
 
@@ -36,18 +37,16 @@ def _read_json(path, what):
     return data
 
 
-def _refuse_quantized(directory, config_path, raw, config):
-    """A quantized Hugging Face checkpoint holds packed integers or scaled float8, not weights:
-    read as plain floats they give wrong scores without a word, so it is refused by name."""
-    quantization = raw.get("quantization_config") or config.get("quantization_config")
-    if quantization is None and os.path.isfile(os.path.join(directory, "quantize_config.json")):
-        config_path = os.path.join(directory, "quantize_config.json")
-        quantization = _read_json(config_path, "quantize_config.json")
-        quantization.setdefault("quant_method", "gptq")
-    if quantization is not None:
-        method = quantization.get("quant_method", "unknown") if isinstance(quantization, dict) else "unknown"
-        raise CheckpointError(config_path, f"quantized checkpoint (quant_method {method!r}): awm reads full-precision "
-                                           "safetensors / .bin and GGUF; compare the full-precision model it was made from")
+def _quantization(directory, config_path, raw, config):
+    """The Format of a quantized checkpoint (readers.quantized), or None for full precision.
+    A quantized tensor is never read as plain floats: an unknown method is refused by name."""
+    sidecar_path = os.path.join(directory, "quantize_config.json")
+    sidecar = _read_json(sidecar_path, "quantize_config.json") if os.path.isfile(sidecar_path) else None
+    declared = quantized.quantization_of(raw, config, sidecar)
+    if declared is None:
+        return None
+    method, settings = declared
+    return quantized.format_for(method, settings, sidecar_path if sidecar is not None and "quantization_config" not in raw else config_path)
 
 
 def _shards_from_index(index_path):
@@ -119,7 +118,9 @@ class ModelCheckpoint:
         self.config_path = config_path
         raw = _read_json(config_path, "config.json")
         config = arch.text_config(raw)
-        _refuse_quantized(self.path, config_path, raw, config)
+        quant_format = _quantization(self.path, config_path, raw, config)
+        if quant_format is not None:
+            self.store = quantized.QuantizedStore(self.store, quant_format)
         self.model_type = str(config.get("model_type") or raw.get("model_type") or "unknown")
         self.wrapper_type = str(raw.get("model_type") or "")
         self.architecture = self.model_type
@@ -280,6 +281,11 @@ class ModelCheckpoint:
             names += [self.family.name(t, layer) for t in family.attn_norm if self.family.name(t, layer) in self.store.tensors][:1]
         return [n for n in dict.fromkeys(names) if n in self.store.tensors]
 
+    def stored_parts(self, name):
+        """The stored tensors a tensor is read from: itself, or a quantized module's parts."""
+        parts = getattr(self.store, "parts", None)
+        return parts(name) if parts else [self.store.tensors[name]]
+
     # ------------------------------------------------------------------ description
     def describe(self):
         q_name = self.family.name(self.family.family.query, 0)
@@ -301,6 +307,8 @@ class ModelCheckpoint:
             "dtype": self.store.tensors[q_name].dtype,
             **self.lineage_hints,
         }
+        if isinstance(self.store, quantized.QuantizedStore):
+            described["quantization"] = self.store.label
         if self.source:
             described["source"] = dict(self.source)
         return described
