@@ -18,31 +18,33 @@ def _prepare(threads):
         set_threads(threads)
 
 
-def compare_record(model_a, model_b, device, null, paper_only=False, vocab_match="bytes", progress=False, precision="exact"):
+def compare_record(model_a, model_b, device, null, paper_only=False, vocab_match="bytes", progress=False, precision="exact",
+                   adapter_base=None):
     """The pair's JSON record (what the CLI prints and writes); device and null resolved."""
     from awm.digest import digest_path
     from awm.pair import compare_digests
 
     started = time.perf_counter()
-    digests = [digest_path(p, device, with_circuit=not paper_only, progress=progress, vocab_match=vocab_match, precision=precision)
-               for p in (model_a, model_b)]
+    digests = [digest_path(p, device, with_circuit=not paper_only, progress=progress, vocab_match=vocab_match, precision=precision,
+                           adapter_base=adapter_base) for p in (model_a, model_b)]
     record = compare_digests(*digests, device, null, progress)
     record["timings"]["total_s"] = round(time.perf_counter() - started, 3)
     return record
 
 
 def compare(model_a, model_b, *, device="auto", threads=None, paper_only=False, vocab_match="bytes",
-            null_stats=None, progress=False, precision="exact"):
+            null_stats=None, progress=False, precision="exact", adapter_base=None):
     """Compare two models (directories, .gguf files, Hub repos) as `python main.py --model_paths A B`.
 
     device: "auto" | "cpu" | "cuda"; threads: CPU threads (default all); paper_only: skip the
     QK-circuit score; vocab_match: "bytes" | "spelling"; null_stats: reference for Z (None:
     the paper's; a dict with mean/std in percent; or a null_stats.json path); precision:
-    "exact" (float32 products) | "fast" (bfloat16 products, docs/performance.md).
+    "exact" (float32 products) | "fast" (bfloat16 products, docs/performance.md); adapter_base:
+    the base a LoRA adapter folder among the two is merged into (default: the base it names).
     """
     _prepare(threads)
     record = compare_record(os.fspath(model_a), os.fspath(model_b), resolve_device(device), load_reference(null_stats),
-                            paper_only, vocab_match, progress, precision)
+                            paper_only, vocab_match, progress, precision, adapter_base)
     return Report.from_record(record)
 
 

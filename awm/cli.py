@@ -122,6 +122,9 @@ def build_parser():
     parser.add_argument("--precision", choices=("exact", "fast"), default="exact",
                         help="the per-layer products: float32 (default), or bfloat16, about 2x faster on CPUs with "
                              "AVX512-BF16/AMX, moving per-layer CKAs by up to ~1e-3 percentage points (docs/performance.md)")
+    parser.add_argument("--adapter_base", metavar="BASE",
+                        help="with --model_paths: the model a LoRA adapter folder is merged into "
+                             "(default: the base_model_name_or_path its adapter_config.json names)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     return parser
@@ -131,7 +134,8 @@ def run_pair(args, device, null):
     from awm.api import compare_record
 
     record = compare_record(*args.model_paths, device=device, null=null, paper_only=args.paper_only,
-                            vocab_match=args.vocab_match, progress=not args.quiet, precision=args.precision)
+                            vocab_match=args.vocab_match, progress=not args.quiet, precision=args.precision,
+                            adapter_base=args.adapter_base)
     print("\n".join(console.summary_lines(record)))
     if args.output:
         write_json_atomic(args.output, record)

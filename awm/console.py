@@ -10,8 +10,10 @@ def _fmt(value, unit=" %"):
 
 
 def _describe(meta):
+    adapter = meta.get("adapter")
+    merged = f", LoRA adapter (r={adapter['rank']}, alpha={adapter['lora_alpha']}) merged into {adapter['base']}" if adapter else ""
     return (f"{meta['architecture']}, hidden {meta['hidden_size']}, {meta['num_layers']} layers, "
-            f"{meta['num_heads']}/{meta['num_kv_heads']} heads, vocab {meta['vocab_size']:,}, {meta['dtype']}")
+            f"{meta['num_heads']}/{meta['num_kv_heads']} heads, vocab {meta['vocab_size']:,}, {meta['dtype']}{merged}")
 
 
 def _bytes(count):

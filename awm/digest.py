@@ -135,7 +135,8 @@ class ModelDigest:
         return kernels
 
 
-def digest_path(path, device, keep_layers=False, with_circuit=True, progress=False, vocab_match="bytes", precision="exact"):
+def digest_path(path, device, keep_layers=False, with_circuit=True, progress=False, vocab_match="bytes", precision="exact",
+                adapter_base=None):
     from awm.readers import open_model
 
-    return ModelDigest(open_model(path, vocab_match, progress), device, keep_layers, with_circuit, progress, precision)
+    return ModelDigest(open_model(path, vocab_match, progress, adapter_base), device, keep_layers, with_circuit, progress, precision)

@@ -1,14 +1,29 @@
 """Everything that turns a checkpoint into tensors: local files (safetensors, .bin, GGUF),
 tokenizer vocabularies, the architecture table, and Hub repositories read by byte ranges."""
+import os
 
 
-def open_model(reference, vocab_match="bytes", progress=False):
+def open_model(reference, vocab_match="bytes", progress=False, adapter_base=None):
     """A model from a local folder or .gguf file, or from a Hub repo (``owner/name[@revision]``,
-    ``hf://owner/name[@revision][/file.gguf]``; a local path of the same name wins)."""
-    from awm.readers import hub
+    ``hf://owner/name[@revision][/file.gguf]``; a local path of the same name wins). A PEFT LoRA
+    adapter folder is the model it makes: merged into `adapter_base`, else the base it names."""
+    from awm.readers import adapters, hub
     from awm.readers.model_reader import ModelCheckpoint
 
+    if adapters.is_adapter(os.path.expanduser(str(reference))):
+        return _open_adapter(os.path.abspath(os.path.expanduser(str(reference))), vocab_match, progress, adapter_base)
     reference_on_hub = hub.parse_reference(reference)
     if reference_on_hub is None:
         return ModelCheckpoint(reference, vocab_match)
     return hub.open_hub_model(reference_on_hub, vocab_match, progress)
+
+
+def _open_adapter(path, vocab_match, progress, adapter_base):
+    from awm.readers import adapters
+
+    config = adapters.read_config(path)
+    checkpoint = open_model(adapters.base_reference(path, config, adapter_base), vocab_match, progress)
+    checkpoint.store = adapters.MergedStore(checkpoint.store, path, config)
+    checkpoint.adapter = checkpoint.store.describe(checkpoint.display_path)
+    checkpoint.display_path = path
+    return checkpoint

@@ -307,8 +307,11 @@ class ModelCheckpoint:
             "dtype": self.store.tensors[q_name].dtype,
             **self.lineage_hints,
         }
-        if isinstance(self.store, quantized.QuantizedStore):
-            described["quantization"] = self.store.label
+        quantization = getattr(self.store, "label", None) or getattr(getattr(self.store, "base", None), "label", None)
+        if quantization:
+            described["quantization"] = quantization
+        if getattr(self, "adapter", None):
+            described["adapter"] = dict(self.adapter)
         if self.source:
             described["source"] = dict(self.source)
         return described
