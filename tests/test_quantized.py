@@ -226,3 +226,32 @@ def test_cli_exits_2_on_a_malformed_quantized_checkpoint(tmp_path, parent):
                                     factory.byte_level_tokens(VOCAB))
     done = run_cli("--model_paths", str(tmp_path / "parent"), path, "--device", "cpu", "--quiet")
     assert done.returncode == 2 and "scales' has shape" in done.stderr and os.path.basename(path) in done.stderr
+
+
+def test_quantized_repo_from_the_hub_fetches_only_the_packed_parts(fake_hub, tmp_path):
+    """Remote reads score as local ones, and fetch only the parts of the tensors the score reads:
+    4-bit attention weights cost about a quarter of their float16 bytes."""
+    import awm
+    from test_hub import comparable
+
+    from awm.readers import hub, range_cache
+
+    tensors = factory.random_llama_tensors(HIDDEN, LAYERS, HEADS, KV_HEADS, VOCAB, seed=4, dtype=torch.float16)
+    config = factory.llama_config(HIDDEN, LAYERS, HEADS, KV_HEADS, VOCAB)
+    factory.write_safetensors_model(str(tmp_path / "parent"), tensors, config, factory.byte_level_tokens(VOCAB))
+    write_quantized(tmp_path / "gptq", {n: t.float() for n, t in tensors.items()}, lambda w: quantizers.gptq(w, 4, 128), gptq_config(4, 128))
+    for name in ("parent", "gptq"):
+        fake_hub.add(f"org/{name}", str(tmp_path / name))
+    remote = awm.compare("org/parent", "org/gptq", device="cpu")
+    assert comparable(remote) == comparable(awm.compare(tmp_path / "parent", tmp_path / "gptq", device="cpu"))
+    assert remote.model_b["quantization"] == "GPTQ 4-bit g128"
+
+    def attention_bytes(folder):
+        model = ModelCheckpoint(str(folder))
+        parts = [p for n in model.tensors_for_score() if "_proj" in n for p in model.stored_parts(n)]
+        return sum(p.end - p.begin for p in parts), [p for n in model.tensors_for_score() for p in model.stored_parts(n)]
+
+    packed, parts = attention_bytes(tmp_path / "gptq")
+    assert packed < 0.3 * attention_bytes(tmp_path / "parent")[0]
+    slack = hub.HEADER_PREFIX_BYTES[".safetensors"] + len(parts) * range_cache.MERGE_GAP
+    assert fake_hub.weight_bytes_sent("org/gptq") <= sum(p.end - p.begin for p in parts) + slack
