@@ -10,7 +10,7 @@ are never linked. Within a family:
 2. A shape class is entered from another by a structural relation, which also fixes the
    direction: a pruned model is narrower or shallower than its parent, an upcycled one has
    experts its parent lacks, a multimodal one adds a tower, a quantized one is stored in fewer
-   bits, a stacked one repeats its parent's layers. The link goes from the most similar model
+   bits, an adapter is a low-rank update on a base, a stacked one repeats its parent's layers. The link goes from the most similar model
    that is upstream by structure.
 3. Inside a class, edges point away from its root: the model the class was entered through,
    else a model three or more others branch from, else the only model with structural
@@ -23,7 +23,7 @@ from awm import tree_evidence as evidence
 from awm.lineage import Groups, families
 from awm.verdict import is_derived
 
-RELATIONS = ("copy", "quantized", "fine-tune", "pruned", "upcycled", "multimodal", "stacked", "merge")
+RELATIONS = ("copy", "quantized", "adapter", "fine-tune", "pruned", "upcycled", "multimodal", "stacked", "merge")
 FULL_PRECISION = ("F64", "F32", "F16", "BF16", "float64", "float32", "float16", "bfloat16")
 COPY_DISTANCE = 1e-6                 # rows this close are the same weights as stored
 COPY_SCORE = 99.9999                 # and every layer scores this high
@@ -63,7 +63,7 @@ def is_quantized(meta):
 
 def shape_key(meta):
     return (meta["hidden_size"], meta["num_layers"], meta["num_heads"], meta["num_kv_heads"], meta["head_dim"],
-            meta.get("experts") or 0, tuple(meta.get("modalities") or ("text",)), is_quantized(meta))
+            meta.get("experts") or 0, tuple(meta.get("modalities") or ("text",)), is_quantized(meta), bool(meta.get("adapter")))
 
 
 def structural_relation(child, parent):
@@ -85,7 +85,14 @@ def structural_relation(child, parent):
             return "stacked", f"it is deeper ({child['num_layers']} vs {parent['num_layers']} layers)"
         if is_quantized(child) and not is_quantized(parent):
             return "quantized", f"it is stored as {child['dtype']}, its parent at full precision ({parent['dtype']})"
+        if child.get("adapter") and not parent.get("adapter") and (_is_base_of(child["adapter"], parent) or not is_quantized(parent)):
+            adapter = child["adapter"]
+            return "adapter", f"it is a LoRA adapter (rank {adapter.get('rank')}) merged into a base model ({adapter.get('base')})"
     return None
+
+
+def _is_base_of(adapter, meta):
+    return bool(adapter.get("base")) and adapter["base"] in (meta.get("path"), meta.get("name"))
 
 
 # ----------------------------------------------------------------------------- the pairs

@@ -20,14 +20,15 @@ def _round_to_nearest(weight, bits, group, symmetric=False):
     out_features, in_features = weight.shape
     group = in_features if group < 0 else group
     levels = 2 ** bits - 1
-    grouped = weight.reshape(out_features, -1, group)
+    padding = -in_features % group          # a last, shorter group: zeros leave its range as it is
+    grouped = torch.nn.functional.pad(weight, (0, padding)).reshape(out_features, -1, group)
     low, high = grouped.amin(-1).clamp(max=0), grouped.amax(-1).clamp(min=0)
     if symmetric:
         high = torch.maximum(high, -low)
         low = -high
     scales = ((high - low) / levels).clamp_min(1e-8)
     zeros = torch.full_like(scales, (levels + 1) // 2) if symmetric else torch.round(-low / scales).clamp(0, levels)
-    integers = torch.round(grouped / scales[..., None] + zeros[..., None]).clamp(0, levels).reshape(out_features, in_features)
+    integers = torch.round(grouped / scales[..., None] + zeros[..., None]).clamp(0, levels).reshape(out_features, -1)[:, :in_features]
     return integers.to(torch.int64), zeros.t().to(torch.int64), scales.t().half()
 
 
@@ -86,7 +87,8 @@ def awq_gemm(weight, group=128):
 def awq_gemv(weight, group=32):
     integers, zeros, scales = _round_to_nearest(weight, 4, group)
     reference = _float_of(integers, zeros, scales, torch.arange(weight.shape[1]) // group)
-    width = math.ceil(weight.shape[1] // group / 8) * 8 * (4 if group == 32 else 2 if group == 64 else 1)
+    multiple = {32: 4, 64: 2}.get(group, 1)          # AutoAWQ's calculate_zeros_width, in words of 8 groups
+    width = 8 * multiple * math.ceil(math.ceil(weight.shape[1] // group / 8) / multiple)
     padded_scales = torch.zeros(weight.shape[0], width, dtype=torch.float16)
     padded_scales[:, :scales.shape[0]] = scales.t()
     padded_zeros = torch.zeros(weight.shape[0], width, dtype=torch.int64)

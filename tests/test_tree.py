@@ -3,6 +3,7 @@ fine-tunes and a grandchild, a width-pruned child, a linear merge with known coe
 TIES merge, a depth-stacked model, a layer-wise merge of two parents, and unrelated roots.
 Every edge, direction, relation, coefficient and layer source is checked."""
 import json
+import os
 
 import factory
 import pytest
@@ -158,6 +159,25 @@ def test_two_fine_tunes_alone_stay_undirected(tmp_path):
     assert {pair["a"], pair["b"]} == {"a", "b"} and pair["relation"] == "fine-tune" and "nothing decides" in pair["reason"]
 
 
+def write_lora_adapter(folder, base, base_path, rank=4, seed=27):
+    """A PEFT LoRA adapter folder on `base_path`: rank-4 updates of every layer's W_q and W_k."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    updates = {}
+    for name, weight in base.items():
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            module = "base_model.model." + name[:-len(".weight")]
+            updates[module + ".lora_A.weight"] = 0.3 * torch.randn(rank, weight.shape[1], generator=generator)
+            updates[module + ".lora_B.weight"] = 0.1 * weight.std() * torch.randn(weight.shape[0], rank, generator=generator)
+    os.makedirs(folder, exist_ok=True)
+    save_file(updates, os.path.join(folder, "adapter_model.safetensors"))
+    with open(os.path.join(folder, "adapter_config.json"), "w") as out:
+        json.dump({"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": ["q_proj", "k_proj"],
+                   "base_model_name_or_path": base_path}, out)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def structural_zoo(tmp_path_factory):
     """The structural relations: upcycled (experts), multimodal (a vision tower), quantized (a
@@ -174,6 +194,7 @@ def structural_zoo(tmp_path_factory):
               "loner": (base_tensors(30), config), "loner-copy": (base_tensors(30), config)}
     paths = [factory.write_safetensors_model(str(root / name), tensors, cfg, tokens) for name, (tensors, cfg) in models.items()]
     paths.append(factory.write_gguf(str(root / "base.Q8_0.gguf"), base, 4, 2, tokens))
+    paths.append(write_lora_adapter(str(root / "ft-lora"), base, paths[0]))
     library, results = str(root / "lib"), root / "map"
     assert cli.main(["--library", library, "--add", *paths, "--device", "cpu", "--quiet"]) == 0
     assert cli.main(["--library", library, "--map", "--results_dir", str(results), "--device", "cpu", "--quiet"]) == 0
@@ -182,7 +203,8 @@ def structural_zoo(tmp_path_factory):
 
 def test_structural_relations_fix_their_direction(structural_zoo):
     parents = parents_of(structural_zoo["tree"])
-    for child, relation in (("moe", "upcycled"), ("vision", "multimodal"), ("shallow", "pruned"), ("base.Q8_0.gguf", "quantized")):
+    for child, relation in (("moe", "upcycled"), ("vision", "multimodal"), ("shallow", "pruned"), ("base.Q8_0.gguf", "quantized"),
+                            ("ft-lora", "adapter")):
         assert set(parents[child]) == {"base"}, (child, parents[child])
         assert parents[child]["base"]["relation"] == relation and parents[child]["base"]["direction"].startswith(f"structure: {relation}")
     for child in ("ft-a", "ft-b", "ft-c"):
