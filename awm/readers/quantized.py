@@ -267,10 +267,15 @@ class CompressedTensors(Format):
             if strategy not in CT_STRATEGIES:
                 raise CheckpointError(path, f"compressed-tensors strategy {strategy!r} is not one awm reads; it reads {', '.join(CT_STRATEGIES)}")
             targets = group.get("targets") or ["Linear"]
-            self.schemes.append({"targets": [str(t) for t in targets], "format": storage, "strategy": strategy,
-                                 "bits": int(weights.get("num_bits", 8)), "type": str(weights.get("type", "int")).lower(),
-                                 "group_size": weights.get("group_size"), "block": weights.get("block_structure"),
-                                 "symmetric": weights.get("symmetric", True)})
+            kind = str(weights.get("type", "int")).lower()
+            bits = _bits(weights.get("num_bits", 8), (8,) if kind == "float" else tuple(range(1, 9)), path, f"compressed-tensors {kind}")
+            group_size, block = weights.get("group_size"), weights.get("block_structure")
+            if strategy == "group" and not (isinstance(group_size, int) and group_size > 0):
+                raise CheckpointError(path, f"compressed-tensors group strategy with group_size {group_size!r}, not a positive integer")
+            if strategy == "block" and not (isinstance(block, list) and len(block) == 2 and all(isinstance(b, int) and b > 0 for b in block)):
+                raise CheckpointError(path, f"compressed-tensors block strategy with block_structure {block!r}, not two positive integers")
+            self.schemes.append({"targets": [str(t) for t in targets], "format": storage, "strategy": strategy, "bits": bits,
+                                 "type": kind, "group_size": group_size, "block": block, "symmetric": weights.get("symmetric", True)})
         if not self.schemes:
             raise CheckpointError(path, "compressed-tensors config quantizes no weights")
         self.ignore = [str(i) for i in config.get("ignore") or []]
@@ -345,9 +350,9 @@ class CompressedTensors(Format):
         elif strategy == "channel":
             block = (1, cols)
         elif strategy == "group":
-            block = (1, int(scheme["group_size"] or cols))
+            block = (1, scheme["group_size"])
         else:
-            block = tuple(int(b) for b in scheme["block"] or (rows, cols))
+            block = tuple(scheme["block"])
         grid = (math.ceil(rows / block[0]), math.ceil(cols / block[1]))
         if math.prod(scale.shape) != math.prod(grid):
             raise self.bad(scale, f"has shape {tuple(scale.shape)}, but {strategy} scales of a ({rows}, {cols}) weight need {grid}")
@@ -421,7 +426,7 @@ class BitsAndBytes(Format):
         try:
             meta.update(json.loads(bytes(raw.to(torch.uint8).reshape(-1).tolist()).decode("utf-8")))
             shape = tuple(int(d) for d in meta["shape"])
-            if int(meta["blocksize"]) <= 0:
+            if int(meta["blocksize"]) <= 0 or int(meta.get("nested_blocksize", 1)) <= 0 or min(shape, default=0) <= 0:
                 raise ValueError
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             raise self.bad(info, "is not the JSON quant state bitsandbytes writes (shape, blocksize)") from None
