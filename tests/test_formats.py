@@ -169,3 +169,23 @@ def test_a_declared_quantization_without_packed_tensors_is_refused(tmp_path, met
     with pytest.raises(CheckpointError, match=r"the config declares (GPTQ|AWQ|FP8) .*, but no tensor is packed that way") as err:
         ModelCheckpoint(path)
     assert config_file in str(err.value)
+
+
+@pytest.mark.parametrize("types", [("Q8_0", "F16"), ("Q4_0", "Q8_0"), ("F32", "F32")])
+def test_gguf_header_parser_agrees_with_the_gguf_package(tmp_path, types):
+    """awm parses GGUF headers itself (the package's reader builds a view per vocabulary entry):
+    every metadata value and every tensor's type, offset, shape and bytes as the package reads them."""
+    import gguf
+    import numpy as np
+
+    from awm.readers.checkpoint_files import open_gguf
+
+    path = factory.write_gguf(str(tmp_path / "m.gguf"), factory.random_llama_tensors(), 4, 2, factory.byte_level_tokens(300), *types)
+    mine, reference = open_gguf(path), gguf.GGUFReader(path)
+    assert [t.name for t in mine.tensors] == [t.name for t in reference.tensors]
+    for a, b in zip(mine.tensors, reference.tensors):
+        assert (a.tensor_type, a.data_offset, a.n_bytes, a.data.shape, list(a.shape)) == \
+               (b.tensor_type, b.data_offset, b.n_bytes, b.data.shape, list(b.shape))
+        assert np.array_equal(np.asarray(a.data), np.asarray(b.data))
+    fields = {k: f.contents() for k, f in reference.fields.items() if not k.startswith("GGUF.")}
+    assert fields and all(mine.field(k) == v for k, v in fields.items())

@@ -279,32 +279,26 @@ def gguf_header_length(prefix):
 
 
 def open_gguf(path):
-    import gguf  # imported here: only GGUF users pay for it
+    from awm.readers.gguf_file import GGUFFile, GGUFFormatError
 
     check_gguf_header(path)
     try:
-        reader = gguf.GGUFReader(path, "r")
-    except ValueError as err:
+        return GGUFFile(path)
+    except GGUFFormatError as err:
         if "GGMLQuantizationType" in str(err):
             raise CheckpointError(path, f"unknown GGUF quant type ({str(err)[:80]})") from None
-        raise CheckpointError(path, f"malformed or truncated GGUF (ValueError: {str(err)[:120]})") from None
+        if "truncated" in str(err):
+            raise CheckpointError(path, str(err)) from None
+        raise CheckpointError(path, f"malformed or truncated GGUF ({str(err)[:120]})") from None
     except Exception as err:
         raise CheckpointError(path, f"malformed or truncated GGUF ({err.__class__.__name__}: {str(err)[:120]})") from None
-    for tensor in reader.tensors:
-        expected = int(np.prod(tensor.shape, dtype=np.float64))
-        if tensor.n_elements != expected or tensor.data.size * tensor.data.itemsize < tensor.n_bytes:
-            raise CheckpointError(path, f"GGUF tensor '{tensor.name}' lies beyond the end of the file: truncated")
-    return reader
 
 
 def gguf_field(reader, key, default=None):
-    field = reader.fields.get(key)
-    if field is None:
-        return default
     try:
-        return field.contents()
+        return reader.field(key, default)
     except Exception:
-        raise CheckpointError(reader.data.filename, f"GGUF metadata '{key}' is malformed") from None
+        raise CheckpointError(reader.path, f"GGUF metadata '{key}' is malformed") from None
 
 
 class GGUFStore:
