@@ -19,6 +19,7 @@ are never linked. Within a family:
 """
 from dataclasses import dataclass, field
 
+from awm import hub_cards
 from awm import tree_evidence as evidence
 from awm.lineage import Groups, families
 from awm.verdict import is_derived
@@ -27,6 +28,10 @@ RELATIONS = ("copy", "quantized", "adapter", "fine-tune", "pruned", "upcycled", 
 FULL_PRECISION = ("F64", "F32", "F16", "BF16", "float64", "float32", "float16", "bfloat16")
 COPY_DISTANCE = 1e-6                 # rows this close are the same weights as stored
 COPY_SCORE = 99.9999                 # and every layer scores this high
+# A re-save in another float format rounds every weight by at most half its unit roundoff; rows
+# that far apart (relative, as RowSpace measures) are the same weights in another precision.
+UNIT_ROUNDOFF = {"F64": 2.0 ** -53, "F32": 2.0 ** -24, "F16": 2.0 ** -11, "BF16": 2.0 ** -8,
+                 "float64": 2.0 ** -53, "float32": 2.0 ** -24, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
 STACKED_SCORE = 50.0                 # CKA of (nearly) every stacked layer with its source
 COPY_REASON = "the same weights as stored: nothing in them tells which is the original"
 
@@ -329,9 +334,23 @@ class TreeBuilder:
                       "branch from, no metadata claim")
 
     def _same_shape_relation(self, a, b, distance):
-        if distance <= COPY_DISTANCE and all(score >= COPY_SCORE for score in self.pairs.layer_scores(a, b).values()):
+        tolerance = copy_tolerance(self.metas[a], self.metas[b])
+        if distance <= tolerance and all(score >= copy_score(tolerance) for score in self.pairs.layer_scores(a, b).values()):
             return "copy"
         return "fine-tune"
+
+
+def copy_tolerance(meta_a, meta_b):
+    """How far apart two stored copies of the same weights may lie: half the coarser unit
+    roundoff of their storage precisions (at least COPY_DISTANCE)."""
+    coarser = max(UNIT_ROUNDOFF.get(str(m.get("dtype")), 0.0) for m in (meta_a, meta_b))
+    return max(COPY_DISTANCE, coarser / 2)
+
+
+def copy_score(tolerance):
+    """The layer score two copies reach: CKA falls short of 1 by about the square of the relative
+    change, so a rounding of `tolerance` leaves at least this (COPY_SCORE at full precision)."""
+    return min(COPY_SCORE, 100 * (1 - 4 * tolerance ** 2))
 
 
 def _declares(meta, name, other_meta):
@@ -352,17 +371,18 @@ def build(names, records, metas, open_digest, not_compared=()):
             tree.links += built.links
             tree.undirected += built.undirected
             tree.layers.update(built.layers)
-    return _record(names, tree, pairs, not_compared)
+    return _record(names, tree, pairs, not_compared, metas)
 
 
-def _record(names, tree, pairs, not_compared):
+def _record(names, tree, pairs, not_compared, metas):
     parents = {name: [] for name in names}
     for link in tree.links:
         awm, circuit = pairs.scores(link.parent, link.child)
         parents[link.child].append({"name": link.parent, "relation": link.relation, "weight": link.weight,
                                     "direction": link.direction, "awm": awm, "qk_circuit": circuit, "change": link.change})
     return {
-        "nodes": [{"name": name, "parents": parents[name], "layers": tree.layers.get(name)} for name in names],
+        "nodes": [{"name": name, "parents": parents[name], "layers": tree.layers.get(name),
+                   "hub": hub_cards.declared_base(parents[name], lambda n: hub_cards.hub_repo(metas.get(n)) or n)} for name in names],
         "undirected": [{"a": u.a, "b": u.b, "relation": u.relation, "reason": u.reason} for u in tree.undirected],
         "not_compared": [{"name": name, "reason": reason} for name, reason in not_compared],
     }
@@ -408,7 +428,7 @@ def place(suspect, records, metas, open_digest):
     caveat = f"; or from {' / '.join(p.parent for p in parents)}, its closest relative" if parents else ""
     tree.links += [Link(suspect, n, found[0], f"structure: {found[0]}: {found[1]}{caveat}") for n, found in children
                    if found is not None and (found[0] != "stacked" or builder._stacked(n, suspect))]
-    record = _record([suspect, *related], tree, pairs, ())
+    record = _record([suspect, *related], tree, pairs, (), metas)
     node = next(n for n in record["nodes"] if n["name"] == suspect)
     return {"parents": node["parents"], "layers": node["layers"],
             "derived_from_it": [{"name": n["name"], **{k: p[k] for k in ("relation", "direction", "awm", "qk_circuit")}}

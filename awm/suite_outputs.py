@@ -5,7 +5,7 @@ import io
 import os
 import re
 
-from awm import evaluation, plots
+from awm import evaluation, hub_cards, plots
 from awm.atomic import write_json_atomic, write_text_atomic
 from awm.verdict import VERDICTS
 from awm.version import VERSION
@@ -70,6 +70,8 @@ def write_plots(folder, records, graph=None):
     if graph is not None:
         write_json_atomic(os.path.join(folder, "lineage.json"), graph)
         plots.lineage_figure(graph, os.path.join(folder, "lineage"))
+        if graph.get("tree"):
+            hub_cards.write_cards(os.path.join(folder, "cards"), graph["tree"])
     curves = suite_metrics(records)
     if curves:
         plots.roc_figure({("AWM score" if k == "final" else "QK-circuit score"): v for k, v in curves.items()},

@@ -198,7 +198,7 @@ def structural_zoo(tmp_path_factory):
     library, results = str(root / "lib"), root / "map"
     assert cli.main(["--library", library, "--add", *paths, "--device", "cpu", "--quiet"]) == 0
     assert cli.main(["--library", library, "--map", "--results_dir", str(results), "--device", "cpu", "--quiet"]) == 0
-    return json.loads((results / "lineage.json").read_text())
+    return {**json.loads((results / "lineage.json").read_text()), "cards": results / "cards"}
 
 
 def test_structural_relations_fix_their_direction(structural_zoo):
@@ -209,6 +209,43 @@ def test_structural_relations_fix_their_direction(structural_zoo):
         assert parents[child]["base"]["relation"] == relation and parents[child]["base"]["direction"].startswith(f"structure: {relation}")
     for child in ("ft-a", "ft-b", "ft-c"):
         assert set(parents[child]) == {"base"} and parents[child]["base"]["relation"] == "fine-tune"
+
+
+def test_the_tree_in_the_hubs_terms(structural_zoo):
+    """Each node declares its base as a model card would: base_model and base_model_relation in
+    the Hub's vocabulary, in lineage.json and as cards/<model>.md front matter."""
+    import yaml
+
+    hub = {node["name"]: node["hub"] for node in structural_zoo["tree"]["nodes"]}
+    expected = {"ft-a": "finetune", "moe": "finetune", "vision": "finetune", "shallow": "finetune",
+                "base.Q8_0.gguf": "quantized", "ft-lora": "adapter"}
+    for name, relation in expected.items():
+        assert hub[name] == {"base_model": ["base"], "base_model_relation": relation}, (name, hub[name])
+    assert hub["base"] == {} and hub["loner"] == {} and hub["loner-copy"] == {}      # roots and copies declare nothing
+    card = (structural_zoo["cards"] / "ft-lora.md").read_text()
+    assert card.startswith("---\n") and yaml.safe_load(card.split("---")[1]) == hub["ft-lora"]
+    assert not (structural_zoo["cards"] / "base.md").exists()
+
+
+def test_dtype_resaves_are_copies_and_a_light_fine_tune_is_not(tmp_path):
+    """fp32 -> bf16 -> fp16 re-saves differ by their rounding (about 1e-3 for bf16): copies, with
+    the tolerance of the coarser precision; a fine-tune changed by 1 % is not."""
+    base = base_tensors(40)
+    config = factory.llama_config(HIDDEN, LAYERS, 4, 2, VOCAB)
+    tokens = factory.byte_level_tokens(VOCAB)
+    models = {"base-fp32": base, "base-bf16": {k: v.to(torch.bfloat16) for k, v in base.items()},
+              "base-fp16": {k: v.to(torch.bfloat16).to(torch.float16) for k, v in base.items()},
+              "ft-light": tuned(base, 41, 0.01)}
+    paths = [factory.write_safetensors_model(str(tmp_path / name), tensors, config, tokens) for name, tensors in models.items()]
+    library, results = str(tmp_path / "lib"), tmp_path / "map"
+    assert cli.main(["--library", library, "--add", *paths, "--device", "cpu", "--quiet"]) == 0
+    assert cli.main(["--library", library, "--map", "--results_dir", str(results), "--device", "cpu", "--quiet"]) == 0
+    tree = json.loads((results / "lineage.json").read_text())["tree"]
+    edges = {frozenset((u["a"], u["b"])): u["relation"] for u in tree["undirected"]}
+    edges.update({frozenset((node["name"], p["name"])): p["relation"] for node in tree["nodes"] for p in node["parents"]})
+    copies = {pair for pair, relation in edges.items() if relation == "copy"}
+    assert len(copies) == 2 and all("ft-light" not in pair for pair in copies), edges
+    assert [relation for pair, relation in edges.items() if "ft-light" in pair] == ["fine-tune"], edges
 
 
 def test_a_copy_stays_undirected(structural_zoo):
