@@ -123,3 +123,24 @@ def test_dora_and_other_peft_types_are_refused_by_name(tmp_path, base):
     config_path.write_text(json.dumps({**config, "peft_type": "IA3"}))
     with pytest.raises(CheckpointError, match="'IA3'"):
         open_model(str(tmp_path / "adapter"), adapter_base=str(base_path))
+
+
+def test_adapter_repo_on_the_hub_merges_into_the_hub_base_it_names(tmp_path, base, fake_hub):
+    """An adapter repo (config and safetensors, fetched whole) names its base by repo id; the
+    base is read by byte ranges like any repo, and the pair scores as the local pair does."""
+    import awm
+
+    base_path, base_model = base
+    trained_adapter(base_model, tmp_path / "adapter")
+    config_path = tmp_path / "adapter" / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "base_model_name_or_path": "org/base"}))
+    fake_hub.add("org/base", str(base_path))
+    fake_hub.add("org/lora", str(tmp_path / "adapter"))
+    remote = awm.compare("org/base", "org/lora", device="cpu")
+    local = awm.compare(base_path, tmp_path / "adapter", device="cpu", adapter_base=str(base_path))
+    from awm.verdict import is_derived
+
+    assert is_derived(remote.verdict) and remote.scores == local.scores
+    adapter = remote.model_b["adapter"]
+    assert remote.model_b["path"].startswith("hf://org/lora@") and adapter["path"] == remote.model_b["path"]
+    assert adapter["base"].startswith("hf://org/base@")

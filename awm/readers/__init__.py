@@ -15,15 +15,19 @@ def open_model(reference, vocab_match="bytes", progress=False, adapter_base=None
     reference_on_hub = hub.parse_reference(reference)
     if reference_on_hub is None:
         return ModelCheckpoint(reference, vocab_match)
-    return hub.open_hub_model(reference_on_hub, vocab_match, progress)
+    snapshot = hub.HubSnapshot(reference_on_hub)
+    adapter = hub.adapter_folder(snapshot)
+    if adapter is not None:                  # the base it names is read by byte ranges like any repo
+        return _open_adapter(adapter, vocab_match, progress, adapter_base, f"{hub.HUB_PREFIX}{snapshot.repo}@{snapshot.commit}")
+    return hub.open_hub_model(reference_on_hub, vocab_match, progress, snapshot)
 
 
-def _open_adapter(path, vocab_match, progress, adapter_base):
+def _open_adapter(path, vocab_match, progress, adapter_base, display=None):
     from awm.readers import adapters
 
     config = adapters.read_config(path)
     checkpoint = open_model(adapters.base_reference(path, config, adapter_base), vocab_match, progress)
-    checkpoint.store = adapters.MergedStore(checkpoint.store, path, config)
+    checkpoint.store = adapters.MergedStore(checkpoint.store, path, config, display)
     checkpoint.adapter = checkpoint.store.describe(checkpoint.display_path)
-    checkpoint.display_path = path
+    checkpoint.display_path = display or path
     return checkpoint

@@ -90,9 +90,10 @@ class LoraUpdate:
 class MergedStore:
     """The base model's store with the adapter merged into the tensors it touches."""
 
-    def __init__(self, base_store, adapter_path, config, adapter_store=None):
-        self.base, self.adapter_path, self.config = base_store, adapter_path, config
-        self.adapter = adapter_store or _weight_store(adapter_path)
+    def __init__(self, base_store, adapter_path, config, shown_as=None):
+        self.base, self.config = base_store, config
+        self.adapter_path = shown_as or adapter_path           # a Hub adapter: its repo, not the cache folder
+        self.adapter = _weight_store(adapter_path)
         self.files, self.fetch, self.format_name = base_store.files, base_store.fetch, base_store.format_name
         self.tensors = base_store.tensors
         self.updates, self.replaced = {}, {}

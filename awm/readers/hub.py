@@ -368,11 +368,27 @@ class HubSnapshot:
 
 
 # ----------------------------------------------------------------------------- opening a model
-def open_hub_model(reference, vocab_match="bytes", progress=False):
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def adapter_folder(snapshot):
+    """The local folder of a Hub LoRA adapter repo (its config and safetensors fetched whole:
+    they are small), or None when the repo holds a model. A pickled adapter is refused."""
+    if snapshot.reference.filename or "config.json" in snapshot.sizes or ADAPTER_FILES[0] not in snapshot.sizes:
+        return None
+    if ADAPTER_FILES[1] not in snapshot.sizes:
+        raise CheckpointError(snapshot.where, "adapter repo without adapter_model.safetensors: a pickled adapter cannot be "
+                                              "read safely from the Hub; download it and pass its folder")
+    for name in ADAPTER_FILES:
+        snapshot.ensure_whole(name)
+    return snapshot.directory
+
+
+def open_hub_model(reference, vocab_match="bytes", progress=False, snapshot=None):
     """A ModelCheckpoint over the sparse copy of a Hub repo, with the score's tensors fetched."""
     from awm.readers.model_reader import ModelCheckpoint
 
-    snapshot = HubSnapshot(reference)
+    snapshot = snapshot or HubSnapshot(reference)
     weights, small = snapshot.weight_files()
     for name in small:
         if name in snapshot.sizes:
