@@ -12,8 +12,7 @@ from tqdm import tqdm
 from awm.errors import CheckpointError
 from awm.readers import architectures as arch
 from awm.readers import checkpoint_files as files
-from awm.readers import quantized
-from awm.readers import vocabulary
+from awm.readers import quantized, vocabulary
 from awm.readers.weight_files import choose_weight_files, gguf_parts
 
 # Tokenizers sometimes list a few added tokens past an embedding that was not resized; such
