@@ -143,7 +143,7 @@ class GGUFFile:
         n_bytes = n_elements * type_size // block
         begin = start + offset
         if begin + n_bytes > len(self.data):
-            raise GGUFFormatError(f"tensor '{name}' lies beyond the end of the file: truncated")
+            raise GGUFFormatError(f"GGUF tensor '{name}' lies beyond the end of the file: truncated")
         shape = tuple(reversed(dims))
         plain = PLAIN_TYPES.get(tensor_type.name)
         if plain is not None:
