@@ -128,7 +128,8 @@ class GPTQ(Format):
         zero_offset = 1 if self.version == "gptq" else 0
 
         def unpack(read):
-            g_idx = read("g_idx") if "g_idx" in parts else torch.arange(in_features) // max(1, self.group_size if self.group_size > 0 else in_features)
+            group = self.group_size if self.group_size > 0 else in_features
+            g_idx = read("g_idx") if "g_idx" in parts else torch.arange(in_features) // group
             if len(g_idx) and (int(g_idx.min()) < 0 or int(g_idx.max()) >= groups):
                 raise self.bad(tensors[parts["g_idx"]], f"names group {int(g_idx.max()) if int(g_idx.max()) >= groups else int(g_idx.min())}, "
                                                         f"outside the {groups} groups of its scales")
