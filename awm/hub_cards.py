@@ -8,7 +8,6 @@ passthrough merge of its parent's layers (merge). Copies and undirected pairs de
 the weights do not say which came first.
 """
 import os
-import re
 
 import yaml
 
@@ -37,15 +36,16 @@ def card_front_matter(fields):
     return "---\n" + yaml.safe_dump(fields, sort_keys=False, default_flow_style=False) + "---\n"
 
 
-def write_cards(folder, tree):
-    """cards/<model>.md for every node of the tree that declares a base; returns the files."""
+def write_cards(folder, tree, file_name):
+    """cards/<model>.md for every node of the tree that declares a base (file_name: a model's
+    name as a file name); returns the files."""
     written = []
     for node in tree.get("nodes", []):
         fields = node.get("hub") or {}
         if not fields:
             continue
         os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, re.sub(r"[^A-Za-z0-9._-]+", "_", node["name"]) + ".md")
+        path = os.path.join(folder, file_name(node["name"]) + ".md")
         with open(path, "w", encoding="utf-8") as out:
             out.write(card_front_matter(fields))
         written.append(path)

@@ -71,7 +71,7 @@ def write_plots(folder, records, graph=None):
         write_json_atomic(os.path.join(folder, "lineage.json"), graph)
         plots.lineage_figure(graph, os.path.join(folder, "lineage"))
         if graph.get("tree"):
-            hub_cards.write_cards(os.path.join(folder, "cards"), graph["tree"])
+            hub_cards.write_cards(os.path.join(folder, "cards"), graph["tree"], safe_name)
     curves = suite_metrics(records)
     if curves:
         plots.roc_figure({("AWM score" if k == "final" else "QK-circuit score"): v for k, v in curves.items()},
