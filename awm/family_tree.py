@@ -9,17 +9,21 @@ are never linked. Within a family:
    others are linked by the tree of smallest weight changes (a minimum spanning tree).
 2. A shape class is entered from another by a structural relation, which also fixes the
    direction: a pruned model is narrower or shallower than its parent, an upcycled one has
-   experts its parent lacks, a multimodal one adds a tower, a quantized one is stored in fewer
-   bits, an adapter is a low-rank update on a base, a stacked one repeats its parent's layers. The link goes from the most similar model
-   that is upstream by structure.
-3. Inside a class, edges point away from its root: the model the class was entered through,
-   else a model three or more others branch from, else the only model with structural
-   descendants, else a base a config declares (a claim, said so). Without any, the links stay
-   undirected with the reason: never a coin flip presented as a fact.
+   experts its parent lacks, a multimodal one adds a tower (unless its language model is the
+   other's very weights: then either could be the extraction), a quantized one is stored in
+   fewer bits, an adapter is a low-rank update on a base. A deeper model whose every layer is a
+   verbatim copy of a shallower relative's is stacked from it, or a passthrough merge
+   (frankenmerge) of several. One step changes one thing. The link goes from the most similar
+   model that is upstream by structure.
+3. Inside a class, each edge is directed only by evidence about it (awm.tree_direction): the
+   model the class was entered through, a TIES / DARE merge's base, a declared base, one parent
+   per model, a hub's branches. The rest stay undirected with the reason: never a coin flip
+   presented as a fact.
 """
 from dataclasses import dataclass, field
 
 from awm import hub_cards
+from awm import tree_direction as direction
 from awm import tree_evidence as evidence
 from awm.lineage import Groups, families
 from awm.verdict import is_derived
@@ -33,7 +37,7 @@ COPY_SCORE = 99.9999                 # and every layer scores this high
 UNIT_ROUNDOFF = {"F64": 2.0 ** -53, "F32": 2.0 ** -24, "F16": 2.0 ** -11, "BF16": 2.0 ** -8,
                  "float64": 2.0 ** -53, "float32": 2.0 ** -24, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
 STACKED_SCORE = 50.0                 # CKA of (nearly) every stacked layer with its source
-COPY_REASON = "the same weights as stored: nothing in them tells which is the original"
+COPY_REASON = direction.COPY
 
 
 @dataclass
@@ -44,6 +48,16 @@ class Link:
     direction: str
     weight: float = None
     change: float = None
+    density: float = None            # a TIES / DARE merge: the share of this parent's change kept
+
+
+@dataclass
+class FoundMerge:
+    quality: float                  # smaller is clearer: the clearest merge of a class is taken first
+    links: list
+    layers: list = None
+    coefficients: list = None
+    base: str = None                # a TIES / DARE merge's base
 
 
 @dataclass
@@ -59,6 +73,7 @@ class FamilyTree:
     links: list = field(default_factory=list)
     undirected: list = field(default_factory=list)
     layers: dict = field(default_factory=dict)          # child -> [{"layer", "source", "source_layer", "score"}]
+    coefficients: dict = field(default_factory=dict)    # merge child -> [{"layer", "tensor", "weights": {parent: w}}]
 
 
 # ----------------------------------------------------------------------------- structure
@@ -73,17 +88,29 @@ def shape_key(meta):
 
 def structural_relation(child, parent):
     """The relation by which `parent` could be upstream of `child` from their structure alone
-    (None: structure does not say), with the evidence in words."""
-    extra = [m for m in child.get("modalities") or () if m not in (parent.get("modalities") or ())]
+    (None: structure does not say), with the evidence in words. One step changes one thing: a
+    tower, experts, the width, the depth or the storage; a pair that differs in two of them (a
+    multimodal model beside a deeper copy of the same base) is not parent and child."""
+    width = ("hidden_size", "num_heads", "num_kv_heads", "head_dim")
+    same_width = all(child[k] == parent[k] for k in width)
+    same_body = same_width and child["num_layers"] == parent["num_layers"]
+    own_modalities = lambda meta: tuple(meta.get("modalities") or ("text",))
+    same_kind = own_modalities(child) == own_modalities(parent) and (child.get("experts") or 0) == (parent.get("experts") or 0)
+    extra = [m for m in own_modalities(child) if m not in own_modalities(parent)]
     if extra:
+        if not same_body or (child.get("experts") or 0) != (parent.get("experts") or 0):
+            return None
         return "multimodal", f"it adds a {' and '.join(extra)} tower to the language model"
     if (child.get("experts") or 0) > 1 and not parent.get("experts"):
+        if not same_body or own_modalities(child) != own_modalities(parent):
+            return None
         return "upcycled", f"it is a mixture of {child['experts']} experts, its parent dense"
-    width = ("hidden_size", "num_heads", "num_kv_heads", "head_dim")
+    if not same_kind:
+        return None
     if all(child[k] <= parent[k] for k in width) and any(child[k] < parent[k] for k in width):
-        return "pruned", f"it is narrower ({child['hidden_size']} vs {parent['hidden_size']} hidden dims, " \
-                         f"{child['num_heads']} vs {parent['num_heads']} heads)"
-    if all(child[k] == parent[k] for k in width):
+        return "pruned", (f"it is narrower ({child['hidden_size']} vs {parent['hidden_size']} hidden dims, " \
+                         f"{child['num_heads']} vs {parent['num_heads']} heads)")
+    if same_width:
         if child["num_layers"] < parent["num_layers"]:
             return "pruned", f"it is shallower ({child['num_layers']} vs {parent['num_layers']} layers)"
         if child["num_layers"] > parent["num_layers"]:
@@ -152,6 +179,8 @@ class TreeBuilder:
         self.family, self.metas, self.pairs, self.open = family, metas, pairs, open_digest
         self.tree = FamilyTree()
         self._digests, self._traced = {}, {}
+        self._merge_bases = []             # (base, [parents], merged model) of TIES / DARE merges
+        self._assembled = {}               # model -> ([sources], layers): deeper models made of verbatim layers
 
     def digest(self, name):
         if name not in self._digests:
@@ -162,6 +191,7 @@ class TreeBuilder:
         classes = {}
         for name in self.family:
             classes.setdefault(shape_key(self.metas[name]), []).append(name)
+        self._assembled = {name: found for name in self.family if (found := self._verbatim_layers(name))}
         components = [component for members in classes.values() for component in self._link_class(members)]
         entered = self._enter_classes(components)
         for component, edges in components:
@@ -170,24 +200,42 @@ class TreeBuilder:
 
     # ------------------------------------------------------------------ one shape class
     def _link_class(self, members):
-        """Merges, then the spanning tree of the rest: [(component members, undirected edges)]."""
+        """Merges, then the spanning tree of the rest: [(component members, undirected edges)].
+        The clearest merge is taken first and leaves the candidates, so one merge is never
+        explained by another's parents' mix: a merge of merges is named by the models they mix."""
         space = None
         if len(members) >= 2:
             space = evidence.RowSpace({name: self.digest(name) for name in members})
         merged = {}
-        if space is not None and len(members) >= 3:
+        while space is not None and len(members) - len(merged) >= 3:
+            found = {}
             for child in members:
-                candidates = [m for m in members if m != child and self.pairs.derived(child, m) and self.pairs.shared_basis(child, m)]
+                if child in merged:
+                    continue
+                candidates = [m for m in members if m != child and m not in merged and self.pairs.derived(child, m)
+                              and self.pairs.shared_basis(child, m)]
                 merge = self._merge(space, child, candidates)
                 if merge:
-                    merged[child] = merge
-        for child, links in merged.items():
-            self.tree.links += links
+                    found[child] = merge
+            if not found:
+                break
+            child = min(found, key=lambda name: found[name].quality)
+            merged[child] = self._apply_merge(child, found[child])
         rest = [m for m in members if m not in merged]
         return self._spanning_components(rest, space)
 
+    def _apply_merge(self, child, found):
+        self.tree.links += found.links
+        if found.layers:
+            self.tree.layers[child] = found.layers
+        if found.coefficients:
+            self.tree.coefficients[child] = found.coefficients
+        if found.base:
+            self._merge_bases.append((found.base, [link.parent for link in found.links], child))
+        return found.links
+
     def _merge(self, space, child, candidates):
-        """The child's merge links, or None when no merge explains it clearly better."""
+        """The child's merge (FoundMerge), or None when no merge explains it clearly better."""
         if len(candidates) < 2:
             return None
         layerwise = self._layerwise(space, child, candidates)
@@ -196,17 +244,29 @@ class TreeBuilder:
         fit = evidence.best_merge(space, child, candidates)
         if fit is None:
             return None
-        if fit.weights is not None:
+        densities = fit.densities or [None] * len(fit.parents)
+        coefficients = base = None
+        if fit.per_tensor is not None:
+            how = (f"structure: per W_q / W_k tensor a weighted sum of its {len(fit.parents)} parents reproduces it, with "
+                   f"coefficients that change over the layers (SLERP, a layer gradient; see coefficients): the fits leave "
+                   f"{100 * fit.residual:.3f} % of its weights, the best single parent, {fit.single}, {100 * fit.single_residual:.2f} %")
+            coefficients = [{"layer": layer, "tensor": tensor, "weights": dict(zip(fit.parents, map(_rounded, weights)))}
+                            for layer, tensor, weights in fit.per_tensor]
+        elif fit.weights is not None:
             how = (f"structure: a weighted average of its {len(fit.parents)} parents reproduces it (the fit leaves "
                    f"{100 * fit.residual:.3f} % of its weights; the best single parent, {fit.single}, {100 * fit.single_residual:.2f} %)")
-            weights = [round(w, 4) for w in fit.weights]
         else:
-            how = (f"structure: each entry of its change from {fit.base} is zero, one parent's change or their mean "
-                   f"(a TIES / DARE-style merge; {100 * fit.residual:.1f} % left unexplained): not a linear combination, "
-                   "no coefficients")
-            weights = [None] * len(fit.parents)
-        return [Link(parent, child, "merge", how, weight, round(space.distance(child, parent), 6))
-                for parent, weight in zip(fit.parents, weights)]
+            how = (f"structure: each entry of its change from {fit.base} is zero, one parent's change, their mean or their sum "
+                   f"({fit.method}: {'the largest' if fit.method == 'TIES' else 'random'} entries of each change kept, "
+                   f"densities {' / '.join(f'{d:.2f}' for d in densities)}; {100 * fit.residual:.1f} % left unexplained): "
+                   "not a linear combination, no coefficients")
+            base = fit.base
+        weights = [None if w is None else _rounded(w) for w in (fit.weights or [None] * len(fit.parents))]
+        links = [Link(parent, child, "merge", how, weight, round(space.distance(child, parent), 6), density)
+                 for parent, weight, density in zip(fit.parents, weights, densities)]
+        # Linear fits are ranked by what they leave of the best single parent, entrywise ones by what they leave of the change.
+        quality = fit.residual / fit.single_residual if fit.weights is not None else fit.residual
+        return FoundMerge(quality, links, coefficients=coefficients, base=base)
 
     def _layerwise(self, space, child, candidates):
         """Different kept layers copied from different candidates: a layer-wise merge, each of
@@ -216,19 +276,19 @@ class TreeBuilder:
         if len(sources) < 2 or any(distance > evidence.COPIED_LAYER for _, distance in nearest):
             return None
         traced = evidence.layer_sources(self.digest(child), {name: self.digest(name) for name in candidates})
-        self.tree.layers[child] = [{"layer": j, "source": name, "source_layer": i, "score": score}
-                                   for j, (name, i, _, score) in enumerate(traced)]
+        layers = [{"layer": j, "source": name, "source_layer": i, "score": score} for j, (name, i, _, score) in enumerate(traced)]
         parents = sorted({name for name, *_ in traced}, key=lambda n: [s for s, *_ in traced].index(n))
         how = (f"structure: its layers are taken from {len(parents)} models (layer by layer, see layers), "
                "each nearly verbatim")
-        return [Link(parent, child, "merge", how) for parent in parents]
+        return FoundMerge(0.0, [Link(parent, child, "merge", how) for parent in parents], layers=layers)
 
     def _spanning_components(self, members, space):
         """Kruskal on the smallest weight changes between derived members: [(members, edges)]."""
         candidates = []
         for i, a in enumerate(members):
             for b in members[i + 1:]:
-                if self.pairs.derived(a, b):
+                # Two models assembled from others' layers were each made from their sources, not one from the other.
+                if self.pairs.derived(a, b) and not (a in self._assembled and b in self._assembled):
                     candidates.append((self._distance(space, a, b), a, b))
         groups = Groups(members)
         edges = [(a, b, distance) for distance, a, b in sorted(candidates) if groups.join(a, b)]
@@ -243,32 +303,82 @@ class TreeBuilder:
 
     # ------------------------------------------------------------------ between shape classes
     def _enter_classes(self, components):
-        """Link each component to the most similar model upstream of it by structure: {id: (entry
-        member, its structural parent's name)}."""
+        """Link each component to the models upstream of it by structure: {id: [(member, its
+        structural parent(s), relation)]} for the links that carry a direction."""
         entered = {}
         for component, _ in components:
-            best = None
-            for child in component:
-                for parent in self.family:
-                    if parent in component or not self.pairs.derived(child, parent):
-                        continue
-                    found = structural_relation(self.metas[child], self.metas[parent])
-                    if found is None or (found[0] == "stacked" and not self._stacked(child, parent)):
-                        continue
-                    if found[0] == "pruned" and self.metas[child]["hidden_size"] == self.metas[parent]["hidden_size"] \
-                            and self._stacked(parent, child):
-                        continue                                     # the deeper one was stacked from it, not the reverse
-                    similarity = self.pairs.similarity(child, parent)
-                    if best is None or similarity > best[0]:
-                        best = (similarity, child, parent, found)
+            assembled = [child for child in component if child in self._assembled]
+            for child in assembled:
+                entered.setdefault(id(component), []).append(self._link_assembled(child))
+            if assembled:
+                continue
+            best = self._structural_parent(component)
             if best is None:
                 continue
-            _, child, parent, (relation, why) = best
+            child, parent, relation, why = best
+            if relation == "multimodal" and self._same_language_model(child, parent):
+                self.tree.undirected.append(Unsettled(parent, child, relation, (
+                    "the language model's weights are the same in both: a tower added to a frozen model, or the text "
+                    "model extracted from the multimodal one; nothing in the weights tells which")))
+                continue
             self.tree.links.append(Link(parent, child, relation, f"structure: {relation}: {why}"))
             if relation == "stacked":
                 self.tree.layers[child] = self._traced[(child, parent)]
-            entered[id(component)] = (child, parent, relation)
+            entered[id(component)] = [(child, parent, relation)]
         return entered
+
+    def _link_assembled(self, child):
+        sources, layers = self._assembled[child]
+        self.tree.layers[child] = layers
+        if len(sources) == 1:
+            why = f"it is deeper ({len(layers)} vs {self.metas[sources[0]]['num_layers']} layers), each layer a verbatim copy of one of its parent's"
+            self.tree.links.append(Link(sources[0], child, "stacked", f"structure: stacked: {why}"))
+            return child, sources[0], "stacked"
+        how = (f"structure: a passthrough merge: each of its {len(layers)} layers is a verbatim copy of a layer of "
+               f"one of {len(sources)} models (see layers)")
+        self.tree.links += [Link(source, child, "merge", how) for source in sources]
+        return child, " / ".join(sources), "merge"
+
+    def _structural_parent(self, component):
+        """(child, parent, relation, why): the most similar model upstream of the component by structure."""
+        best = None
+        for child in component:
+            for parent in self.family:
+                if parent in component or not self.pairs.derived(child, parent):
+                    continue
+                if child in self._assembled.get(parent, ((),))[0]:
+                    continue                                     # the sources of a model's layers are not its children
+                found = structural_relation(self.metas[child], self.metas[parent])
+                if found is None or (found[0] == "stacked" and not self._stacked(child, parent)):
+                    continue
+                if found[0] == "pruned" and self.metas[child]["hidden_size"] == self.metas[parent]["hidden_size"] \
+                        and self._stacked(parent, child):
+                    continue                                     # the deeper one was stacked from it, not the reverse
+                similarity = self.pairs.similarity(child, parent)
+                if best is None or similarity > best[0]:
+                    best = (similarity, child, parent, found)
+        return None if best is None else (best[1], best[2], *best[3])
+
+    def _same_language_model(self, child, parent):
+        """Every layer's W_q / W_k as alike as two stored copies of the same weights."""
+        floor = copy_score(copy_tolerance(self.metas[child], self.metas[parent]))
+        scores = self.pairs.layer_scores(child, parent)
+        return bool(scores) and all(score >= floor for score in scores.values())
+
+    def _verbatim_layers(self, child):
+        """A deeper model whose every layer is a verbatim copy of a layer of shallower relatives:
+        one (depth up-scaling) or several (mergekit's passthrough, a frankenmerge). ([sources],
+        layers) or None."""
+        sources = [m for m in self.family if m != child and self.pairs.derived(child, m)
+                   and (structural_relation(self.metas[child], self.metas[m]) or ("",))[0] == "stacked"]
+        if not sources:
+            return None
+        traced = evidence.layer_sources(self.digest(child), {m: self.digest(m) for m in sources})
+        if any(distance > evidence.COPIED_LAYER for _, _, distance, _ in traced):
+            return None
+        used = list(dict.fromkeys(name for name, *_ in traced))
+        return used, [{"layer": j, "source": name, "source_layer": i, "score": score}
+                      for j, (name, i, _, score) in enumerate(traced)]
 
     def _stacked(self, child, parent):
         """The deeper model repeats the shallower one's layers: each of its layers traced to one
@@ -286,58 +396,41 @@ class TreeBuilder:
     def _orient(self, component, edges, entry):
         if not edges:
             return
-        root, why = self._root(component, edges, entry)
-        if root is None:
-            for a, b, distance in edges:
-                relation = self._same_shape_relation(a, b, distance)
-                self.tree.undirected.append(Unsettled(a, b, relation, COPY_REASON if relation == "copy" else why))
-            return
-        neighbours = {}
-        for a, b, distance in edges:
-            neighbours.setdefault(a, []).append((b, distance))
-            neighbours.setdefault(b, []).append((a, distance))
-        frontier, seen = [root], {root}
-        while frontier:
-            parent = frontier.pop()
-            for child, distance in neighbours.get(parent, ()):
-                if child not in seen:
-                    seen.add(child)
-                    frontier.append(child)
-                    relation = self._same_shape_relation(parent, child, distance)
-                    if relation == "copy":           # identical weights: nothing in them tells the original
-                        self.tree.undirected.append(Unsettled(parent, child, relation, COPY_REASON))
-                    else:
-                        self.tree.links.append(Link(parent, child, relation, why, None, round(distance, 6)))
+        spanning = [direction.Edge(a, b, distance, self._same_shape_relation(a, b, distance)) for a, b, distance in edges]
+        found = direction.orient(spanning, self._evidence(component, spanning, entry))
+        for parent, child, edge, why in found.directed:
+            self.tree.links.append(Link(parent, child, edge.relation, why, None, round(edge.distance, 6)))
+        for edge, why in found.undirected:
+            self.tree.undirected.append(Unsettled(edge.a, edge.b, edge.relation, why))
 
-    def _root(self, component, edges, entry):
-        if entry is not None:
-            child, parent, relation = entry
-            return child, (f"tree's shape: {child} is where this branch entered the family ({relation} from {parent}); "
-                           "the others of its shape branch from it")
-        degree = {}
-        for a, b, _ in edges:
-            degree[a], degree[b] = degree.get(a, 0) + 1, degree.get(b, 0) + 1
-        most = max(degree.values())
-        hubs = [m for m in component if degree.get(m, 0) == most]
-        if most >= 3 and len(hubs) == 1:
-            return hubs[0], f"tree's shape: {most} of its shape branch from {hubs[0]} (siblings are less alike than each is to it)"
-        upstream = [m for m in component if any(l.parent == m and l.child not in component for l in self.tree.links)]
-        if len(upstream) == 1:
-            return upstream[0], (f"tree's shape: {upstream[0]} is the only one of its shape that other shapes of the "
-                                 "family were made from")
-        declared = [m for m in component for other in component
-                    if other != m and _declares(self.metas[other], m, self.metas[m])]
-        if len(set(declared)) == 1:
-            return declared[0], (f"metadata: a config in this branch names {declared[0]} as its base "
-                                 "(a claim, used only because nothing in the weights decides)")
-        return None, ("same shape and nothing decides which came first: no structural change, no model three others "
-                      "branch from, no metadata claim")
+    def _evidence(self, component, edges, entry):
+        """What decides single edges of this class before its shape is read: the model it was
+        entered through (its parent lies in another class), the bases of TIES / DARE merges,
+        and the bases configs and model cards declare."""
+        known = direction.Evidence()
+        for child, parent, relation in entry or ():
+            known.parent_elsewhere[child] = f"{relation} from {parent}, by structure"
+        members = set(component)
+        for base, parents, merged in self._merge_bases:
+            if base in members:
+                known.edge_claims += [(base, parent, f"structure: the merge {merged} is built on {parent}'s change from {base}")
+                                      for parent in parents if parent in members]
+        for edge in edges:
+            for parent, child in ((edge.a, edge.b), (edge.b, edge.a)):
+                if _declares(self.metas[child], parent, self.metas[parent]):
+                    known.edge_claims.append((parent, child, (f"metadata: {child}'s config or model card names {parent} as "
+                                                             "its base (a claim: the weights neither confirm nor deny it)")))
+        return known
 
     def _same_shape_relation(self, a, b, distance):
         tolerance = copy_tolerance(self.metas[a], self.metas[b])
         if distance <= tolerance and all(score >= copy_score(tolerance) for score in self.pairs.layer_scores(a, b).values()):
             return "copy"
         return "fine-tune"
+
+
+def _rounded(weight):
+    return round(float(weight), 4)
 
 
 def copy_tolerance(meta_a, meta_b):
@@ -354,8 +447,11 @@ def copy_score(tolerance):
 
 
 def _declares(meta, name, other_meta):
-    declared = meta.get("declared_base")
-    return bool(declared) and (declared == name or declared.split("/")[-1] == name or declared == other_meta.get("path"))
+    """Does `meta`'s config or model card name the model `name` (described by `other_meta`) as its base?"""
+    declared = meta.get("declared_base") or ()
+    claims = [declared] if isinstance(declared, str) else list(declared)
+    known = {name, other_meta.get("path"), hub_cards.hub_repo(other_meta)} - {None}
+    return any(claim in known or claim.split("/")[-1] in known for claim in claims)
 
 
 # ----------------------------------------------------------------------------- the record
@@ -371,6 +467,7 @@ def build(names, records, metas, open_digest, not_compared=()):
             tree.links += built.links
             tree.undirected += built.undirected
             tree.layers.update(built.layers)
+            tree.coefficients.update(built.coefficients)
     return _record(names, tree, pairs, not_compared, metas)
 
 
@@ -379,9 +476,10 @@ def _record(names, tree, pairs, not_compared, metas):
     for link in tree.links:
         awm, circuit = pairs.scores(link.parent, link.child)
         parents[link.child].append({"name": link.parent, "relation": link.relation, "weight": link.weight,
-                                    "direction": link.direction, "awm": awm, "qk_circuit": circuit, "change": link.change})
+                                    "direction": link.direction, "awm": awm, "qk_circuit": circuit, "change": link.change,
+                                    "density": link.density})
     return {
-        "nodes": [{"name": name, "parents": parents[name], "layers": tree.layers.get(name),
+        "nodes": [{"name": name, "parents": parents[name], "layers": tree.layers.get(name), "coefficients": tree.coefficients.get(name),
                    "hub": hub_cards.declared_base(parents[name], lambda n: hub_cards.hub_repo(metas.get(n)) or n)} for name in names],
         "undirected": [{"a": u.a, "b": u.b, "relation": u.relation, "reason": u.reason} for u in tree.undirected],
         "not_compared": [{"name": name, "reason": reason} for name, reason in not_compared],
@@ -400,7 +498,8 @@ def place(suspect, records, metas, open_digest):
     same_shape = [n for n in related if shape_key(metas[n]) == shape_key(metas[suspect])]
     same = [n for n in same_shape if pairs.shared_basis(suspect, n)]
     space = evidence.RowSpace({n: builder.digest(n) for n in [suspect, *same]}) if same else None
-    parents = (builder._merge(space, suspect, same) or []) if len(same) >= 2 else []
+    found = builder._merge(space, suspect, same) if len(same) >= 2 else None
+    parents = builder._apply_merge(suspect, found) if found else []
     if not parents and same_shape:
         # As the map measures same-shape models: their rows when they share a basis, else
         # their scores' shortfall (a rotated residual stream, a new embedding's permutation).
@@ -422,7 +521,7 @@ def place(suspect, records, metas, open_digest):
             _, parent, (relation, why) = max(upstream, key=lambda u: u[0])
             parents = [Link(parent, suspect, relation, f"structure: {relation}: {why}")]
     children = [(n, structural_relation(metas[n], metas[suspect])) for n in related]
-    tree = FamilyTree(parents, [], builder.tree.layers)
+    tree = FamilyTree(parents, [], builder.tree.layers, builder.tree.coefficients)
     # With a parent of its own in the library, what is smaller than the suspect may as well come
     # from that parent: only the suspect's pairs are known here, so say so.
     caveat = f"; or from {' / '.join(p.parent for p in parents)}, its closest relative" if parents else ""
@@ -430,6 +529,6 @@ def place(suspect, records, metas, open_digest):
                    if found is not None and (found[0] != "stacked" or builder._stacked(n, suspect))]
     record = _record([suspect, *related], tree, pairs, (), metas)
     node = next(n for n in record["nodes"] if n["name"] == suspect)
-    return {"parents": node["parents"], "layers": node["layers"],
+    return {"parents": node["parents"], "layers": node["layers"], "coefficients": node["coefficients"],
             "derived_from_it": [{"name": n["name"], **{k: p[k] for k in ("relation", "direction", "awm", "qk_circuit")}}
                                 for n in record["nodes"] for p in n["parents"] if p["name"] == suspect]}

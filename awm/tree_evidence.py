@@ -26,7 +26,7 @@ MIN_WEIGHT = 0.05            # every parent of a linear merge contributes at lea
 # storage rounding): nothing is left for a merge to explain, however well an average also fits.
 SAME_WEIGHTS = 1e-4
 # ... or the entrywise signature of trimmed and sign-elected merges (TIES, DARE): each entry of
-# the child's change from a base is zero, one parent's change or their mean (times one global
+# the child's change from a base is zero, one parent's change, their mean or sum (times one global
 # scale), leaving at most this share of the change unexplained.
 ENTRYWISE_FIT = 0.1
 SCALED_COPY = 0.5            # one parent's change, scaled, explaining this much makes it a linear relation
@@ -34,7 +34,10 @@ SAMPLED_ENTRIES = 1 << 18    # the entrywise test reads this many fixed entries 
 # Only a child that two candidates explain noticeably better than one (a TIES merge: to about
 # two thirds) gets the entrywise test; an unrelated change leaves the ratio at one.
 SCREEN = 0.9
-MERGE_CANDIDATES = 5         # the closest models tried as parents, in sets of two and three
+# TIES keeps each change's largest entries: those it kept are on average several times larger
+# than those it dropped; DARE drops at random (ratio about 1).
+TIES_MAGNITUDE = 2.0
+MERGE_CANDIDATES = 6         # the closest models tried as parents, in sets of two and three
 # A layer closer than this (relative Gram distance) to a parent's layer was taken from it.
 COPIED_LAYER = 0.02
 
@@ -47,14 +50,14 @@ class RowSpace:
         self.names = list(digests)
         self.layers = row_layers(next(iter(digests.values())).num_layers)
         count = len(self.names)
-        self.per_layer = np.zeros((len(self.layers), count, count))
+        self.per_tensor = np.zeros((len(self.layers), 2, count, count))          # (kept layer, W_q / W_k, model, model)
         rows = {name: digest.kept_rows() for name, digest in digests.items()}
         for position, layer in enumerate(self.layers):
-            for kind in (0, 1):                                       # W_q, W_k
+            for kind in (0, 1):
                 vectors = [rows[name][layer][kind].double().reshape(-1) for name in self.names]
                 for i, j in itertools.combinations_with_replacement(range(count), 2):
-                    self.per_layer[position, i, j] += float(vectors[i] @ vectors[j])
-                    self.per_layer[position, j, i] = self.per_layer[position, i, j]
+                    self.per_tensor[position, kind, i, j] = self.per_tensor[position, kind, j, i] = float(vectors[i] @ vectors[j])
+        self.per_layer = self.per_tensor.sum(1)
         self.total = self.per_layer.sum(0)
         self.samples = self._samples(rows)
 
@@ -93,12 +96,16 @@ class MergeFit:
     single: str             # the best single parent
     single_residual: float
     base: str = None        # the base of an entrywise (TIES / DARE) merge
+    per_tensor: list = None     # [(layer, "q" / "k", [weight per parent])] when the coefficients vary by tensor
+    densities: list = None      # entrywise merges: the share of each parent's change kept
+    method: str = None          # "linear", "per-tensor linear" (SLERP, gradients), "TIES", "DARE"
 
 
 def best_merge(space, child, candidates):
     """The parents `child` is a merge of, or None: a weighted average with positive weights that
-    leaves almost nothing of the best single parent's residual, else the entrywise signature of
-    a trimmed or sign-elected merge of two candidates over a third."""
+    leaves almost nothing of the best single parent's residual (one set of coefficients, or one
+    per W_q / W_k tensor as SLERP and mergekit's layer gradients give), else the entrywise
+    signature of a trimmed or sign-elected merge of two candidates over a third."""
     singles = {name: space.fit(child, [name])[1] for name in candidates}
     if len(singles) < 2:
         return None
@@ -107,16 +114,46 @@ def best_merge(space, child, candidates):
         return None
     closest = sorted(candidates, key=lambda name: space.distance(child, name))[:MERGE_CANDIDATES]
     best = None
-    for size in (2, 3):
+    for size in (2, 3):                      # the fewest parents that explain it
         for parents in itertools.combinations(closest, size):
             weights, residual = space.fit(child, list(parents))
             if min(weights) >= MIN_WEIGHT and (best is None or residual < best.residual):
-                best = MergeFit(list(parents), [float(w) for w in weights], residual, single, singles[single])
-    if best is not None and best.residual <= LINEAR_FIT * best.single_residual:
-        return best
+                best = MergeFit(list(parents), [float(w) for w in weights], residual, single, singles[single], method="linear")
+        if best is not None and best.residual <= LINEAR_FIT * best.single_residual:
+            return best
+    varying = per_tensor_merge(space, child, closest, single, singles[single])
+    if varying is not None:
+        return varying
     if best is None or best.residual > SCREEN * best.single_residual:
         return None                          # no two parents explain much: not worth the entrywise test
     return entrywise_merge(space, child, closest, single, singles[single])
+
+
+def per_tensor_merge(space, child, closest, single, single_residual):
+    """A linear merge whose coefficients change from tensor to tensor (SLERP is per tensor a
+    weighted sum of its two ends; mergekit spreads t over the layers): each kept W_q / W_k
+    fitted on its own, the residuals pooled. Every parent weighs at least MIN_WEIGHT somewhere
+    and no coefficient is clearly negative."""
+    best = None
+    for size in (2, 3):
+        if best is not None and best.residual <= LINEAR_FIT * single_residual:
+            break                            # the fewest parents that explain it
+        for parents in itertools.combinations(closest, size):
+            fits, left = [], 0.0
+            for position, layer in enumerate(space.layers):
+                for kind in (0, 1):
+                    gram = space.per_tensor[position, kind]
+                    weights, residual = space.fit(child, list(parents), gram)
+                    fits.append((layer, "qk"[kind], [float(w) for w in weights]))
+                    left += residual ** 2 * gram[space.index(child), space.index(child)]
+            residual = float(np.sqrt(left / space.total[space.index(child), space.index(child)]))
+            weights = np.array([w for *_, w in fits])
+            if weights.min() < -MIN_WEIGHT or weights.max(0).min() < MIN_WEIGHT:
+                continue
+            if best is None or residual < best.residual:
+                best = MergeFit(list(parents), [float(w) for w in weights.mean(0)], residual, single, single_residual,
+                                per_tensor=fits, method="per-tensor linear")
+    return best if best is not None and best.residual <= LINEAR_FIT * single_residual else None
 
 
 def entrywise_merge(space, child, closest, single, single_residual):
@@ -132,11 +169,35 @@ def entrywise_merge(space, child, closest, single, single_residual):
             options = torch.stack([torch.zeros_like(change), sample[first] - sample[base], sample[second] - sample[base]])
             if min(_scaled_residual(change, option) for option in options[1:]) <= SCALED_COPY:
                 continue                     # a scaled copy of one change: a linear relation, not a merge of two
-            options = torch.cat([options, (options[1:2] + options[2:3]) / 2])
-            residual = _entrywise_residual(change, options)
+            both = options[1:2] + options[2:3]
+            options = torch.cat([options, both / 2, both])          # TIES averages agreeing entries, DARE adds them
+            residual, picked = _entrywise_residual(change, options)
             if best is None or residual < best.residual:
                 best = MergeFit([first, second], None, residual, single, single_residual, base)
+                best.method, best.densities = _trimming(options[1:3], picked)
     return best if best is not None and best.residual <= ENTRYWISE_FIT else None
+
+
+def _trimming(changes, picked):
+    """How each parent's change was thinned, from the entries the merge kept of it (picked: per
+    entry 0 none, 1 / 2 one parent, 3 / 4 both): TIES keeps the largest entries, so the kept share
+    is the share above the smallest kept magnitude; DARE keeps entries at random, so its kept
+    share is the density itself. (method, [density per parent])."""
+    densities, ratios = [], []
+    for k, change in enumerate(changes):
+        kept = (picked == k + 1) | (picked >= 3)
+        magnitude = change.abs()
+        if not kept.any() or kept.all():
+            densities.append(float(kept.float().mean()))
+            ratios.append(1.0)
+            continue
+        ratios.append(float(magnitude[kept].mean() / magnitude[~kept].mean().clamp_min(1e-30)))
+        floor = torch.quantile(magnitude[kept], 0.01)
+        densities.append(float((magnitude >= floor).float().mean()))
+        if ratios[-1] < TIES_MAGNITUDE:
+            densities[-1] = float(kept.float().mean())
+    method = "TIES" if min(ratios) >= TIES_MAGNITUDE else "DARE"
+    return method, [round(d, 3) for d in densities]
 
 
 def _scaled_residual(change, option):
@@ -146,7 +207,7 @@ def _scaled_residual(change, option):
 
 def _entrywise_residual(change, options, rounds=3):
     """Per entry the nearest option, with one global scale refitted a few times: the share of
-    the change's norm the best choice leaves."""
+    the change's norm the best choice leaves, and the option picked per entry."""
     scale = 1.0
     for _ in range(rounds):
         picked = options.mul(scale).sub(change).abs().argmin(0)
@@ -155,7 +216,7 @@ def _entrywise_residual(change, options, rounds=3):
         if norm > 0:
             scale = float(chosen @ change) / norm
     left = change - scale * chosen
-    return float(left.norm() / change.norm().clamp_min(1e-30))
+    return float(left.norm() / change.norm().clamp_min(1e-30)), picked
 
 
 def per_layer_sources(space, child, candidates):

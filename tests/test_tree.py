@@ -13,6 +13,7 @@ from awm import cli, family_tree, tree_evidence
 from awm.lineage import families
 
 HIDDEN, LAYERS, VOCAB = 96, 8, 400
+SLERP_T = [0, 0.5, 0.3, 0.7, 1]              # mergekit's usual t gradient
 
 
 def base_tensors(seed):
@@ -45,6 +46,48 @@ def ties(base, models, density=0.5):
     return merged
 
 
+def slerp(first, second, t):
+    """SLERP per tensor between two models, as mergekit computes it (flattened tensors, angle of
+    their normalised copies), with t given per layer (None for tensors outside the layers: 0.5)."""
+    merged = {}
+    for name, a in first.items():
+        b = second[name]
+        layer = int(name.split(".")[2]) if name.startswith("model.layers.") else None
+        weight = 0.5 if layer is None else t[layer]
+        cosine = float((a.flatten() @ b.flatten()) / (a.norm() * b.norm()))
+        angle = torch.arccos(torch.tensor(cosine).clamp(-1, 1))
+        s0, s1 = torch.sin((1 - weight) * angle) / torch.sin(angle), torch.sin(weight * angle) / torch.sin(angle)
+        merged[name] = s0 * a + s1 * b
+    return merged
+
+
+def slerp_coefficients(first, second, name, weight):
+    """The two coefficients SLERP at t = weight puts on one tensor."""
+    a, b = first[name], second[name]
+    angle = torch.arccos(((a.flatten() @ b.flatten()) / (a.norm() * b.norm())).clamp(-1, 1))
+    return float(torch.sin((1 - weight) * angle) / torch.sin(angle)), float(torch.sin(weight * angle) / torch.sin(angle))
+
+
+def gradient(anchors, layers):
+    """mergekit's t gradient: anchor values spread evenly over the layers, linear between them."""
+    import numpy as np
+
+    return list(np.interp(np.linspace(0, 1, layers), np.linspace(0, 1, len(anchors)), anchors))
+
+
+def dare(base, models, density=0.5, seed=5):
+    """DARE (linear): each change keeps a random share `density` of its entries, rescaled by 1 / density; the changes are added."""
+    generator = torch.Generator().manual_seed(seed)
+    merged = {}
+    for name, value in base.items():
+        change = torch.zeros_like(value)
+        for model in models:
+            keep = torch.rand(value.shape, generator=generator) < density
+            change += torch.where(keep, (model[name] - value) / density, torch.zeros_like(value)) / len(models)
+        merged[name] = value + change
+    return merged
+
+
 def layers_of(tensors, picks):
     """A model whose layer j is layer picks[j] of tensors (the embedding kept)."""
     out = {"model.embed_tokens.weight": tensors["model.embed_tokens.weight"]}
@@ -71,6 +114,8 @@ def zoo(tmp_path_factory):
         "pruned": factory.prune(base, torch.arange(80), list(range(LAYERS))),
         "linear-merge": linear([(0.3, ft2), (0.7, ft3)]),
         "ties-merge": ties(base, [ft1, ft2]),
+        "dare-merge": dare(base, [ft2, ft3]),
+        "slerp-merge": slerp(ft1, ft3, gradient(SLERP_T, LAYERS)),
         "stacked": layers_of(base, list(range(6)) + list(range(2, 8))),
         "layerwise": spliced(ft2, ft3, 4),
         "other": base_tensors(7), "another": base_tensors(8),
@@ -103,8 +148,12 @@ def test_the_star_its_grandchild_and_the_roots(zoo):
     parents = parents_of(zoo["tree"])
     for child in ("ft1", "ft2", "ft3"):
         assert set(parents[child]) == {"base"} and parents[child]["base"]["relation"] == "fine-tune"
-        assert "branch from base" in parents[child]["base"]["direction"]
-        assert 0 < parents[child]["base"]["change"] < 0.2
+    # Each edge says what decided it: the base of the TIES and DARE merges for the fine-tunes they
+    # merge, the grandchild's parent having its own parent above.
+    for child in ("ft1", "ft2", "ft3"):
+        assert parents[child]["base"]["direction"].startswith("structure: the merge "), parents[child]
+    assert parents["grandchild"]["ft1"]["direction"].startswith("one parent: ft1's parent is known")
+    assert all(0 < parents[child]["base"]["change"] < 0.2 for child in ("ft1", "ft2", "ft3"))
     assert set(parents["grandchild"]) == {"ft1"} and parents["grandchild"]["ft1"]["relation"] == "fine-tune"
     roots = {name for name, found in parents.items() if not found}
     assert roots == {"base", "other", "another"} and not zoo["tree"]["undirected"]
@@ -127,10 +176,27 @@ def test_the_linear_merge_and_its_coefficients(zoo):
     assert "weighted average" in merge["ft2"]["direction"]
 
 
-def test_the_ties_merge_names_its_parents_without_coefficients(zoo):
-    merge = parents_of(zoo["tree"])["ties-merge"]
-    assert {"ft1", "ft2"} <= set(merge) <= {"ft1", "ft2", "base"}
-    assert all(p["relation"] == "merge" and p["weight"] is None for p in merge.values())
+def test_the_ties_and_dare_merges_name_their_parents_and_densities(zoo):
+    for child, parents, method in (("ties-merge", {"ft1", "ft2"}, "TIES"), ("dare-merge", {"ft2", "ft3"}, "DARE")):
+        merge = parents_of(zoo["tree"])[child]
+        assert set(merge) == parents and all(p["relation"] == "merge" and p["weight"] is None for p in merge.values())
+        assert f"({method}:" in next(iter(merge.values()))["direction"]
+        # Each change kept half its entries (TIES: its largest half; DARE: a random half).
+        assert all(p["density"] == pytest.approx(0.5, abs=0.05) for p in merge.values()), merge
+
+
+def test_a_slerp_merge_with_a_t_gradient_gets_its_coefficients_per_layer(zoo, tmp_path):
+    merge = parents_of(zoo["tree"])["slerp-merge"]
+    assert set(merge) == {"ft1", "ft3"} and "change over the layers" in merge["ft1"]["direction"]
+    node = next(n for n in zoo["tree"]["nodes"] if n["name"] == "slerp-merge")
+    base = base_tensors(0)
+    ft1, ft3 = tuned(base, 1), tuned(base, 3)
+    t = gradient(SLERP_T, LAYERS)
+    assert {row["layer"] for row in node["coefficients"]} == {0, 2, 5, 7}          # the digest's row layers
+    for row in node["coefficients"]:
+        name = f"model.layers.{row['layer']}.self_attn.{row['tensor']}_proj.weight"
+        expected = slerp_coefficients(ft1, ft3, name, t[row["layer"]])
+        assert [row["weights"]["ft1"], row["weights"]["ft3"]] == pytest.approx(expected, abs=0.01), row
 
 
 def test_the_layerwise_merge_traces_every_layer(zoo):
@@ -320,3 +386,137 @@ def test_a_child_holding_one_parents_weights_is_no_merge_of_that_parents_copies(
     assert dict(zip(found.parents, found.weights)) == pytest.approx({"a": 0.3, "b": 0.7}, abs=1e-6)
     copies = Points({"child": a, "a-1": a.clone(), "a-2": a.clone(), "b": b})       # bodies kept whole, embeddings redrawn
     assert tree_evidence.best_merge(copies, "child", ["a-1", "a-2", "b"]) is None
+
+
+@pytest.fixture(scope="module")
+def hub_families(tmp_path_factory):
+    """Families shaped like the Hub's. A base, its instruct model (a heavy change), three light
+    fine-tunes and a GGUF of the instruct model; a base with three instruct versions; the same
+    first family with the instruct model's config naming its base; a vision model whose language
+    model is the text model's weights; a frankenmerge of two fine-tunes beside a depth up-scaled
+    copy and a multimodal child of their base."""
+    root = tmp_path_factory.mktemp("hub-families")
+    config = factory.llama_config(HIDDEN, LAYERS, 4, 2, VOCAB)
+    tokens = factory.byte_level_tokens(VOCAB)
+    models, paths = {}, []
+    for prefix, seed in (("h", 50), ("c", 60)):
+        base = base_tensors(seed)
+        instruct = tuned(base, seed + 1, 0.3)
+        declared = {"_name_or_path": f"acme/{prefix}-base"} if prefix == "c" else {}
+        models.update({f"{prefix}-base": (base, config), f"{prefix}-instruct": (instruct, {**config, **declared})})
+        models.update({f"{prefix}-ft{k}": (tuned(instruct, seed + 2 + k, 0.05), config) for k in range(3)})
+        if prefix == "h":
+            paths.append(factory.write_gguf(str(root / "h-instruct.Q8_0.gguf"), instruct, 4, 2, tokens))
+    versions = base_tensors(70)
+    models["v-base"] = (versions, config)
+    models.update({f"v-instruct{k}": (tuned(versions, 71 + k, 0.3), config) for k in range(3)})
+    text = base_tensors(80)
+    models.update({"t-text": (text, config), "t-vision": (text, {**config, "vision_config": {"hidden_size": 32}})})
+    stitched = base_tensors(90)
+    first, second = tuned(stitched, 91, 0.1), tuned(stitched, 92, 0.1)
+    deep = factory.llama_config(HIDDEN, 12, 4, 2, VOCAB)
+    models.update({"p-base": (stitched, config), "p-ft1": (first, config), "p-ft2": (second, config),
+                   "p-franken": (spliced_layers(first, second), deep),
+                   "p-upscaled": (layers_of(stitched, list(range(6)) + list(range(2, 8))), deep),
+                   "p-vision": (tuned(stitched, 93, 0.01), {**config, "vision_config": {"hidden_size": 32}})})
+    paths += [factory.write_safetensors_model(str(root / name), tensors, cfg, tokens) for name, (tensors, cfg) in models.items()]
+    library, results = str(root / "lib"), root / "map"
+    assert cli.main(["--library", library, "--add", *paths, "--device", "cpu", "--quiet"]) == 0
+    assert cli.main(["--library", library, "--map", "--results_dir", str(results), "--device", "cpu", "--quiet"]) == 0
+    return json.loads((results / "lineage.json").read_text())["tree"]
+
+
+def spliced_layers(first, second):
+    """mergekit's passthrough: layers 0-5 of one model, then layers 2-7 of another."""
+    out = layers_of(first, list(range(6)))
+    tail = layers_of(second, list(range(2, 8)))
+    out.update({k.replace(f"model.layers.{int(k.split('.')[2])}.", f"model.layers.{int(k.split('.')[2]) + 6}."): v
+                for k, v in tail.items() if k.startswith("model.layers.")})
+    return out
+
+
+def undirected_pairs(tree):
+    return {frozenset((u["a"], u["b"])): u for u in tree["undirected"]}
+
+
+def test_a_base_is_never_placed_under_its_instruct_model(hub_families):
+    parents, loose = parents_of(hub_families), undirected_pairs(hub_families)
+    for k in range(3):
+        assert set(parents[f"h-ft{k}"]) == {"h-instruct"}
+        assert parents[f"h-ft{k}"]["h-instruct"]["direction"].startswith("tree's shape: 4 of its shape branch from h-instruct")
+    assert set(parents["h-instruct.Q8_0.gguf"]) == {"h-instruct"}
+    assert not parents["h-base"] and not parents["h-instruct"]
+    assert "may be h-instruct's own parent" in loose[frozenset(("h-base", "h-instruct"))]["reason"]
+
+
+def test_a_declared_base_directs_its_own_edge(hub_families):
+    parents = parents_of(hub_families)
+    assert set(parents["c-instruct"]) == {"c-base"}
+    assert parents["c-instruct"]["c-base"]["direction"].startswith("metadata: c-instruct's config or model card names c-base")
+    assert all(set(parents[f"c-ft{k}"]) == {"c-instruct"} for k in range(3)) and not parents["c-base"]
+
+
+def test_a_base_with_several_instruct_versions_is_their_parent(hub_families):
+    parents = parents_of(hub_families)
+    assert all(set(parents[f"v-instruct{k}"]) == {"v-base"} for k in range(3)) and not parents["v-base"]
+
+
+def test_a_vision_model_on_the_text_models_own_weights_stays_undirected(hub_families):
+    parents, loose = parents_of(hub_families), undirected_pairs(hub_families)
+    assert not parents["t-text"] and not parents["t-vision"]
+    pair = loose[frozenset(("t-text", "t-vision"))]
+    assert pair["relation"] == "multimodal" and "extracted" in pair["reason"]
+
+
+def test_a_frankenmerge_an_upscaled_copy_and_a_multimodal_child(hub_families):
+    parents = parents_of(hub_families)
+    franken = parents["p-franken"]
+    assert set(franken) == {"p-ft1", "p-ft2"} and all(p["relation"] == "merge" for p in franken.values())
+    layers = next(n["layers"] for n in hub_families["nodes"] if n["name"] == "p-franken")
+    assert [(layer["source"], layer["source_layer"]) for layer in layers] == \
+        [("p-ft1", i) for i in range(6)] + [("p-ft2", i) for i in range(2, 8)]
+    # Being the source of other shapes says nothing about the base's own edges: with two fine-tunes
+    # only, nothing decides them (and they are never the frankenmerge's children).
+    assert not parents["p-ft1"] and not parents["p-ft2"] and not parents["p-base"]
+    assert {frozenset(("p-base", "p-ft1")), frozenset(("p-base", "p-ft2"))} <= set(undirected_pairs(hub_families))
+    assert set(parents["p-upscaled"]) == {"p-base"} and parents["p-upscaled"]["p-base"]["relation"] == "stacked"
+    assert set(parents["p-vision"]) == {"p-base"} and parents["p-vision"]["p-base"]["relation"] == "multimodal"
+
+
+def test_a_model_card_declares_its_base(tmp_path):
+    from awm import hub_cards
+    from awm.readers import architectures
+
+    (tmp_path / "README.md").write_text("---\nlicense: mit\nbase_model:\n- acme/base-7b\nbase_model_relation: finetune\n---\n# card\n")
+    assert hub_cards.card_base_models(str(tmp_path)) == ["acme/base-7b"]
+    (tmp_path / "README.md").write_text("---\nbase_model: [unclosed\n---\n")
+    assert hub_cards.card_base_models(str(tmp_path)) == []                 # a broken card claims nothing
+    hints = architectures.lineage_hints({"_name_or_path": "acme/other"}, {}, ["acme/base-7b"])
+    assert hints["declared_base"] == ["acme/base-7b", "acme/other"]
+    fields = {"general.base_model.count": 2, "general.base_model.0.repo_url": "https://huggingface.co/acme/base-7b",
+              "general.base_model.1.organization": "Acme", "general.base_model.1.name": "Tuned"}
+    assert architectures.gguf_declared_bases(lambda key, default=None: fields.get(key, default)) == ["acme/base-7b", "Acme/Tuned"]
+
+
+def test_directions_come_from_evidence_about_each_edge():
+    from awm import tree_direction as direction
+
+    def run(edges, **evidence):
+        found = direction.orient([direction.Edge(a, b, d, "fine-tune") for a, b, d in edges], direction.Evidence(**evidence))
+        return {(p, c): why for p, c, _, why in found.directed}, {frozenset((e.a, e.b)): why for e, why in found.undirected}
+
+    chain = [("base", "instruct", 0.3), ("instruct", "tune", 0.05)]
+    directed, loose = run(chain)
+    assert not directed and len(loose) == 2                                      # a chain alone: nothing decides
+    directed, loose = run(chain, edge_claims=[("instruct", "tune", "metadata: tune's card names instruct")])
+    assert list(directed) == [("instruct", "tune")] and frozenset(("base", "instruct")) in loose
+    directed, _ = run(chain, parent_elsewhere={"base": "pruned from a wider model"})
+    assert set(directed) == {("base", "instruct"), ("instruct", "tune")}         # one parent each, spread down the chain
+    assert directed[("instruct", "tune")].startswith("one parent: instruct's parent is known")
+    star = [("hub", f"leaf{k}", 0.05 + 0.001 * k) for k in range(3)]
+    directed, loose = run([*star, ("hub", "far", 0.3)])
+    assert set(directed) == {("hub", f"leaf{k}") for k in range(3)} and "may be hub's own parent" in loose[frozenset(("hub", "far"))]
+    directed, loose = run([*star, ("hub", "near", 0.08)])
+    assert set(directed) == {("hub", n) for n in ("leaf0", "leaf1", "leaf2", "near")} and not loose
+    directed, loose = run(chain, edge_claims=[("base", "instruct", "a"), ("instruct", "base", "b")])
+    assert "points both ways" in loose[frozenset(("base", "instruct"))]

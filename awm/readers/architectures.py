@@ -241,9 +241,23 @@ MODALITY_KEYS = {"vision": ("vision_config", "visual", "vision_tower", "mm_visio
 DECLARED_BASE_KEYS = ("base_model_name_or_path", "_name_or_path")
 
 
-def lineage_hints(raw, config):
+def lineage_hints(raw, config, card_bases=()):
+    """card_bases: the base models the folder's model card declares."""
     experts = next((config[k] for k in EXPERT_KEYS if isinstance(config.get(k), int) and config[k] > 1), None)
     modalities = ["text"] + [m for m, keys in MODALITY_KEYS.items() if any(raw.get(k) for k in keys)]
-    declared = next((raw[k] for k in DECLARED_BASE_KEYS if isinstance(raw.get(k), str) and raw[k].count("/") == 1
-                     and not raw[k].startswith((".", "/", "~"))), None)
-    return {"experts": experts, "modalities": modalities, "declared_base": declared}
+    declared = [raw[k] for k in DECLARED_BASE_KEYS if isinstance(raw.get(k), str) and raw[k].count("/") == 1
+                and not raw[k].startswith((".", "/", "~"))]
+    return {"experts": experts, "modalities": modalities, "declared_base": list(dict.fromkeys([*card_bases, *declared])) or None}
+
+
+def gguf_declared_bases(field):
+    """The base models a GGUF's general.base_model.N.* keys name, as Hub repos (org/name)."""
+    bases = []
+    for index in range(int(field("general.base_model.count", 0) or 0)):
+        url = str(field(f"general.base_model.{index}.repo_url", "") or "")
+        org, name = field(f"general.base_model.{index}.organization"), field(f"general.base_model.{index}.name")
+        if url.startswith("https://huggingface.co/") and url.count("/") == 4:
+            bases.append(url.removeprefix("https://huggingface.co/"))
+        elif org and name:
+            bases.append(f"{org}/{name}")
+    return bases or None

@@ -210,7 +210,8 @@ class HubSnapshot:
         if choice.format == "gguf":
             return list(choice.files), []
         # AutoGPTQ keeps its settings beside the config: a quantized repo cannot be read without them.
-        small = ["config.json"] + [f for f in ("quantize_config.json",) if f in top]
+        # The model card's front matter declares its base (a claim the family tree can use).
+        small = ["config.json"] + [f for f in ("quantize_config.json", "README.md") if f in top]
         small += next(([f] for f, _ in vocabulary.VOCAB_FILES if f in top), [])
         return (self._indexed_shards(choice.index) if choice.index else list(choice.files)), small
 

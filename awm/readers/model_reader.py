@@ -9,6 +9,7 @@ import os
 import torch
 from tqdm import tqdm
 
+from awm import hub_cards
 from awm.errors import CheckpointError
 from awm.readers import architectures as arch
 from awm.readers import checkpoint_files as files
@@ -124,7 +125,7 @@ class ModelCheckpoint:
         self.wrapper_type = str(raw.get("model_type") or "")
         self.architecture = self.model_type
         self.config = config
-        self.lineage_hints = arch.lineage_hints(raw, config)
+        self.lineage_hints = arch.lineage_hints(raw, config, hub_cards.card_base_models(self.path))
         self.vocab, self.vocab_source = vocabulary.load_directory_vocab(self.path, self.vocab_match)
         hidden, layers = arch.config_value(config, "hidden"), arch.config_value(config, "layers")
         n_head = arch.config_value(config, "heads")
@@ -141,7 +142,8 @@ class ModelCheckpoint:
         first = lambda value: value[0] if isinstance(value, list) and value else value
         self.model_type, self.wrapper_type, self.architecture = "gguf", "", gguf_arch
         self.config = {"model_type": gguf_arch}
-        self.lineage_hints = {"experts": meta("expert_count") or None, "modalities": ["text"], "declared_base": None}
+        self.lineage_hints = {"experts": meta("expert_count") or None, "modalities": ["text"],
+                              "declared_base": arch.gguf_declared_bases(lambda key, default=None: files.gguf_field(reader, key, default))}
         hidden, layers = meta("embedding_length"), meta("block_count")
         n_head = first(meta("attention.head_count"))
         if not (isinstance(hidden, int) and isinstance(layers, int) and isinstance(n_head, int) and n_head > 0):

@@ -1,0 +1,155 @@
+"""Which way the edges of one shape class point, each from evidence about that edge.
+
+Models of one shape are linked by the smallest weight changes; nothing in a weight change says
+which end came first. A direction is given only where something about the edge, or a model's
+one parent, decides it, and each directed edge carries its reason:
+
+1. Evidence about the edge itself: a model whose parent lies in another shape class (it is where
+   the class was entered, by structure) has its parent already; a TIES / DARE merge names the
+   base its parents' changes were taken from; a model's config or model card names the other
+   end as its base (a claim, said so).
+2. One parent: a model whose parent is known has every other neighbour as a child.
+3. A hub: a model three or more others branch from is the parent of all its neighbours but at
+   most one, its own parent. Which one is not in the weights; only where one change stands out
+   (as the step from a base to its instruct model stands beside the light fine-tunes of that
+   instruct model) does that edge stay undirected; otherwise the hub is taken as the branch's top.
+Edges nothing decides stay undirected, with the reason: never a coin flip presented as a fact.
+"""
+from dataclasses import dataclass, field
+
+HUB_DEGREE = 3
+# A hub's largest change this many times its next largest may be the step into the hub (its own
+# parent) rather than out of it: that edge is left undirected.
+HUB_OUTLIER = 2.0
+COPY = "the same weights as stored: nothing in them tells which is the original"
+NOTHING_DECIDES = ("same shape and nothing decides which came first: no structural change, no model three others "
+                   "branch from, no metadata claim")
+
+
+@dataclass
+class Edge:
+    a: str
+    b: str
+    distance: float
+    relation: str                  # "fine-tune" or "copy" (copies are never directed)
+
+    def other(self, name):
+        return self.b if name == self.a else self.a
+
+
+@dataclass
+class Directions:
+    directed: list = field(default_factory=list)      # (parent, child, edge, reason)
+    undirected: list = field(default_factory=list)    # (edge, reason)
+
+
+@dataclass
+class Evidence:
+    """What is known before the tree's shape is read: models whose parent is elsewhere
+    ({name: reason}) and claims about single edges ([(parent, child, reason)])."""
+    parent_elsewhere: dict = field(default_factory=dict)
+    edge_claims: list = field(default_factory=list)
+
+
+def orient(edges, evidence):
+    """Directions for a shape class's spanning edges (Edge list) from `evidence` (Evidence)."""
+    return _Orientation(edges, evidence).run()
+
+
+class _Orientation:
+    def __init__(self, edges, evidence):
+        self.edges = [e for e in edges if e.relation != "copy"]
+        self.copies = [e for e in edges if e.relation == "copy"]
+        self.evidence = evidence
+        self.decided = {}                       # id(edge) -> (parent, child, reason)
+        self.left = {}                          # id(edge) -> reason it stays undirected
+        self.parent_of = dict(evidence.parent_elsewhere)   # name -> why its parent is known
+        self.neighbours = {}
+        for edge in self.edges:
+            self.neighbours.setdefault(edge.a, []).append(edge)
+            self.neighbours.setdefault(edge.b, []).append(edge)
+
+    def run(self):
+        self._claims()
+        self._one_parent()
+        for hub in self._hubs():
+            if not self._open(hub) or hub in self.parent_of:
+                continue
+            self._hub(hub)
+            self._one_parent()
+        return self._result()
+
+    # ------------------------------------------------------------------ evidence
+    def _claims(self):
+        found = {}
+        for parent, child, reason in self.evidence.edge_claims:
+            edge = self._edge(parent, child)
+            if edge is not None:
+                found.setdefault(id(edge), []).append((parent, child, reason))
+        for edge in self.edges:
+            claims = found.get(id(edge), [])
+            if len({(p, c) for p, c, _ in claims}) > 1:
+                self.left[id(edge)] = "the evidence about this edge points both ways: " + "; ".join(r for *_, r in claims)
+            elif claims:
+                parent, child, reason = claims[0]
+                if child in self.parent_of:
+                    self.left[id(edge)] = f"{reason}; but {child} has its parent elsewhere ({self.parent_of[child]})"
+                else:
+                    self._decide(edge, parent, child, reason)
+
+    def _one_parent(self):
+        """Spread directions: every neighbour of a model with a known parent is its child."""
+        changed = True
+        while changed:
+            changed = False
+            for name in list(self.parent_of):
+                for edge in self._open(name):
+                    child = edge.other(name)
+                    if child in self.parent_of:
+                        self.left[id(edge)] = (f"both {name} and {child} have their parent elsewhere: the evidence "
+                                               "around this edge conflicts")
+                        continue
+                    self._decide(edge, name, child, f"one parent: {name}'s parent is known ({self.parent_of[name]}), "
+                                                    f"so {child} branches from it")
+                    changed = True
+
+    def _hubs(self):
+        degree = {name: len(edges) for name, edges in self.neighbours.items()}
+        return sorted((n for n, d in degree.items() if d >= HUB_DEGREE), key=lambda n: (-degree[n], n))
+
+    def _hub(self, hub):
+        edges = sorted(self.neighbours[hub], key=lambda e: e.distance, reverse=True)
+        count = len(edges)
+        largest, second = edges[0], edges[1]
+        outlier = largest.distance >= HUB_OUTLIER * second.distance
+        for edge in self._open(hub):
+            if outlier and edge is largest:
+                self.left[id(edge)] = (f"{count} models branch from {hub}, and this is its largest change "
+                                       f"({largest.distance / max(second.distance, 1e-30):.1f} x the next): it may be "
+                                       f"{hub}'s own parent; nothing about this edge decides")
+                continue
+            self._decide(edge, hub, edge.other(hub),
+                         f"tree's shape: {count} of its shape branch from {hub} (siblings are less alike than each is "
+                         f"to it){'' if outlier else '; no change stands out as the step into it, so it is taken as the top'}")
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _edge(self, a, b):
+        return next((e for e in self.neighbours.get(a, ()) if e.other(a) == b), None)
+
+    def _open(self, name):
+        return [e for e in self.neighbours.get(name, ()) if id(e) not in self.decided and id(e) not in self.left]
+
+    def _decide(self, edge, parent, child, reason):
+        self.decided[id(edge)] = (parent, child, reason)
+        self.parent_of.setdefault(child, parent)
+
+    def _result(self):
+        out = Directions()
+        for edge in self.edges:
+            if id(edge) in self.decided:
+                parent, child, reason = self.decided[id(edge)]
+                out.directed.append((parent, child, edge, reason))
+            else:
+                out.undirected.append((edge, self.left.get(id(edge), NOTHING_DECIDES)))
+        out.undirected += [(edge, COPY) for edge in self.copies]
+        return out
