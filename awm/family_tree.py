@@ -252,6 +252,11 @@ class TreeBuilder:
                    f"{100 * fit.residual:.3f} % of its weights, the best single parent, {fit.single}, {100 * fit.single_residual:.2f} %")
             coefficients = [{"layer": layer, "tensor": tensor, "weights": dict(zip(fit.parents, map(_rounded, weights)))}
                             for layer, tensor, weights in fit.per_tensor]
+        elif fit.method == "task arithmetic":
+            how = (f"structure: task arithmetic: {fit.base} plus its parents' changes from it, scaled by "
+                   f"{' / '.join(f'{w:.2f}' for w in fit.weights)} (see weight); the fit leaves {100 * fit.residual:.3f} % of its "
+                   f"weights, the best single parent, {fit.single}, {100 * fit.single_residual:.2f} %")
+            base = fit.base
         elif fit.weights is not None:
             how = (f"structure: a weighted average of its {len(fit.parents)} parents reproduces it (the fit leaves "
                    f"{100 * fit.residual:.3f} % of its weights; the best single parent, {fit.single}, {100 * fit.single_residual:.2f} %)")
@@ -272,8 +277,7 @@ class TreeBuilder:
         """Different kept layers copied from different candidates: a layer-wise merge, each of
         the child's layers traced to its source through the Grams."""
         nearest = evidence.per_layer_sources(space, child, candidates)
-        sources = {name for name, distance in nearest if distance <= evidence.COPIED_LAYER}
-        if len(sources) < 2 or any(distance > evidence.COPIED_LAYER for _, distance in nearest):
+        if len({name for name, _ in nearest}) < 2 or not all(copied for _, copied in nearest):
             return None
         traced = evidence.layer_sources(self.digest(child), {name: self.digest(name) for name in candidates})
         layers = [{"layer": j, "source": name, "source_layer": i, "score": score} for j, (name, i, _, score) in enumerate(traced)]

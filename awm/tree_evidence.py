@@ -40,6 +40,7 @@ TIES_MAGNITUDE = 2.0
 MERGE_CANDIDATES = 6         # the closest models tried as parents, in sets of two and three
 # A layer closer than this (relative Gram distance) to a parent's layer was taken from it.
 COPIED_LAYER = 0.02
+COPY_MARGIN = 0.1           # ... and ten times closer to it than to the next candidate
 
 
 class RowSpace:
@@ -98,7 +99,7 @@ class MergeFit:
     base: str = None        # the base of an entrywise (TIES / DARE) merge
     per_tensor: list = None     # [(layer, "q" / "k", [weight per parent])] when the coefficients vary by tensor
     densities: list = None      # entrywise merges: the share of each parent's change kept
-    method: str = None          # "linear", "per-tensor linear" (SLERP, gradients), "TIES", "DARE"
+    method: str = None          # "linear", "task arithmetic", "per-tensor linear" (SLERP, gradients), "TIES", "DARE"
 
 
 def best_merge(space, child, candidates):
@@ -121,12 +122,30 @@ def best_merge(space, child, candidates):
                 best = MergeFit(list(parents), [float(w) for w in weights], residual, single, singles[single], method="linear")
         if best is not None and best.residual <= LINEAR_FIT * best.single_residual:
             return best
+    task = task_arithmetic(space, child, closest, single, singles[single])
+    if task is not None:
+        return task
     varying = per_tensor_merge(space, child, closest, single, singles[single])
     if varying is not None:
         return varying
     if best is None or best.residual > SCREEN * best.single_residual:
         return None                          # no two parents explain much: not worth the entrywise test
     return entrywise_merge(space, child, closest, single, singles[single])
+
+
+def task_arithmetic(space, child, closest, single, single_residual):
+    """Task arithmetic: child = base + l1 (p1 - base) + l2 (p2 - base), the scales summing past
+    one (else it is a plain weighted average), so the base's coefficient 1 - l1 - l2 is
+    negative. Returns the fit with the parents' scales as weights and the base named."""
+    best = None
+    for base in closest:
+        others = [name for name in closest if name != base]
+        for first, second in itertools.combinations(others, 2):
+            weights, residual = space.fit(child, [base, first, second])
+            if weights[0] < -MIN_WEIGHT and min(weights[1:]) >= MIN_WEIGHT and (best is None or residual < best.residual):
+                best = MergeFit([first, second], [float(w) for w in weights[1:]], residual, single, single_residual,
+                                base=base, method="task arithmetic")
+    return best if best is not None and best.residual <= LINEAR_FIT * single_residual else None
 
 
 def per_tensor_merge(space, child, closest, single, single_residual):
@@ -220,14 +239,17 @@ def _entrywise_residual(change, options, rounds=3):
 
 
 def per_layer_sources(space, child, candidates):
-    """For each kept layer, the candidate the child's layer is closest to and how close: a
-    layer-wise merge takes different layers from different parents, each nearly verbatim."""
+    """For each kept layer, the candidate the child's layer is closest to, whether it is a copy of
+    it: a layer-wise merge takes different layers from different parents, each nearly verbatim
+    (within COPIED_LAYER, and much closer to its source than to any other candidate: a layer
+    interpolated between relatives is close to all of them)."""
     sources = []
     for position in range(len(space.layers)):
         gram = space.per_layer[position]
-        distances = {name: space.distance(child, name, gram) for name in candidates}
-        nearest = min(distances, key=distances.get)
-        sources.append((nearest, distances[nearest]))
+        distances = sorted((space.distance(child, name, gram), name) for name in candidates)
+        nearest, name = distances[0]
+        runner_up = distances[1][0] if len(distances) > 1 else float("inf")
+        sources.append((name, nearest <= COPIED_LAYER and nearest <= COPY_MARGIN * runner_up))
     return sources
 
 

@@ -54,17 +54,19 @@ def slerp(first, second, t):
         b = second[name]
         layer = int(name.split(".")[2]) if name.startswith("model.layers.") else None
         weight = 0.5 if layer is None else t[layer]
-        cosine = float((a.flatten() @ b.flatten()) / (a.norm() * b.norm()))
-        angle = torch.arccos(torch.tensor(cosine).clamp(-1, 1))
-        s0, s1 = torch.sin((1 - weight) * angle) / torch.sin(angle), torch.sin(weight * angle) / torch.sin(angle)
+        s0, s1 = slerp_coefficients(first, second, name, weight)
         merged[name] = s0 * a + s1 * b
     return merged
 
 
 def slerp_coefficients(first, second, name, weight):
-    """The two coefficients SLERP at t = weight puts on one tensor."""
-    a, b = first[name], second[name]
-    angle = torch.arccos(((a.flatten() @ b.flatten()) / (a.norm() * b.norm())).clamp(-1, 1))
+    """The two coefficients SLERP at t = weight puts on one tensor (a plain interpolation when
+    the two are nearly parallel, as mergekit does above a cosine of 0.9995)."""
+    a, b = first[name].double().flatten(), second[name].double().flatten()
+    cosine = float((a @ b) / (a.norm() * b.norm()))
+    if abs(cosine) > 0.9995:
+        return 1 - weight, weight
+    angle = torch.arccos(torch.tensor(cosine))
     return float(torch.sin((1 - weight) * angle) / torch.sin(angle)), float(torch.sin(weight * angle) / torch.sin(angle))
 
 
@@ -115,6 +117,7 @@ def zoo(tmp_path_factory):
         "linear-merge": linear([(0.3, ft2), (0.7, ft3)]),
         "ties-merge": ties(base, [ft1, ft2]),
         "dare-merge": dare(base, [ft2, ft3]),
+        "task-merge": linear([(-0.2, base), (0.6, ft1), (0.6, ft3)]),         # task arithmetic, scales 0.6
         "slerp-merge": slerp(ft1, ft3, gradient(SLERP_T, LAYERS)),
         "stacked": layers_of(base, list(range(6)) + list(range(2, 8))),
         "layerwise": spliced(ft2, ft3, 4),
@@ -183,6 +186,12 @@ def test_the_ties_and_dare_merges_name_their_parents_and_densities(zoo):
         assert f"({method}:" in next(iter(merge.values()))["direction"]
         # Each change kept half its entries (TIES: its largest half; DARE: a random half).
         assert all(p["density"] == pytest.approx(0.5, abs=0.05) for p in merge.values()), merge
+
+
+def test_task_arithmetic_names_its_base_and_scales(zoo):
+    merge = parents_of(zoo["tree"])["task-merge"]
+    assert set(merge) == {"ft1", "ft3"} and all(p["weight"] == pytest.approx(0.6, abs=0.01) for p in merge.values())
+    assert merge["ft1"]["direction"].startswith("structure: task arithmetic: base plus its parents' changes")
 
 
 def test_a_slerp_merge_with_a_t_gradient_gets_its_coefficients_per_layer(zoo, tmp_path):
