@@ -36,6 +36,7 @@ COPY_SCORE = 99.9999                 # and every layer scores this high
 # that far apart (relative, as RowSpace measures) are the same weights in another precision.
 UNIT_ROUNDOFF = {"F64": 2.0 ** -53, "F32": 2.0 ** -24, "F16": 2.0 ** -11, "BF16": 2.0 ** -8,
                  "float64": 2.0 ** -53, "float32": 2.0 ** -24, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
+SHARED_BASIS = 0.95                  # share of dims an alignment maps to themselves when two models share a basis
 STACKED_SCORE = 50.0                 # CKA of (nearly) every stacked layer with its source
 COPY_REASON = direction.COPY
 
@@ -145,8 +146,11 @@ class Pairs:
         return record is not None and is_derived(record["verdict"])
 
     def shared_basis(self, a, b):
+        """The pair's alignment maps (nearly) every dim to itself: their rows can be compared as
+        stored (a swapped dim or two in the assignment does not change the basis)."""
         record = self.get(a, b)
-        return record is not None and bool(record["evidence"].get("alignment", {}).get("stored_order"))
+        alignment = (record or {}).get("evidence", {}).get("alignment", {})
+        return bool(alignment.get("stored_order")) or (alignment.get("identity_fraction") or 0.0) >= SHARED_BASIS
 
     def scores(self, a, b):
         """(AWM %, QK-circuit %) under the alignment the verdict rests on."""

@@ -188,7 +188,8 @@ class PairScoring:
             "mean_abs_cosine": _finite(alignment.mean_abs_cosine),
             "correspondence": _correspondence_record(alignment.correspondence),
             "alignment": {"basis": self.witness.basis if self.witness else None, "witnesses": self.witness_records(),
-                          "stored_order": _in_stored_order(self.witness)},
+                          "stored_order": _in_stored_order(self.witness),
+                          "identity_fraction": _identity_fraction(self.witness)},
             "body_weights": _body_weights_record(self.body_weights, self.base, self.target, self.a_is_base),
             "circuit_spectra": self.spectra_match.record() if self.spectra_match else None,
             "layers_a": digest_a.num_layers,
@@ -260,6 +261,16 @@ def _in_stored_order(alignment):
         return False
     index = alignment.base_index
     return bool(torch.equal(index, torch.arange(len(index))) and (alignment.sign > 0).all())
+
+
+def _identity_fraction(alignment):
+    """The share of dims the alignment maps to the same dim with sign +1 (None without one): near
+    1, the models share their basis up to a few dims the assignment swapped."""
+    if alignment is None or alignment.base_index is None or not len(alignment.base_index):
+        return None
+    index = alignment.base_index
+    same = (index == torch.arange(len(index), device=index.device)) & (alignment.sign.to(index.device) > 0)
+    return round(float(same.float().mean()), 4)
 
 
 def _body_weights_record(outcome, base, target, a_is_base):

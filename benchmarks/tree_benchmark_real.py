@@ -32,7 +32,15 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.dirname(os.path.abspa
 import calibration_zoo as zoo_tools  # noqa: E402
 import factory  # noqa: E402
 from surgery import drop_layers, prune_hidden, upcycle_to_moe  # noqa: E402
-from test_tree import dare, gradient, layers_of, slerp, slerp_coefficients, ties, write_lora_adapter  # noqa: E402
+from test_tree import (  # noqa: E402
+    dare,
+    gradient,
+    layers_of,
+    slerp,
+    slerp_coefficients,
+    ties,
+    write_lora_adapter,
+)
 
 from awm import cli, disguise, registry_models  # noqa: E402
 from awm.atomic import write_json_atomic  # noqa: E402
@@ -117,7 +125,7 @@ class Family:
         keep = self.base["model.embed_tokens.weight"].norm(dim=0).argsort(descending=True)[:480].sort().values
         shallow, depth = drop_layers(self.base, set(range(12, 18)))
         structural = {
-            "franken": (lambda: passthrough(s("sft-a"), s("sft-b"), range(0, 20), range(10, 30)), {"num_hidden_layers": 40},
+            "franken": (lambda: passthrough(s("sft-a"), s("sft-b"), range(20), range(10, 30)), {"num_hidden_layers": 40},
                         [("sft-a", "merge"), ("sft-b", "merge")]),
             "upscaled": (lambda: layers_of(self.base, list(range(24)) + list(range(6, 30))), {"num_hidden_layers": 48}, [("base", "stacked")]),
             "width-pruned": (lambda: prune_hidden(self.base, keep), {"hidden_size": 480, "head_dim": 64}, [("base", "pruned")]),

@@ -529,3 +529,14 @@ def test_directions_come_from_evidence_about_each_edge():
     assert set(directed) == {("hub", n) for n in ("leaf0", "leaf1", "leaf2", "near")} and not loose
     directed, loose = run(chain, edge_claims=[("base", "instruct", "a"), ("instruct", "base", "b")])
     assert "points both ways" in loose[frozenset(("base", "instruct"))]
+
+
+def test_a_near_identity_alignment_still_shares_the_basis():
+    """One swapped dim in the assignment (identity on 94 of 96 dims) must not switch merge detection off."""
+    def record(fraction, stored):
+        alignment = {"stored_order": stored, "identity_fraction": fraction}
+        return {"model_a": {"name": "a"}, "model_b": {"name": "b"}, "verdict": "derived", "evidence": {"alignment": alignment}}
+
+    assert family_tree.Pairs([record(94 / 96, False)]).shared_basis("a", "b")
+    assert family_tree.Pairs([record(1.0, True)]).shared_basis("b", "a")
+    assert not family_tree.Pairs([record(0.5, False)]).shared_basis("a", "b")                 # a permuted basis
