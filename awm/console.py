@@ -148,7 +148,8 @@ def verdict_scores(record):
 def _placement_lines(placement):
     lines = []
     for parent in placement.get("parents", ()):
-        weight = f", weight {parent['weight']:.3f}" if parent["weight"] is not None else ""
+        weight = f", weight {parent['weight']:.3f}" if parent["weight"] is not None else \
+            f", density {parent['density']:.2f}" if parent.get("density") is not None else ""
         lines.append(f"  parent: {parent['name']} ({parent['relation']}{weight}): {parent['direction']}")
     for child in placement.get("derived_from_it", ()):
         lines.append(f"  derived from it: {child['name']} ({child['relation']}): {child['direction']}")

@@ -124,7 +124,8 @@ def _forest_layout(tree):
 
 def _edge_label(parent):
     scores = "/".join("n/a" if v is None else f"{v:.0f}" for v in (parent["awm"], parent["qk_circuit"]))
-    weight = f" w={parent['weight']:.2f}" if parent["weight"] is not None else ""
+    weight = f" w={parent['weight']:.2f}" if parent["weight"] is not None else \
+        f" d={parent['density']:.2f}" if parent.get("density") is not None else ""
     return f"{parent['relation']}{weight}\n{scores}"
 
 
