@@ -354,8 +354,8 @@ class TreeBuilder:
             for parent in self.family:
                 if parent in component or not self.pairs.derived(child, parent):
                     continue
-                if child in self._assembled.get(parent, ((),))[0]:
-                    continue                                     # the sources of a model's layers are not its children
+                if set(self._assembled.get(parent, ((),))[0]) & set(component):
+                    continue                                     # a model made of this branch's layers is downstream of it
                 found = structural_relation(self.metas[child], self.metas[parent])
                 if found is None or (found[0] == "stacked" and not self._stacked(child, parent)):
                     continue
@@ -368,10 +368,13 @@ class TreeBuilder:
         return None if best is None else (best[1], best[2], *best[3])
 
     def _same_language_model(self, child, parent):
-        """Every layer's W_q / W_k as alike as two stored copies of the same weights."""
-        floor = copy_score(copy_tolerance(self.metas[child], self.metas[parent]))
+        """The language models' W_q / W_k rows are as close as two stored copies of the same
+        weights (every layer's CKA alike, where the rows cannot be compared as stored)."""
+        tolerance = copy_tolerance(self.metas[child], self.metas[parent])
+        if self.pairs.shared_basis(child, parent):
+            return evidence.RowSpace({name: self.digest(name) for name in (child, parent)}).distance(child, parent) <= tolerance
         scores = self.pairs.layer_scores(child, parent)
-        return bool(scores) and all(score >= floor for score in scores.values())
+        return bool(scores) and all(score >= copy_score(tolerance) for score in scores.values())
 
     def _verbatim_layers(self, child):
         """A deeper model whose every layer is a verbatim copy of a layer of shallower relatives:

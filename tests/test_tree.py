@@ -427,12 +427,21 @@ def hub_families(tmp_path_factory):
     models.update({"p-base": (stitched, config), "p-ft1": (first, config), "p-ft2": (second, config),
                    "p-franken": (spliced_layers(first, second), deep),
                    "p-upscaled": (layers_of(stitched, list(range(6)) + list(range(2, 8))), deep),
-                   "p-vision": (tuned(stitched, 93, 0.01), {**config, "vision_config": {"hidden_size": 32}})})
+                   "p-vision": (tuned(stitched, 93, 0.01), {**config, "vision_config": {"hidden_size": 32}}),
+                   "p-rotated": (rotated(stitched), {**config, "tie_word_embeddings": False})})
     paths += [factory.write_safetensors_model(str(root / name), tensors, cfg, tokens) for name, (tensors, cfg) in models.items()]
     library, results = str(root / "lib"), root / "map"
     assert cli.main(["--library", library, "--add", *paths, "--device", "cpu", "--quiet"]) == 0
     assert cli.main(["--library", library, "--map", "--results_dir", str(results), "--device", "cpu", "--quiet"]) == 0
     return json.loads((results / "lineage.json").read_text())["tree"]
+
+
+def rotated(tensors, seed=94):
+    """The residual stream rotated (a disguised copy: another hidden basis, the same shape)."""
+    from awm import disguise
+
+    with_head = {"lm_head.weight": tensors["model.embed_tokens.weight"].clone(), **tensors}
+    return disguise.rotate_residual(with_head, LAYERS, disguise.random_rotation(HIDDEN, torch.Generator().manual_seed(seed)))
 
 
 def spliced_layers(first, second):
@@ -484,11 +493,15 @@ def test_a_frankenmerge_an_upscaled_copy_and_a_multimodal_child(hub_families):
     layers = next(n["layers"] for n in hub_families["nodes"] if n["name"] == "p-franken")
     assert [(layer["source"], layer["source_layer"]) for layer in layers] == \
         [("p-ft1", i) for i in range(6)] + [("p-ft2", i) for i in range(2, 8)]
-    # Being the source of other shapes says nothing about the base's own edges: with two fine-tunes
-    # only, nothing decides them (and they are never the frankenmerge's children).
-    assert not parents["p-ft1"] and not parents["p-ft2"] and not parents["p-base"]
-    assert {frozenset(("p-base", "p-ft1")), frozenset(("p-base", "p-ft2"))} <= set(undirected_pairs(hub_families))
+    # The fine-tunes are never the frankenmerge's children; p-base is a hub of three (two
+    # fine-tunes and a rotated copy, none standing out), taken as the top of its branch.
+    for child in ("p-ft1", "p-ft2", "p-rotated"):
+        assert set(parents[child]) == {"p-base"} and parents[child]["p-base"]["direction"].startswith("tree's shape: 3 of its shape")
+    assert not parents["p-base"]
     assert set(parents["p-upscaled"]) == {"p-base"} and parents["p-upscaled"]["p-base"]["relation"] == "stacked"
+    # The up-scaled model is made of p-base's layers: never the parent of p-base's branch (here
+    # entered through the rotated copy, shallower than it and in another basis).
+    assert "p-upscaled" not in parents["p-rotated"] and "p-rotated" not in parents["p-base"]
     assert set(parents["p-vision"]) == {"p-base"} and parents["p-vision"]["p-base"]["relation"] == "multimodal"
 
 
