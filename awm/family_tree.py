@@ -37,6 +37,7 @@ COPY_SCORE = 99.9999                 # and every layer scores this high
 UNIT_ROUNDOFF = {"F64": 2.0 ** -53, "F32": 2.0 ** -24, "F16": 2.0 ** -11, "BF16": 2.0 ** -8,
                  "float64": 2.0 ** -53, "float32": 2.0 ** -24, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
 SHARED_BASIS = 0.95                  # share of dims an alignment maps to themselves when two models share a basis
+TIED_SCORE = 1e-3                    # percentage points: scores this close tie
 STACKED_SCORE = 50.0                 # CKA of (nearly) every stacked layer with its source
 COPY_REASON = direction.COPY
 
@@ -349,7 +350,7 @@ class TreeBuilder:
 
     def _structural_parent(self, component):
         """(child, parent, relation, why): the most similar model upstream of the component by structure."""
-        best = None
+        candidates = []
         for child in component:
             for parent in self.family:
                 if parent in component or not self.pairs.derived(child, parent):
@@ -362,10 +363,21 @@ class TreeBuilder:
                 if found[0] == "pruned" and self.metas[child]["hidden_size"] == self.metas[parent]["hidden_size"] \
                         and self._stacked(parent, child):
                     continue                                     # the deeper one was stacked from it, not the reverse
-                similarity = self.pairs.similarity(child, parent)
-                if best is None or similarity > best[0]:
-                    best = (similarity, child, parent, found)
-        return None if best is None else (best[1], best[2], *best[3])
+                candidates.append((self.pairs.similarity(child, parent), child, parent, found))
+        if not candidates:
+            return None
+        top = max(similarity for similarity, *_ in candidates)
+        tied = [c for c in candidates if c[0] >= top - TIED_SCORE]
+        # Scores that tie (a copy and a light fine-tune both round to 100 %) are told apart by
+        # the rows, where they can be compared as stored: the nearest is the likelier source.
+        _, child, parent, found = min(tied, key=lambda c: self._row_distance(c[1], c[2]))
+        return child, parent, *found
+
+    def _row_distance(self, a, b):
+        body = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim")
+        if not self.pairs.shared_basis(a, b) or any(self.metas[a][k] != self.metas[b][k] for k in body):
+            return float("inf")
+        return evidence.RowSpace({name: self.digest(name) for name in (a, b)}).distance(a, b)
 
     def _same_language_model(self, child, parent):
         """The language models' W_q / W_k rows are as close as two stored copies of the same
