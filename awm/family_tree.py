@@ -38,6 +38,7 @@ UNIT_ROUNDOFF = {"F64": 2.0 ** -53, "F32": 2.0 ** -24, "F16": 2.0 ** -11, "BF16"
                  "float64": 2.0 ** -53, "float32": 2.0 ** -24, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
 SHARED_BASIS = 0.95                  # share of dims an alignment maps to themselves when two models share a basis
 TIED_SCORE = 1e-3                    # percentage points: scores this close tie
+DECISIVE_DISTANCE = 0.5              # ... and rows this much nearer to one of them decide
 STACKED_SCORE = 50.0                 # CKA of (nearly) every stacked layer with its source
 COPY_REASON = direction.COPY
 
@@ -366,12 +367,19 @@ class TreeBuilder:
                 candidates.append((self.pairs.similarity(child, parent), child, parent, found))
         if not candidates:
             return None
-        top = max(similarity for similarity, *_ in candidates)
-        tied = [c for c in candidates if c[0] >= top - TIED_SCORE]
+        candidates.sort(key=lambda c: -c[0])
+        tied = [c for c in candidates if c[0] >= candidates[0][0] - TIED_SCORE]
         # Scores that tie (a copy and a light fine-tune both round to 100 %) are told apart by
-        # the rows, where they can be compared as stored: the nearest is the likelier source.
-        _, child, parent, found = min(tied, key=lambda c: self._row_distance(c[1], c[2]))
-        return child, parent, *found
+        # the rows, where they can be compared as stored and one is clearly the nearer; else
+        # the link names the others that fit as well.
+        distances = sorted((self._row_distance(c[1], c[2]), i) for i, c in enumerate(tied))
+        if len(tied) > 1 and distances[0][0] <= DECISIVE_DISTANCE * distances[1][0]:
+            tied = [tied[distances[0][1]]]
+        _, child, parent, (relation, why) = tied[0]
+        others = [c[2] for c in tied[1:] if c[1] == child]
+        if others:
+            why += f" (as close by every measure: {', '.join(others)})"
+        return child, parent, relation, why
 
     def _row_distance(self, a, b):
         body = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim")
@@ -393,7 +401,8 @@ class TreeBuilder:
         one (depth up-scaling) or several (mergekit's passthrough, a frankenmerge). ([sources],
         layers) or None."""
         sources = [m for m in self.family if m != child and self.pairs.derived(child, m)
-                   and (structural_relation(self.metas[child], self.metas[m]) or ("",))[0] == "stacked"]
+                   and (structural_relation(self.metas[child], self.metas[m]) or ("",))[0] == "stacked"
+                   and self._shares_a_copied_layer(child, m)]
         if not sources:
             return None
         traced = evidence.layer_sources(self.digest(child), {m: self.digest(m) for m in sources})
@@ -402,6 +411,12 @@ class TreeBuilder:
         used = list(dict.fromkeys(name for name, *_ in traced))
         return used, [{"layer": j, "source": name, "source_layer": i, "score": score}
                       for j, (name, i, _, score) in enumerate(traced)]
+
+    def _shares_a_copied_layer(self, child, parent):
+        """Some layer pair the pair's scoring matched is as alike as a stored copy: a cheap
+        necessary condition before every layer is traced."""
+        floor = copy_score(copy_tolerance(self.metas[child], self.metas[parent]))
+        return any(score >= floor for score in self.pairs.layer_scores(child, parent).values())
 
     def _stacked(self, child, parent):
         """The deeper model repeats the shallower one's layers: each of its layers traced to one
