@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from awm import hub_cards
 from awm import tree_direction as direction
 from awm import tree_evidence as evidence
+from awm import tree_merges as merges
 from awm.lineage import Groups, families
 from awm.verdict import is_derived
 
@@ -40,7 +41,6 @@ SHARED_BASIS = 0.95                  # share of dims an alignment maps to themse
 TIED_SCORE = 1e-3                    # percentage points: scores this close tie
 DECISIVE_DISTANCE = 0.5              # ... and rows this much nearer to one of them decide
 STACKED_SCORE = 50.0                 # CKA of (nearly) every stacked layer with its source
-COPY_REASON = direction.COPY
 
 
 @dataclass
@@ -52,15 +52,6 @@ class Link:
     weight: float = None
     change: float = None
     density: float = None            # a TIES / DARE merge: the share of this parent's change kept
-
-
-@dataclass
-class FoundMerge:
-    quality: float                  # smaller is clearer: the clearest merge of a class is taken first
-    links: list
-    layers: list = None
-    coefficients: list = None
-    base: str = None                # a TIES / DARE merge's base
 
 
 @dataclass
@@ -231,66 +222,19 @@ class TreeBuilder:
         return self._spanning_components(rest, space)
 
     def _apply_merge(self, child, found):
-        self.tree.links += found.links
+        links = [Link(p.name, child, "merge", found.how, p.weight, p.change, p.density) for p in found.parents]
+        self.tree.links += links
         if found.layers:
             self.tree.layers[child] = found.layers
         if found.coefficients:
             self.tree.coefficients[child] = found.coefficients
         if found.base:
-            self._merge_bases.append((found.base, [link.parent for link in found.links], child))
-        return found.links
+            self._merge_bases.append((found.base, [p.name for p in found.parents], child))
+        return links
 
     def _merge(self, space, child, candidates):
-        """The child's merge (FoundMerge), or None when no merge explains it clearly better."""
-        if len(candidates) < 2:
-            return None
-        layerwise = self._layerwise(space, child, candidates)
-        if layerwise:
-            return layerwise
-        fit = evidence.best_merge(space, child, candidates)
-        if fit is None:
-            return None
-        densities = fit.densities or [None] * len(fit.parents)
-        coefficients = base = None
-        if fit.per_tensor is not None:
-            how = (f"structure: per W_q / W_k tensor a weighted sum of its {len(fit.parents)} parents reproduces it, with "
-                   f"coefficients that change over the layers (SLERP, a layer gradient; see coefficients): the fits leave "
-                   f"{100 * fit.residual:.3f} % of its weights, the best single parent, {fit.single}, {100 * fit.single_residual:.2f} %")
-            coefficients = [{"layer": layer, "tensor": tensor, "weights": dict(zip(fit.parents, map(_rounded, weights)))}
-                            for layer, tensor, weights in fit.per_tensor]
-        elif fit.method == "task arithmetic":
-            how = (f"structure: task arithmetic: {fit.base} plus its parents' changes from it, scaled by "
-                   f"{' / '.join(f'{w:.2f}' for w in fit.weights)} (see weight); the fit leaves {100 * fit.residual:.3f} % of its "
-                   f"weights, the best single parent, {fit.single}, {100 * fit.single_residual:.2f} %")
-            base = fit.base
-        elif fit.weights is not None:
-            how = (f"structure: a weighted average of its {len(fit.parents)} parents reproduces it (the fit leaves "
-                   f"{100 * fit.residual:.3f} % of its weights; the best single parent, {fit.single}, {100 * fit.single_residual:.2f} %)")
-        else:
-            how = (f"structure: each entry of its change from {fit.base} is zero, one parent's change, their mean or their sum "
-                   f"({fit.method}: {'the largest' if fit.method == 'TIES' else 'random'} entries of each change kept, "
-                   f"densities {' / '.join(f'{d:.2f}' for d in densities)}; {100 * fit.residual:.1f} % left unexplained): "
-                   "not a linear combination, no coefficients")
-            base = fit.base
-        weights = [None if w is None else _rounded(w) for w in (fit.weights or [None] * len(fit.parents))]
-        links = [Link(parent, child, "merge", how, weight, round(space.distance(child, parent), 6), density)
-                 for parent, weight, density in zip(fit.parents, weights, densities)]
-        # Linear fits are ranked by what they leave of the best single parent, entrywise ones by what they leave of the change.
-        quality = fit.residual / fit.single_residual if fit.weights is not None else fit.residual
-        return FoundMerge(quality, links, coefficients=coefficients, base=base)
-
-    def _layerwise(self, space, child, candidates):
-        """Different kept layers copied from different candidates: a layer-wise merge, each of
-        the child's layers traced to its source through the Grams."""
-        nearest = evidence.per_layer_sources(space, child, candidates)
-        if len({name for name, _ in nearest}) < 2 or not all(copied for _, copied in nearest):
-            return None
-        traced = evidence.layer_sources(self.digest(child), {name: self.digest(name) for name in candidates})
-        layers = [{"layer": j, "source": name, "source_layer": i, "score": score} for j, (name, i, _, score) in enumerate(traced)]
-        parents = sorted({name for name, *_ in traced}, key=lambda n: [s for s, *_ in traced].index(n))
-        how = (f"structure: its layers are taken from {len(parents)} models (layer by layer, see layers), "
-               "each nearly verbatim")
-        return FoundMerge(0.0, [Link(parent, child, "merge", how) for parent in parents], layers=layers)
+        """The child's merge (awm.tree_merges.FoundMerge), or None."""
+        return merges.find_merge(space, child, candidates, self.digest)
 
     def _spanning_components(self, members, space):
         """Kruskal on the smallest weight changes between derived members: [(members, edges)]."""
@@ -465,10 +409,6 @@ class TreeBuilder:
         if distance <= tolerance and all(score >= copy_score(tolerance) for score in self.pairs.layer_scores(a, b).values()):
             return "copy"
         return "fine-tune"
-
-
-def _rounded(weight):
-    return round(float(weight), 4)
 
 
 def copy_tolerance(meta_a, meta_b):
