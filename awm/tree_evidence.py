@@ -60,10 +60,17 @@ class RowSpace:
                     self.per_tensor[position, kind, i, j] = self.per_tensor[position, kind, j, i] = float(vectors[i] @ vectors[j])
         self.per_layer = self.per_tensor.sum(1)
         self.total = self.per_layer.sum(0)
-        self.samples = self._samples(rows)
+        self._rows, self._samples = rows, None
 
-    def _samples(self, rows):
-        """The same entries of every model's rows, flattened (for the entrywise merge test)."""
+    @property
+    def samples(self):
+        """The same entries of every model's rows, flattened (for the entrywise merge test; drawn
+        on first use: most row spaces only measure distances)."""
+        if self._samples is None:
+            self._samples = self._draw_samples(self._rows)
+        return self._samples
+
+    def _draw_samples(self, rows):
         flat = {name: torch.cat([rows[name][layer][kind].float().reshape(-1) for layer in self.layers for kind in (0, 1)])
                 for name in self.names}
         size = next(iter(flat.values())).numel()
