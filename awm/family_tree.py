@@ -37,6 +37,8 @@ COPY_SCORE = 99.9999                 # and every layer scores this high
 # that far apart (relative, as RowSpace measures) are the same weights in another precision.
 UNIT_ROUNDOFF = {"F64": 2.0 ** -53, "F32": 2.0 ** -24, "F16": 2.0 ** -11, "BF16": 2.0 ** -8,
                  "float64": 2.0 ** -53, "float32": 2.0 ** -24, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
+WIDTH = ("hidden_size", "num_heads", "num_kv_heads", "head_dim")
+BODY = (*WIDTH, "num_layers")        # same body: the rows of every kept layer have the same shapes
 SHARED_BASIS = 0.95                  # share of dims an alignment maps to themselves when two models share a basis
 TIED_SCORE = 1e-3                    # percentage points: scores this close tie
 DECISIVE_DISTANCE = 0.5              # ... and rows this much nearer to one of them decide
@@ -85,23 +87,22 @@ def structural_relation(child, parent):
     (None: structure does not say), with the evidence in words. One step changes one thing: a
     tower, experts, the width, the depth or the storage; a pair that differs in two of them (a
     multimodal model beside a deeper copy of the same base) is not parent and child."""
-    width = ("hidden_size", "num_heads", "num_kv_heads", "head_dim")
-    same_width = all(child[k] == parent[k] for k in width)
+    same_width = all(child[k] == parent[k] for k in WIDTH)
     same_body = same_width and child["num_layers"] == parent["num_layers"]
-    own_modalities = lambda meta: tuple(meta.get("modalities") or ("text",))
-    same_kind = own_modalities(child) == own_modalities(parent) and (child.get("experts") or 0) == (parent.get("experts") or 0)
-    extra = [m for m in own_modalities(child) if m not in own_modalities(parent)]
+    same_experts, same_modalities = _experts(child) == _experts(parent), _modalities(child) == _modalities(parent)
+    same_kind = same_experts and same_modalities
+    extra = [m for m in _modalities(child) if m not in _modalities(parent)]
     if extra:
-        if not same_body or (child.get("experts") or 0) != (parent.get("experts") or 0):
+        if not (same_body and same_experts):
             return None
         return "multimodal", f"it adds a {' and '.join(extra)} tower to the language model"
-    if (child.get("experts") or 0) > 1 and not parent.get("experts"):
-        if not same_body or own_modalities(child) != own_modalities(parent):
+    if _experts(child) > 1 and not _experts(parent):
+        if not (same_body and same_modalities):
             return None
         return "upcycled", f"it is a mixture of {child['experts']} experts, its parent dense"
     if not same_kind:
         return None
-    if all(child[k] <= parent[k] for k in width) and any(child[k] < parent[k] for k in width):
+    if all(child[k] <= parent[k] for k in WIDTH) and any(child[k] < parent[k] for k in WIDTH):
         return "pruned", (f"it is narrower ({child['hidden_size']} vs {parent['hidden_size']} hidden dims, " \
                          f"{child['num_heads']} vs {parent['num_heads']} heads)")
     if same_width:
@@ -115,6 +116,14 @@ def structural_relation(child, parent):
             adapter = child["adapter"]
             return "adapter", f"it is a LoRA adapter (rank {adapter.get('rank')}) merged into a base model ({adapter.get('base')})"
     return None
+
+
+def _experts(meta):
+    return meta.get("experts") or 0
+
+
+def _modalities(meta):
+    return tuple(meta.get("modalities") or ("text",))
 
 
 def _is_base_of(adapter, meta):
@@ -326,8 +335,8 @@ class TreeBuilder:
         return child, parent, relation, why
 
     def _row_distance(self, a, b):
-        body = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim")
-        if not self.pairs.shared_basis(a, b) or any(self.metas[a][k] != self.metas[b][k] for k in body):
+        """How far two models' rows lie as stored (inf where they cannot be compared so)."""
+        if not self.pairs.shared_basis(a, b) or any(self.metas[a][k] != self.metas[b][k] for k in BODY):
             return float("inf")
         return evidence.RowSpace({name: self.digest(name) for name in (a, b)}).distance(a, b)
 
@@ -335,8 +344,9 @@ class TreeBuilder:
         """The language models' W_q / W_k rows are as close as two stored copies of the same
         weights (every layer's CKA alike, where the rows cannot be compared as stored)."""
         tolerance = copy_tolerance(self.metas[child], self.metas[parent])
-        if self.pairs.shared_basis(child, parent):
-            return evidence.RowSpace({name: self.digest(name) for name in (child, parent)}).distance(child, parent) <= tolerance
+        distance = self._row_distance(child, parent)
+        if distance < float("inf"):
+            return distance <= tolerance
         scores = self.pairs.layer_scores(child, parent)
         return bool(scores) and all(score >= copy_score(tolerance) for score in scores.values())
 
@@ -353,8 +363,7 @@ class TreeBuilder:
         if any(distance > evidence.COPIED_LAYER for _, _, distance, _ in traced):
             return None
         used = list(dict.fromkeys(name for name, *_ in traced))
-        return used, [{"layer": j, "source": name, "source_layer": i, "score": score}
-                      for j, (name, i, _, score) in enumerate(traced)]
+        return used, evidence.layer_records(traced)
 
     def _shares_a_copied_layer(self, child, parent):
         """Some layer pair the pair's scoring matched is as alike as a stored copy: a cheap
@@ -371,7 +380,7 @@ class TreeBuilder:
             # Every layer of a stacked model comes from one of its parent's (a depth-pruned parent
             # has layers its pruned child lacks, and they match nothing well).
             self._traced[(child, parent)] = None if scores[len(scores) // 10] < STACKED_SCORE else \
-                [{"layer": j, "source": name, "source_layer": i, "score": score} for j, (name, i, _, score) in enumerate(traced)]
+                evidence.layer_records(traced)
         return self._traced[(child, parent)] is not None
 
     # ------------------------------------------------------------------ directions inside a class

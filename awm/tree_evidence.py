@@ -294,3 +294,8 @@ def layer_sources(child, parents):
                            for x, y in ((own.query, other.query), (own.key, other.key)))
         sources.append((name, i, distance, round(score, 4)))
     return sources
+
+
+def layer_records(traced):
+    """layer_sources' answer as the tree records it: [{"layer", "source", "source_layer", "score"}]."""
+    return [{"layer": j, "source": name, "source_layer": i, "score": score} for j, (name, i, _, score) in enumerate(traced)]

@@ -75,7 +75,7 @@ def _layerwise(space, child, candidates, digest):
     if len({name for name, _ in nearest}) < 2 or not all(copied for _, copied in nearest):
         return None
     traced = evidence.layer_sources(digest(child), {name: digest(name) for name in candidates})
-    layers = [{"layer": j, "source": name, "source_layer": i, "score": score} for j, (name, i, _, score) in enumerate(traced)]
+    layers = evidence.layer_records(traced)
     parents = sorted({name for name, *_ in traced}, key=lambda n: [s for s, *_ in traced].index(n))
     how = (f"structure: its layers are taken from {len(parents)} models (layer by layer, see layers), "
            "each nearly verbatim")
