@@ -1,26 +1,32 @@
 """A compact fingerprint of a model, for a first pass over thousands of library entries.
 
-Two summaries, each invariant to what the exact comparison aligns away (permutation, sign,
-scale and rotation of the hidden space); together about 0.3 MB whatever the model's size:
+Three summaries, invariant to what the exact comparison aligns away (permutation, sign and
+scale of the hidden dims; the Gram and the spectra to rotations too); a few hundred KB to 2 MB:
 
 - the **anchor Gram**: cosines between the embedding rows of a fixed list of anchor strings
   that almost every tokenizer holds (ASCII characters, common words with and without a
   leading space), each row centred by the model's mean embedding row and stripped of the
-  anchors' top principal directions (as the verdict strips embeddings). Independently trained
-  models share the broad semantic outline those directions carry (raw cosines correlate up to
-  0.8 between same-corpus twins); without them they share nothing (at most 0.02 measured),
-  while a model that inherited its embedding keeps its fine geometry (0.27 after heavy
-  continued pre-training, mostly above 0.8). Stored as int8 (steps of 1/127), upper triangle;
+  anchors' top principal directions (as the verdict strips embeddings). Models trained for
+  minutes share nothing beyond those directions (at most 0.02), but well-trained ones share a
+  semantic outline: unrelated real models correlate 0.2-0.8, while a model that inherited its
+  embedding keeps its fine geometry (0.88 or more measured on real models, after width pruning,
+  healing and continued pre-training). Stored as int8 (steps of 1/127), upper triangle;
+- the **anchor columns**: the same stripped rows of the first COLUMN_ANCHORS anchors, read as
+  one vector per hidden dim (int8, each scaled by its largest value). Geometry cannot tell a
+  child whose embedding lost half its dims from an unrelated model of the same tokenizer; the
+  columns can: the child's dims are its parent's (best |cosine| 0.94 or more), where unrelated
+  embeddings match at chance level (0.21-0.29);
 - the **layer spectra**: per layer, the normalised log singular values of W_q, W_k and the QK
   circuit (the circuit with norm gains folded: also invariant to the disguises the QK-circuit
-  score survives). A model that inherited its body keeps at least one of them within 0.03
-  (0.0011 with a new embedding or a rotation; measured), where independently trained twins
-  differ by 0.087 or more.
+  score survives). A model that inherited its body keeps at least one of them within 0.035
+  (0.0011 with a new embedding or a rotation; measured), where independently trained models
+  differ by 0.083 or more.
 
-The first pass calls an entry a candidate when either summary is close to the suspect's, or
-when the two share too few anchors for the embedding summary to speak; the thresholds are
-calibrated on trained models (docs/library.md) so that no derived pair is ruled out.
-Everything it rules out is independent by that evidence only, and said so.
+The first pass calls an entry a candidate when the embedding (its geometry or its columns) or
+the body is as close to the suspect's as inheritance leaves it, or when the two share too few
+anchors for the embedding to speak; the thresholds are calibrated on real pretrained models
+and their children (docs/library.md) so that no derived pair is ruled out. Everything it rules
+out is independent by that evidence only, and said so.
 """
 import functools
 
@@ -32,15 +38,23 @@ from awm.alignment import common_axes
 
 SPECTRUM = 64              # singular values kept per matrix (at most)
 NEGLIGIBLE = float(np.log(1e-3))   # singular values below this fraction of the largest are left out
-MIN_ANCHORS = 64           # fewer common anchors leave the embedding summary out of the first pass
-# Calibrated on the calibration zoo and the test families (docs/library.md): every derived pair
-# is a candidate by at least one summary, with margin.
-EMBEDDING_CANDIDATE = 0.1      # residual anchor-Gram correlation at or above: a candidate
+MIN_ANCHORS = 64           # fewer common anchors leave the embedding summaries out of the first pass
+COLUMN_ANCHORS = 256       # the anchors (first in ANCHORS: ASCII, then common words) the columns run over
+COLUMN_PROBES = 32         # columns of the narrower model matched per pair (evenly spaced)
+# Calibrated on real pretrained models and their children (docs/library.md): every derived pair
+# is a candidate by at least one summary, and no pair of unrelated real models is.
+# Anchor Grams: real embeddings share a semantic outline beyond the stripped directions, so
+# unrelated ones correlate up to 0.80 (two sizes of one tokenizer, pre-trained separately);
+# inherited ones 0.88 or more (width-pruned and healed; fine-tunes and continued pre-training
+# 0.94-1.0; rotations 1.0). Columns: a kept, pruned or healed embedding matches its columns at
+# 0.94 or more (half its dims cut), unrelated ones at 0.29 at most (noise alone: about 0.21).
+# Bodies: derived 0.035 at most, unrelated 0.083 or more.
+EMBEDDING_INHERITED = 0.85     # residual anchor-Gram correlation at or above: a candidate
+COLUMNS_INHERITED = 0.6        # median best column |cosine| at or above: a candidate
 BODY_CANDIDATE = 0.05          # mean |difference| of the closest kind of normalised log spectra at or below
-# Links through a relative (screening.reach) need what inheritance leaves, measured on the zoo:
-# inherited embeddings correlate 0.27 or more; bodies of the parent's shape stay within 0.0096
-# (a fine-tune), where the chance matches of synthetic near-random bodies start at 0.0177.
-LINK_EMBEDDING = 0.2
+# Links through a relative (screening.reach) ask for what inheritance leaves as well: the
+# embedding bounds above; bodies of the parent's shape stay within 0.0096 (a fine-tune), where
+# the chance matches of synthetic near-random bodies start at 0.0177.
 LINK_BODY = 0.015
 
 _WORDS = """the of and to in is was that for on as with by at it from his be an are this which or her had not
@@ -68,18 +82,29 @@ ANCHORS = _anchor_strings()
 
 
 # ----------------------------------------------------------------------------- building
-def anchor_gram(vocab, embedding):
-    """(indices into ANCHORS of the anchors the vocabulary holds, the cosine Gram of their rows
-    centred by the mean embedding row and without the anchors' top principal directions)."""
+def anchor_summaries(vocab, embedding):
+    """(indices into ANCHORS of the anchors the vocabulary holds, the cosine Gram of their rows,
+    their columns): rows centred by the mean embedding row and without the anchors' top
+    principal directions; the columns (see pack_columns) over the first COLUMN_ANCHORS anchors."""
     present = [(k, vocab[a]) for k, a in enumerate(ANCHORS) if vocab and a in vocab]
     if not present:
-        return torch.zeros(0, dtype=torch.int16), torch.zeros(0, 0)
+        return torch.zeros(0, dtype=torch.int16), torch.zeros(0, 0), torch.zeros(0, embedding.shape[1], dtype=torch.int8)
     indices, rows = zip(*present)
     vectors = embedding[torch.as_tensor(rows)].float() - _mean_row(embedding)
     shared = torch.linalg.svd(vectors - vectors.mean(0), full_matrices=False)[2][:common_axes(embedding.shape[1])]
     vectors = vectors - (vectors @ shared.t()) @ shared
+    indices = torch.as_tensor(indices, dtype=torch.int16)
+    columns = pack_columns(vectors[indices < COLUMN_ANCHORS])
     vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return torch.as_tensor(indices, dtype=torch.int16), vectors @ vectors.t()
+    return indices, vectors @ vectors.t(), columns
+
+
+def pack_columns(rows):
+    """Each hidden dim as a vector over the column anchors, scaled to int8 by its largest value:
+    a permutation-level summary. A pruned or fine-tuned child keeps its parent's columns (a
+    subset of them), where unrelated embeddings, however alike their geometry, do not."""
+    scale = rows.abs().amax(0).clamp_min(1e-12)
+    return (rows / scale * 127).round().clamp(-127, 127).to(torch.int8)
 
 
 def pack_gram(gram):
@@ -147,10 +172,10 @@ def layer_spectra(kernels):
                         for matrix, symmetric in ((kernels.query, True), (kernels.key, True), (kernels.circuit, False))])
 
 
-def payload_bytes(anchors, layers):
-    """Bytes of a fingerprint's tensors: anchor indices (int16), the packed Gram (int8) and the
-    spectra (float32); the file adds a header of a few hundred bytes."""
-    return 2 * anchors + anchors * (anchors - 1) // 2 + 4 * layers * 3 * SPECTRUM
+def payload_bytes(anchors, column_anchors, hidden, layers):
+    """Bytes of a fingerprint's tensors: anchor indices (int16), the packed Gram and the columns
+    (int8) and the spectra (float32); the file adds a header of a few hundred bytes."""
+    return 2 * anchors + anchors * (anchors - 1) // 2 + column_anchors * hidden + 4 * layers * 3 * SPECTRUM
 
 
 # ----------------------------------------------------------------------------- the first pass
@@ -173,7 +198,8 @@ class Probes:
     def first_pass(self, entry):
         """first_pass(probe, entry) for every probe, in their order."""
         embeddings, bodies = self._embeddings(entry), self._bodies(entry)
-        return [first_pass_evidence(embedding, body) for embedding, body in zip(embeddings, bodies)]
+        columns = [column_match(probe, entry) for probe in self.fingerprints]
+        return [first_pass_evidence(*found) for found in zip(embeddings, bodies, columns)]
 
     def _embeddings(self, entry):
         found = [None] * len(self.fingerprints)
@@ -201,7 +227,8 @@ class Probes:
 
 
 def first_pass(suspect, entry):
-    """{"embedding", "body", "candidate", "why"}: whether the exact stage must look at this pair."""
+    """{"embedding", "columns", "body", "alike", "candidate", "why"}: whether the exact stage must
+    look at this pair."""
     return Probes([suspect]).first_pass(entry)[0]
 
 
@@ -236,6 +263,33 @@ def embedding_similarity(indices_a, packed_a, indices_b, packed_b):
     return _correlations(*_stacked([a]), _centred(b[None])[0])[0]
 
 
+def _column_rows(fingerprint):
+    return fingerprint["anchors"].numpy()[fingerprint["anchors"].numpy() < COLUMN_ANCHORS]
+
+
+def _on_rows(columns, where):
+    return columns if len(where) == len(columns) else columns[where]     # every row in common: no copy
+
+
+def column_match(fingerprint_a, fingerprint_b):
+    """The median over COLUMN_PROBES evenly spaced columns of the narrower embedding of each
+    one's best |cosine| with any column of the other, over the column anchors both hold (None
+    below MIN_ANCHORS): near 1 when one embedding's dims are (a subset of) the other's."""
+    common, where_a, where_b = np.intersect1d(_column_rows(fingerprint_a), _column_rows(fingerprint_b), return_indices=True)
+    if len(common) < MIN_ANCHORS:
+        return None
+    narrow, wide = sorted((_on_rows(fingerprint_a["anchor_columns"].numpy(), where_a),
+                           _on_rows(fingerprint_b["anchor_columns"].numpy(), where_b)), key=lambda c: c.shape[1])
+    probes = narrow[:, np.unique(np.linspace(0, narrow.shape[1] - 1, COLUMN_PROBES).round().astype(np.int64))].astype(np.float32)
+    probes -= probes.mean(0)
+    probes /= np.maximum(np.linalg.norm(probes, axis=0), 1e-12)
+    wide = wide.astype(np.float32)
+    # The probes are centred, so their products with the raw wide columns are those with the
+    # centred ones; only the norms need the centring.
+    norms = np.sqrt(np.maximum(np.einsum("ij,ij->j", wide, wide) - wide.sum(0) ** 2 / len(wide), 1e-24))
+    return float(np.median((np.abs(probes.T @ wide) / norms).max(1)))
+
+
 def _layer_gaps(differences):
     """Mean |difference| over the defined values of the last axis; inf where none is defined."""
     defined = ~np.isnan(differences)
@@ -267,31 +321,45 @@ def body_distance(spectra_a, spectra_b):
     return best
 
 
-def first_pass_evidence(embedding, body):
+def embedding_inherited(geometry, columns):
+    """Whether the anchor summaries show an inherited embedding: its geometry (rotation-proof)
+    or its columns (pruning-proof) as inheritance leaves them."""
+    return (geometry is not None and geometry >= EMBEDDING_INHERITED) or (columns is not None and columns >= COLUMNS_INHERITED)
+
+
+def first_pass_evidence(embedding, body, columns=None):
     """Only both summaries together rule a pair out: with too few anchors in common the
     embedding cannot speak (a pruned or rotated body alone may look unrelated), so the pair
-    stays a candidate."""
+    stays a candidate. embedding: the anchor-Gram correlation; columns: the column match."""
     alike, reasons = [], []
     if embedding is None:
         reasons.append(f"fewer than {MIN_ANCHORS} anchor tokens in common: the embeddings cannot be compared here")
-    elif embedding >= EMBEDDING_CANDIDATE:
+    elif embedding_inherited(embedding, columns):
         alike.append("embedding")
-        reasons.append(f"anchor-token geometry alike (correlation {embedding:.3f})")
+        reasons.append(f"anchor-token embedding as inherited (geometry {embedding:.3f}, columns {_shown(columns, 3)})")
     if body is not None and body <= BODY_CANDIDATE:
         alike.append("body")
         reasons.append(f"layer spectra alike (mean difference {body:.4f})")
-    shown = "n/a" if body is None else f"{body:.3f}"
-    why = "; ".join(reasons) or f"neither the anchor-token geometry ({embedding:.3f}) nor the layer spectra ({shown}) are alike"
-    return {"embedding": None if embedding is None else round(embedding, 4), "body": None if body is None else round(body, 5),
+    why = "; ".join(reasons) or (f"neither the anchor-token embedding (geometry {embedding:.3f}, columns {_shown(columns, 3)}) "
+                                 f"nor the layer spectra ({_shown(body, 3)}) are alike")
+    return {"embedding": _rounded(embedding, 4), "columns": _rounded(columns, 4), "body": _rounded(body, 5),
             "alike": alike, "candidate": bool(reasons), "why": why}
+
+
+def _rounded(value, digits):
+    return None if value is None else round(value, digits)
+
+
+def _shown(value, digits):
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def links(suspect_relative, relative_entry):
     """The summaries on which a relative (found derived from the suspect) is close to an entry
     and unlike the suspect: what the relative carries that the suspect lost. Where the suspect
     and the relative are alike, an entry alike to the relative was within the suspect's own
-    reach already. A link asks for what inheritance leaves (LINK_EMBEDDING, LINK_BODY), not the
-    first pass's permissive bounds: chance matches of every relative would add up."""
-    close = {"embedding": relative_entry["embedding"] is not None and relative_entry["embedding"] >= LINK_EMBEDDING,
+    reach already. A link asks for what inheritance leaves (embedding_inherited, LINK_BODY), not the
+    first pass's permissive body bound: chance matches of every relative would add up."""
+    close = {"embedding": embedding_inherited(relative_entry["embedding"], relative_entry.get("columns")),
              "body": relative_entry["body"] is not None and relative_entry["body"] <= LINK_BODY}
     return [kind for kind, near in close.items() if near and kind not in suspect_relative["alike"]]

@@ -35,7 +35,7 @@ from awm.version import VERSION
 
 DIGEST_FILE, FINGERPRINT_FILE = "digest.json", "fingerprint.safetensors"
 KERNEL_FILE, VOCAB_FILE = "kernels.safetensors", "vocab.json"          # exact entries only
-ENTRY_FORMAT = 3
+ENTRY_FORMAT = 4               # 4: the fingerprint holds the anchor columns
 COMPACT, EXACT = "compact", "exact"         # an entry's kind: the fingerprint alone, or the kernels too
 DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 ROW_TENSORS = ("query_rows", "key_rows", "row_gain")          # per row layer: W_q, W_k as stored, the input gain
@@ -150,7 +150,7 @@ def build_entry(folder, name, checkpoint, identity, options, device, progress=Fa
               "build_id": uuid.uuid4().hex, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "source": identity, "options": options, "meta": digest.meta, "hidden_size": digest.hidden_size,
               "num_layers": digest.num_layers}
-    anchors, anchor_gram = fingerprint.anchor_gram(digest.vocab, digest.embedding)
+    anchors, anchor_gram, anchor_columns = fingerprint.anchor_summaries(digest.vocab, digest.embedding)
     os.makedirs(folder, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix=f".building-{name}-", dir=folder)
     try:
@@ -169,7 +169,8 @@ def build_entry(folder, name, checkpoint, identity, options, device, progress=Fa
             if writer is not None:
                 handle.flush()
                 os.fsync(handle.fileno())
-        save_file({"anchors": anchors, "anchor_gram": fingerprint.pack_gram(anchor_gram), "spectra": torch.stack(spectra)},
+        save_file({"anchors": anchors, "anchor_gram": fingerprint.pack_gram(anchor_gram), "anchor_columns": anchor_columns,
+                   "spectra": torch.stack(spectra)},
                   os.path.join(scratch, FINGERPRINT_FILE), metadata={"format": "awm-fingerprint", "entry": name})
         if exact:
             write_json_atomic(os.path.join(scratch, VOCAB_FILE), encode_vocab(digest.vocab))
@@ -191,25 +192,28 @@ def _write_layer(writer, i, kernels, digest):
 
 
 def read_fingerprint(entry):
-    """The entry's compact fingerprint: {"anchors", "anchor_gram", "spectra"}, checked."""
+    """The entry's compact fingerprint: {"anchors", "anchor_gram", "anchor_columns", "spectra"}, checked."""
     path = os.path.join(entry, FINGERPRINT_FILE)
     tensors = files.read_safetensors_header(path) if os.path.isfile(path) else None
     if tensors is None:
         raise CheckpointError(path, "library entry is incomplete (no fingerprint file)")
     shapes = {name: info.shape for name, info in tensors.items()}
-    anchors, gram, spectra = shapes.get("anchors"), shapes.get("anchor_gram"), shapes.get("spectra")
-    if anchors is None or len(anchors) != 1 or gram != (anchors[0] * (anchors[0] - 1) // 2,) or spectra is None \
-            or len(spectra) != 3 or spectra[1] != 3 or spectra[2] != fingerprint.SPECTRUM:
+    anchors, gram, columns, spectra = (shapes.get(k) for k in ("anchors", "anchor_gram", "anchor_columns", "spectra"))
+    if anchors is None or len(anchors) != 1 or gram != (anchors[0] * (anchors[0] - 1) // 2,) or columns is None or len(columns) != 2 \
+            or spectra is None or len(spectra) != 3 or spectra[1] != 3 or spectra[2] != fingerprint.SPECTRUM:
         raise CheckpointError(path, "library entry is corrupt: its fingerprint is malformed")
     try:
         found = load_file(path)
     except Exception as err:                  # the library's own messages are not one-liners with a path
         raise CheckpointError(path, f"library entry is corrupt: {str(err).splitlines()[0] if str(err) else err.__class__.__name__}") from None
-    if found["anchors"].dtype != torch.int16 or found["anchor_gram"].dtype != torch.int8 or not found["spectra"].is_floating_point():
+    if found["anchors"].dtype != torch.int16 or found["anchor_gram"].dtype != torch.int8 or found["anchor_columns"].dtype != torch.int8 \
+            or not found["spectra"].is_floating_point():
         raise CheckpointError(path, "library entry is corrupt: its fingerprint has the wrong data types")
     anchors = found["anchors"].long()
     if (anchors < 0).any() or (anchors >= len(fingerprint.ANCHORS)).any() or (anchors[1:] <= anchors[:-1]).any():
         raise CheckpointError(path, "library entry is corrupt: anchor indices out of range or out of order")
+    if len(found["anchor_columns"]) != int((anchors < fingerprint.COLUMN_ANCHORS).sum()):
+        raise CheckpointError(path, "library entry is corrupt: its anchor columns do not match its anchors")
     return {**found, "anchors": anchors, "spectra": found["spectra"].float()}
 
 

