@@ -40,11 +40,11 @@ from the Hub:
   work as for every Hugging Face tool.
 
 a fingerprint library:
-  --add stores each model's compact fingerprint (the geometry of anchor tokens' embedding
-  rows and every layer's singular-value spectra: a few MB, far under 1 % of the model) and
-  where the model came from. --identify digests the suspect once; a first pass over the
-  fingerprints (milliseconds per entry) rules out the entries that are independent of it,
-  and the rest are scored exactly, from the entry's source (local files, or the Hub by byte
+  --add stores each model's compact fingerprint (anchor tokens' embedding rows, as geometry
+  and as columns, and every layer's singular-value spectra: a few MB, far under 1 % of the
+  model) and where the model came from. --identify digests the suspect once; a first pass
+  over the fingerprints (milliseconds per entry) rules out the entries that share less with
+  it than inheritance leaves, and the rest are scored exactly, from the entry's source (local files, or the Hub by byte
   ranges) or, for entries added with --exact, from their stored kernels: the final scores and
   verdicts are the exact comparison's. --map does the same over every pair and draws the
   family tree. A library folder can be published as a Hub dataset repo and used as
