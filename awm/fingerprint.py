@@ -321,27 +321,22 @@ def body_distance(spectra_a, spectra_b):
     return best
 
 
-def embedding_inherited(geometry, columns):
-    """Whether the anchor summaries show an inherited embedding: its geometry (rotation-proof)
-    or its columns (pruning-proof) as inheritance leaves them."""
-    return (geometry is not None and geometry >= EMBEDDING_INHERITED) or (columns is not None and columns >= COLUMNS_INHERITED)
-
-
 def first_pass_evidence(embedding, body, columns=None):
-    """Only both summaries together rule a pair out: with too few anchors in common the
+    """Only every summary together rules a pair out: with too few anchors in common the
     embedding cannot speak (a pruned or rotated body alone may look unrelated), so the pair
     stays a candidate. embedding: the anchor-Gram correlation; columns: the column match."""
     alike, reasons = [], []
     if embedding is None:
         reasons.append(f"fewer than {MIN_ANCHORS} anchor tokens in common: the embeddings cannot be compared here")
-    elif embedding_inherited(embedding, columns):
-        alike.append("embedding")
-        reasons.append(f"anchor-token embedding as inherited (geometry {embedding:.3f}, columns {_shown(columns, 3)})")
-    if body is not None and body <= BODY_CANDIDATE:
-        alike.append("body")
-        reasons.append(f"layer spectra alike (mean difference {body:.4f})")
-    why = "; ".join(reasons) or (f"neither the anchor-token embedding (geometry {embedding:.3f}, columns {_shown(columns, 3)}) "
-                                 f"nor the layer spectra ({_shown(body, 3)}) are alike")
+    for kind, close, reason in (
+            ("geometry", embedding is not None and embedding >= EMBEDDING_INHERITED, f"anchor-token geometry as inherited ({_shown(embedding, 3)})"),
+            ("columns", columns is not None and columns >= COLUMNS_INHERITED, f"anchor-token columns as inherited ({_shown(columns, 3)})"),
+            ("body", body is not None and body <= BODY_CANDIDATE, f"layer spectra alike (mean difference {_shown(body, 4)})")):
+        if close:
+            alike.append(kind)
+            reasons.append(reason)
+    why = "; ".join(reasons) or (f"neither the anchor-token geometry ({_shown(embedding, 3)}), its columns ({_shown(columns, 3)}) "
+                                 f"nor the layer spectra ({_shown(body, 3)}) are as inheritance leaves them")
     return {"embedding": _rounded(embedding, 4), "columns": _rounded(columns, 4), "body": _rounded(body, 5),
             "alike": alike, "candidate": bool(reasons), "why": why}
 
@@ -358,8 +353,11 @@ def links(suspect_relative, relative_entry):
     """The summaries on which a relative (found derived from the suspect) is close to an entry
     and unlike the suspect: what the relative carries that the suspect lost. Where the suspect
     and the relative are alike, an entry alike to the relative was within the suspect's own
-    reach already. A link asks for what inheritance leaves (embedding_inherited, LINK_BODY), not the
-    first pass's permissive body bound: chance matches of every relative would add up."""
-    close = {"embedding": embedding_inherited(relative_entry["embedding"], relative_entry.get("columns")),
-             "body": relative_entry["body"] is not None and relative_entry["body"] <= LINK_BODY}
-    return [kind for kind, near in close.items() if near and kind not in suspect_relative["alike"]]
+    reach already. The geometry and the columns are two summaries here: a rotated suspect keeps
+    its parent's geometry, a pruned sibling the parent's columns. A link asks for what
+    inheritance leaves (the bounds above, LINK_BODY), not the first pass's permissive body
+    bound: chance matches of every relative would add up."""
+    close = [kind for kind in relative_entry["alike"] if kind != "body"]
+    if relative_entry["body"] is not None and relative_entry["body"] <= LINK_BODY:
+        close.append("body")
+    return [kind for kind in close if kind not in suspect_relative["alike"]]

@@ -148,6 +148,6 @@ def test_the_library_rules_out_unrelated_real_models_and_keeps_a_half_width_chil
     matches = {r["model_b"]["name"]: r for r in found["matches"]}
     assert sorted(matches) == sorted(children)
     half = matches["half-width"]["first_pass"]
-    assert half["embedding"] < fingerprint.EMBEDDING_INHERITED and half["columns"] > 0.9 and "embedding" in half["alike"]
-    assert matches["rotated"]["first_pass"]["embedding"] > 0.99
+    assert half["embedding"] < fingerprint.EMBEDDING_INHERITED and half["columns"] > 0.9 and "columns" in half["alike"]
+    assert matches["rotated"]["first_pass"]["embedding"] > 0.99 and "geometry" in matches["rotated"]["first_pass"]["alike"]
     assert all(verdict.is_derived(r["verdict"]) for r in matches.values())

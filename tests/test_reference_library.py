@@ -176,15 +176,19 @@ def column_match(probe, entry):
 
 def test_a_relative_links_only_through_what_the_suspect_lost_and_inheritance_leaves():
     evidence = fingerprint.first_pass_evidence
-    new_embedding = evidence(0.01, 0.001)             # the suspect and its relative: the same body, another embedding
-    assert fingerprint.links(new_embedding, evidence(0.9, 0.3)) == ["embedding"]
-    assert fingerprint.links(new_embedding, evidence(0.01, 0.0)) == []          # the body: within the suspect's own reach
-    pruned = evidence(0.9, 0.3)                       # the same embedding, a changed body
-    assert fingerprint.links(pruned, evidence(0.01, 0.004)) == ["body"]
-    assert fingerprint.links(pruned, evidence(0.01, 0.03)) == []               # a first-pass candidate, not an inherited body
-    assert fingerprint.links(evidence(None, 0.3), evidence(0.9, 0.3)) == ["embedding"]
-    # Unrelated real embeddings reach 0.8 (a shared semantic outline): no link.
-    assert fingerprint.links(evidence(None, 0.3), evidence(0.8, 0.3)) == []
+    new_embedding = evidence(0.01, 0.001, 0.2)        # the suspect and its relative: the same body, another embedding
+    assert fingerprint.links(new_embedding, evidence(0.9, 0.3, 0.95)) == ["geometry", "columns"]
+    assert fingerprint.links(new_embedding, evidence(0.01, 0.0, 0.2)) == []      # the body: within the suspect's own reach
+    pruned = evidence(0.9, 0.3, 0.95)                 # the same embedding, a changed body
+    assert fingerprint.links(pruned, evidence(0.01, 0.004, 0.2)) == ["body"]
+    assert fingerprint.links(pruned, evidence(0.01, 0.03, 0.2)) == []           # a first-pass candidate, not an inherited body
+    assert fingerprint.links(evidence(None, 0.3), evidence(0.9, 0.3, 0.2)) == ["geometry"]
+    # Unrelated real embeddings reach 0.8 in geometry (a shared semantic outline) and 0.29 in columns: no link.
+    assert fingerprint.links(evidence(None, 0.3), evidence(0.8, 0.3, 0.29)) == []
+    # A rotated suspect keeps its parent's geometry, not its columns; a sibling that kept the
+    # parent's columns (width-pruned) links through them.
+    rotated = evidence(1.0, 0.001, 0.25)
+    assert fingerprint.links(rotated, evidence(0.8, 0.3, 0.95)) == ["columns"]
 
 
 # ----------------------------------------------------------------------------- two stages
