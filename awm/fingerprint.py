@@ -182,10 +182,12 @@ def payload_bytes(anchors, column_anchors, hidden, layers):
 class Probes:
     """Fingerprints to hold against many entries (a suspect; the relatives found derived), made
     ready once: their packed anchor Grams centred and stacked per anchor set, their spectra
-    stacked per depth, so an entry meets all of them in a few array operations."""
+    stacked per depth, their columns as float, so an entry meets all of them in a few array
+    operations."""
 
     def __init__(self, fingerprints):
         self.fingerprints = fingerprints
+        self.columns = [_column_side(own) for own in fingerprints]
         self.grams, self.spectra = {}, {}
         for k, own in enumerate(fingerprints):
             self.grams.setdefault(_anchor_key(own), []).append(k)
@@ -198,7 +200,8 @@ class Probes:
     def first_pass(self, entry):
         """first_pass(probe, entry) for every probe, in their order."""
         embeddings, bodies = self._embeddings(entry), self._bodies(entry)
-        columns = [column_match(probe, entry) for probe in self.fingerprints]
+        own = _column_side(entry)
+        columns = [_matched_columns(side, own) for side in self.columns]
         return [first_pass_evidence(*found) for found in zip(embeddings, bodies, columns)]
 
     def _embeddings(self, entry):
@@ -263,27 +266,30 @@ def embedding_similarity(indices_a, packed_a, indices_b, packed_b):
     return _correlations(*_stacked([a]), _centred(b[None])[0])[0]
 
 
-def _column_rows(fingerprint):
-    return fingerprint["anchors"].numpy()[fingerprint["anchors"].numpy() < COLUMN_ANCHORS]
-
-
-def _on_rows(columns, where):
-    return columns if len(where) == len(columns) else columns[where]     # every row in common: no copy
+def _column_side(fingerprint):
+    """(the column anchors it holds, its columns as float32): what column matching reads."""
+    anchors = fingerprint["anchors"].numpy()
+    return anchors[anchors < COLUMN_ANCHORS], fingerprint["anchor_columns"].numpy().astype(np.float32)
 
 
 def column_match(fingerprint_a, fingerprint_b):
     """The median over COLUMN_PROBES evenly spaced columns of the narrower embedding of each
     one's best |cosine| with any column of the other, over the column anchors both hold (None
     below MIN_ANCHORS): near 1 when one embedding's dims are (a subset of) the other's."""
-    common, where_a, where_b = np.intersect1d(_column_rows(fingerprint_a), _column_rows(fingerprint_b), return_indices=True)
-    if len(common) < MIN_ANCHORS:
+    return _matched_columns(_column_side(fingerprint_a), _column_side(fingerprint_b))
+
+
+def _matched_columns(side_a, side_b):
+    (rows_a, columns_a), (rows_b, columns_b) = side_a, side_b
+    if not np.array_equal(rows_a, rows_b):                # else every row in common: no copy
+        common, where_a, where_b = np.intersect1d(rows_a, rows_b, return_indices=True)
+        rows_a, columns_a, columns_b = common, columns_a[where_a], columns_b[where_b]
+    if len(rows_a) < MIN_ANCHORS:
         return None
-    narrow, wide = sorted((_on_rows(fingerprint_a["anchor_columns"].numpy(), where_a),
-                           _on_rows(fingerprint_b["anchor_columns"].numpy(), where_b)), key=lambda c: c.shape[1])
-    probes = narrow[:, np.unique(np.linspace(0, narrow.shape[1] - 1, COLUMN_PROBES).round().astype(np.int64))].astype(np.float32)
-    probes -= probes.mean(0)
+    narrow, wide = sorted((columns_a, columns_b), key=lambda c: c.shape[1])
+    probes = narrow[:, np.unique(np.linspace(0, narrow.shape[1] - 1, COLUMN_PROBES).round().astype(np.int64))]
+    probes = probes - probes.mean(0)
     probes /= np.maximum(np.linalg.norm(probes, axis=0), 1e-12)
-    wide = wide.astype(np.float32)
     # The probes are centred, so their products with the raw wide columns are those with the
     # centred ones; only the norms need the centring.
     norms = np.sqrt(np.maximum(np.einsum("ij,ij->j", wide, wide) - wide.sum(0) ** 2 / len(wide), 1e-24))
