@@ -27,19 +27,16 @@ from awm import tree_direction as direction
 from awm import tree_evidence as evidence
 from awm import tree_merges as merges
 from awm.lineage import Groups, families
+from awm.tree_pairs import Pairs
+from awm.tree_structure import (
+    BODY,
+    copy_score,
+    copy_tolerance,
+    shape_key,
+    structural_relation,
+)
 from awm.verdict import is_derived
 
-RELATIONS = ("copy", "quantized", "adapter", "fine-tune", "pruned", "upcycled", "multimodal", "stacked", "merge")
-FULL_PRECISION = ("F64", "F32", "F16", "BF16", "float64", "float32", "float16", "bfloat16")
-COPY_DISTANCE = 1e-6                 # rows this close are the same weights as stored
-COPY_SCORE = 99.9999                 # and every layer scores this high
-# A re-save in another float format rounds every weight by at most half its unit roundoff; rows
-# that far apart (relative, as RowSpace measures) are the same weights in another precision.
-UNIT_ROUNDOFF = {"F64": 2.0 ** -53, "F32": 2.0 ** -24, "F16": 2.0 ** -11, "BF16": 2.0 ** -8,
-                 "float64": 2.0 ** -53, "float32": 2.0 ** -24, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
-WIDTH = ("hidden_size", "num_heads", "num_kv_heads", "head_dim")
-BODY = (*WIDTH, "num_layers")        # same body: the rows of every kept layer have the same shapes
-SHARED_BASIS = 0.95                  # share of dims an alignment maps to themselves when two models share a basis
 TIED_SCORE = 1e-3                    # percentage points: scores this close tie
 DECISIVE_DISTANCE = 0.5              # ... and rows this much nearer to one of them decide
 STACKED_SCORE = 50.0                 # CKA of (nearly) every stacked layer with its source
@@ -72,110 +69,6 @@ class FamilyTree:
     coefficients: dict = field(default_factory=dict)    # merge child -> [{"layer", "tensor", "weights": {parent: w}}]
 
 
-# ----------------------------------------------------------------------------- structure
-def is_quantized(meta):
-    return str(meta.get("dtype")) not in FULL_PRECISION
-
-
-def shape_key(meta):
-    return (meta["hidden_size"], meta["num_layers"], meta["num_heads"], meta["num_kv_heads"], meta["head_dim"],
-            meta.get("experts") or 0, tuple(meta.get("modalities") or ("text",)), is_quantized(meta), bool(meta.get("adapter")))
-
-
-def structural_relation(child, parent):
-    """The relation by which `parent` could be upstream of `child` from their structure alone
-    (None: structure does not say), with the evidence in words. One step changes one thing: a
-    tower, experts, the width, the depth or the storage; a pair that differs in two of them (a
-    multimodal model beside a deeper copy of the same base) is not parent and child."""
-    same_width = all(child[k] == parent[k] for k in WIDTH)
-    same_body = same_width and child["num_layers"] == parent["num_layers"]
-    same_experts, same_modalities = _experts(child) == _experts(parent), _modalities(child) == _modalities(parent)
-    same_kind = same_experts and same_modalities
-    extra = [m for m in _modalities(child) if m not in _modalities(parent)]
-    if extra:
-        if not (same_body and same_experts):
-            return None
-        return "multimodal", f"it adds a {' and '.join(extra)} tower to the language model"
-    if _experts(child) > 1 and not _experts(parent):
-        if not (same_body and same_modalities):
-            return None
-        return "upcycled", f"it is a mixture of {child['experts']} experts, its parent dense"
-    if not same_kind:
-        return None
-    if all(child[k] <= parent[k] for k in WIDTH) and any(child[k] < parent[k] for k in WIDTH):
-        return "pruned", (f"it is narrower ({child['hidden_size']} vs {parent['hidden_size']} hidden dims, " \
-                         f"{child['num_heads']} vs {parent['num_heads']} heads)")
-    if same_width:
-        if child["num_layers"] < parent["num_layers"]:
-            return "pruned", f"it is shallower ({child['num_layers']} vs {parent['num_layers']} layers)"
-        if child["num_layers"] > parent["num_layers"]:
-            return "stacked", f"it is deeper ({child['num_layers']} vs {parent['num_layers']} layers)"
-        if is_quantized(child) and not is_quantized(parent):
-            return "quantized", f"it is stored as {child['dtype']}, its parent at full precision ({parent['dtype']})"
-        if child.get("adapter") and not parent.get("adapter") and (_is_base_of(child["adapter"], parent) or not is_quantized(parent)):
-            adapter = child["adapter"]
-            return "adapter", f"it is a LoRA adapter (rank {adapter.get('rank')}) merged into a base model ({adapter.get('base')})"
-    return None
-
-
-def _experts(meta):
-    return meta.get("experts") or 0
-
-
-def _modalities(meta):
-    return tuple(meta.get("modalities") or ("text",))
-
-
-def _is_base_of(adapter, meta):
-    return bool(adapter.get("base")) and adapter["base"] in (meta.get("path"), meta.get("name"))
-
-
-# ----------------------------------------------------------------------------- the pairs
-class Pairs:
-    """The scored pair records, looked up in either order."""
-
-    def __init__(self, records):
-        self.records = {}
-        for record in records:
-            a, b = record["model_a"]["name"], record["model_b"]["name"]
-            self.records[(a, b)] = self.records[(b, a)] = record
-
-    def get(self, a, b):
-        return self.records.get((a, b))
-
-    def derived(self, a, b):
-        record = self.get(a, b)
-        return record is not None and is_derived(record["verdict"])
-
-    def shared_basis(self, a, b):
-        """The pair's alignment maps (nearly) every dim to itself: their rows can be compared as
-        stored (a swapped dim or two in the assignment does not change the basis)."""
-        record = self.get(a, b)
-        alignment = (record or {}).get("evidence", {}).get("alignment", {})
-        return bool(alignment.get("stored_order")) or (alignment.get("identity_fraction") or 0.0) >= SHARED_BASIS
-
-    def scores(self, a, b):
-        """(AWM %, QK-circuit %) under the alignment the verdict rests on."""
-        record = self.get(a, b)
-        scores = record.get("aligned_scores") or record["scores"]
-        return scores.get("final"), scores.get("qk_circuit")
-
-    def share_embedding(self, a, b):
-        record = self.get(a, b)
-        return record is not None and (record.get("inheritance") or {}).get("embedding") == "shared"
-
-    def similarity(self, a, b):
-        awm, circuit = self.scores(a, b)
-        return max(v for v in (awm, circuit, -1.0) if v is not None)
-
-    def layer_scores(self, child, parent):
-        """Per layer of `child` its W_q / W_k CKA with the same layer of `parent` (equal depth)."""
-        record = self.get(child, parent)
-        child_is_a = record["model_a"]["name"] == child
-        return {(layer["layer_a"] if child_is_a else layer["layer_b"]): min(layer["wq"] or 0.0, layer["wk"] or 0.0)
-                for layer in record["layers"]}
-
-
 # ----------------------------------------------------------------------------- building
 class TreeBuilder:
     """Links one family's models; `open_digest(name)` reads a model's digest when the rows or
@@ -200,8 +93,8 @@ class TreeBuilder:
         self._assembled = {name: found for name in self.family if (found := self._verbatim_layers(name))}
         components = [component for members in classes.values() for component in self._link_class(members)]
         entered = self._enter_classes(components)
-        for component, edges in components:
-            self._orient(component, edges, entered.get(id(component)))
+        for component, edges, space in components:
+            self._orient(component, edges, entered.get(id(component)), space)
         return self.tree
 
     # ------------------------------------------------------------------ one shape class
@@ -255,7 +148,7 @@ class TreeBuilder:
                     candidates.append((self._distance(space, a, b), a, b))
         groups = Groups(members)
         edges = [(a, b, distance) for distance, a, b in sorted(candidates) if groups.join(a, b)]
-        return [(group, [e for e in edges if e[0] in group]) for group in groups.groups()]
+        return [(group, [e for e in edges if e[0] in group], space) for group in groups.groups()]
 
     def _distance(self, space, a, b):
         """How far two same-shape models' weights are apart (their rows when they share a basis,
@@ -269,7 +162,7 @@ class TreeBuilder:
         """Link each component to the models upstream of it by structure: {id: [(member, its
         structural parent(s), relation)]} for the links that carry a direction."""
         entered = {}
-        for component, _ in components:
+        for component, *_ in components:
             assembled = [child for child in component if child in self._assembled]
             for child in assembled:
                 entered.setdefault(id(component), []).append(self._link_assembled(child))
@@ -384,15 +277,30 @@ class TreeBuilder:
         return self._traced[(child, parent)] is not None
 
     # ------------------------------------------------------------------ directions inside a class
-    def _orient(self, component, edges, entry):
+    def _orient(self, component, edges, entry, space):
         if not edges:
             return
         spanning = [direction.Edge(a, b, distance, self._same_shape_relation(a, b, distance)) for a, b, distance in edges]
         found = direction.orient(spanning, self._evidence(component, spanning, entry))
+        if space is not None:
+            found = direction.untangle(found, lambda *chain: self._turn(space, *chain), lambda a, b: self._edge(space, a, b))
         for parent, child, edge, why in found.directed:
             self.tree.links.append(Link(parent, child, edge.relation, why, None, round(edge.distance, 6)))
         for edge, why in found.undirected:
             self.tree.undirected.append(Unsettled(edge.a, edge.b, edge.relation, why))
+
+    def _turn(self, space, parent, middle, child):
+        """The chain's angle at its middle (awm.tree_evidence.RowSpace.turn), where all three share a basis."""
+        chain = (parent, middle, child)
+        if not all(self.pairs.shared_basis(a, b) for a, b in ((parent, middle), (middle, child), (parent, child))):
+            return None
+        return space.turn(*chain) if all(name in space.names for name in chain) else None
+
+    def _edge(self, space, a, b):
+        if not self.pairs.derived(a, b):
+            return None
+        distance = self._distance(space, a, b)
+        return direction.Edge(a, b, distance, self._same_shape_relation(a, b, distance))
 
     def _evidence(self, component, edges, entry):
         """What decides single edges of this class before its shape is read: the model it was
@@ -418,19 +326,6 @@ class TreeBuilder:
         if distance <= tolerance and all(score >= copy_score(tolerance) for score in self.pairs.layer_scores(a, b).values()):
             return "copy"
         return "fine-tune"
-
-
-def copy_tolerance(meta_a, meta_b):
-    """How far apart two stored copies of the same weights may lie: half the coarser unit
-    roundoff of their storage precisions (at least COPY_DISTANCE)."""
-    coarser = max(UNIT_ROUNDOFF.get(str(m.get("dtype")), 0.0) for m in (meta_a, meta_b))
-    return max(COPY_DISTANCE, coarser / 2)
-
-
-def copy_score(tolerance):
-    """The layer score two copies reach: CKA falls short of 1 by about the square of the relative
-    change, so a rounding of `tolerance` leaves at least this (COPY_SCORE at full precision)."""
-    return min(COPY_SCORE, 100 * (1 - 4 * tolerance ** 2))
 
 
 def _declares(meta, name, other_meta):

@@ -86,6 +86,17 @@ class RowSpace:
         i, j = self.index(a), self.index(b)
         return float(np.sqrt(max(0.0, g[i, i] + g[j, j] - 2 * g[i, j]) / np.sqrt(g[i, i] * g[j, j])))
 
+    def turn(self, parent, middle, child):
+        """Cosine of the angle at `middle` between the steps to `parent` and to `child`. Along a
+        chain parent -> middle -> child the child keeps the middle's change and adds its own, so
+        the angle is right or obtuse (<= 0); a child that moves partly back toward the parent
+        (> 0) did not start from the middle."""
+        g = self.total
+        p, m, c = self.index(parent), self.index(middle), self.index(child)
+        inner = g[p, c] - g[p, m] - g[m, c] + g[m, m]
+        back, out = g[p, p] - 2 * g[p, m] + g[m, m], g[c, c] - 2 * g[c, m] + g[m, m]
+        return float(inner / np.sqrt(back * out)) if back > 0 and out > 0 else 0.0
+
     def fit(self, child, parents, gram=None):
         """Least-squares child ~ sum_k w_k parent_k: (weights, residual / ||child||)."""
         g = self.total if gram is None else gram

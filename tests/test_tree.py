@@ -9,7 +9,7 @@ import factory
 import pytest
 import torch
 
-from awm import cli, family_tree, tree_evidence
+from awm import cli, family_tree, tree_evidence, tree_pairs
 from awm.lineage import families
 
 HIDDEN, LAYERS, VOCAB = 96, 8, 400
@@ -550,6 +550,43 @@ def test_a_near_identity_alignment_still_shares_the_basis():
         alignment = {"stored_order": stored, "identity_fraction": fraction}
         return {"model_a": {"name": "a"}, "model_b": {"name": "b"}, "verdict": "derived", "evidence": {"alignment": alignment}}
 
-    assert family_tree.Pairs([record(94 / 96, False)]).shared_basis("a", "b")
-    assert family_tree.Pairs([record(1.0, True)]).shared_basis("b", "a")
-    assert not family_tree.Pairs([record(0.5, False)]).shared_basis("a", "b")                 # a permuted basis
+    assert tree_pairs.Pairs([record(94 / 96, False)]).shared_basis("a", "b")
+    assert tree_pairs.Pairs([record(1.0, True)]).shared_basis("b", "a")
+    assert not tree_pairs.Pairs([record(0.5, False)]).shared_basis("a", "b")                 # a permuted basis
+
+
+def test_the_turn_at_a_chains_middle_is_the_cosine_of_its_angle():
+    generator = torch.Generator().manual_seed(3)
+    p, m, c = (torch.randn(300, generator=generator, dtype=torch.float64) for _ in range(3))
+    slow = float(torch.dot(p - m, c - m) / ((p - m).norm() * (c - m).norm()))
+    assert Points({"p": p, "m": m, "c": c}).turn("p", "m", "c") == pytest.approx(slow, abs=1e-12)
+
+
+def test_siblings_trained_alike_are_untangled_and_a_real_chain_kept():
+    """Three children of one base share a direction of change (one corpus), with strengths from
+    light to strong: the smallest changes chain them. Each moves back along the lighter one's
+    change toward the base, so each branches from the base; the lightest one's own fine-tune
+    keeps its change and stays its child."""
+    from awm import tree_direction as direction
+
+    generator = torch.Generator().manual_seed(5)
+    size = 20_000
+    base, shared = torch.randn(size, generator=generator), torch.randn(size, generator=generator)
+
+    def step(scale):
+        return scale * (0.3 * shared + torch.randn(size, generator=generator)) / size ** 0.5
+
+    points = {"base": base, "light": base + step(0.1)}
+    points.update({"mid": base + step(0.3), "strong": base + step(1.0), "grandchild": points["light"] + step(0.3)})
+    space = Points(points)
+    edge = lambda a, b: direction.Edge(a, b, space.distance(a, b), "fine-tune")
+    chained = direction.Directions([("base", "light", edge("base", "light"), "given"), ("light", "mid", edge("light", "mid"), "given"),
+                                    ("mid", "strong", edge("mid", "strong"), "given"),
+                                    ("light", "grandchild", edge("light", "grandchild"), "given")])
+    untangled = direction.untangle(chained, space.turn, edge)
+    parents = {child: (parent, why) for parent, child, _, why in untangled.directed}
+    assert {child: parent for child, (parent, _) in parents.items()} == {
+        "light": "base", "mid": "base", "strong": "base", "grandchild": "light"}
+    assert parents["strong"][1].startswith("siblings: strong moves back along ")
+    assert parents["grandchild"][1] == "given"
+    assert direction.untangle(chained, lambda *chain: None, edge).directed == chained.directed   # nothing measured: kept
