@@ -58,12 +58,16 @@ def write_tables(run, final=False):
         write_json_atomic(os.path.join(folder, "null_stats.json"), stats)
 
 
-def write_plots(folder, records, graph=None):
-    """Per-layer curves of every pair; the heatmap, the family map (`graph`: lineage.json, with
-    its tree) and ROC when the run has enough for them."""
+def write_plots(folder, records, graph=None, linked_only=False):
+    """Per-layer curves of every pair (`linked_only`: of the pairs the family tree links, as a
+    library's map draws them: its other pairs are many and their curves are in scores.json);
+    the heatmap, the family map (`graph`: lineage.json, with its tree) and ROC when the run has
+    enough for them."""
     os.makedirs(os.path.join(folder, "layers"), exist_ok=True)
+    linked = tree_links((graph or {}).get("tree")) if linked_only else None
     for record in records:
-        plots.layer_curves(record, os.path.join(folder, "layers", safe_name(record["pair"])))
+        if linked is None or frozenset((record["model_a"]["name"], record["model_b"]["name"])) in linked:
+            plots.layer_curves(record, os.path.join(folder, "layers", safe_name(record["pair"])))
     models = {n for r in records for n in (r["model_a"]["name"], r["model_b"]["name"])}
     if len(models) >= HEATMAP_MIN_MODELS:
         plots.score_heatmap(records, os.path.join(folder, "heatmap"))
@@ -76,6 +80,14 @@ def write_plots(folder, records, graph=None):
     if curves:
         plots.roc_figure({("AWM score" if k == "final" else "QK-circuit score"): v for k, v in curves.items()},
                          os.path.join(folder, "roc"))
+
+
+def tree_links(tree):
+    """The pairs a family tree links, parent and child or undirected, as sets of two names."""
+    if not tree:
+        return set()
+    return ({frozenset((parent["name"], node["name"])) for node in tree["nodes"] for parent in node["parents"]}
+            | {frozenset((pair["a"], pair["b"])) for pair in tree["undirected"]})
 
 
 def safe_name(text):

@@ -149,7 +149,7 @@ class SuiteRun:
         suite_outputs.write_tables(self, final)
 
     def write_plots(self):
-        suite_outputs.write_plots(self.results_dir, self.records, self.family_map())
+        suite_outputs.write_plots(self.results_dir, self.records, self.family_map(), linked_only=self.from_library)
 
     def family_map(self):
         """lineage.json: the families of derived pairs and their tree (three or more models)."""

@@ -341,6 +341,8 @@ def test_family_map_draws_the_derived_pairs(tmp_path, models):
     assert [(e["a"], e["b"]) for e in graph["edges"]] == [("base", "tuned")] and graph["pairs_compared"] == 3
     assert graph["families"] == [["base", "tuned"], ["other"]]
     assert (results / "lineage.png").stat().st_size > 0
+    drawn = [path.name for path in (results / "layers").iterdir()]          # only the pairs the tree links
+    assert len(drawn) == 1 and "base" in drawn[0] and "tuned" in drawn[0]
 
 
 def test_families_are_connected_groups():
