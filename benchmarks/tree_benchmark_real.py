@@ -14,7 +14,8 @@ Trained children are trained here on CPU (a few minutes, cached under checkpoint
 
 Every model is added to a library and the library is mapped (`awm --library L --add ...`,
 then `--map`), each step timed. Scored: parent -> child edges right with their direction and
-relation, reversed, left undirected or missing; extra links; roots; copies; merge coefficients
+relation, reversed, left undirected or missing; extra links; roots; copies (joined through copy
+links: a re-save of a re-save is a copy too); merge coefficients
 per tensor against the formulas' own; TIES / DARE densities; layer sources of the stacked and
 passthrough models.
 """
@@ -44,6 +45,7 @@ from test_tree import (  # noqa: E402
 
 from awm import cli, disguise, registry_models  # noqa: E402
 from awm.atomic import write_json_atomic  # noqa: E402
+from awm.lineage import Groups  # noqa: E402
 
 SLERP_T = [0, 0.5, 0.3, 0.7, 1]
 LINEAR = (0.7, 0.3)
@@ -196,7 +198,12 @@ def score(tree, truth, family):
     roots = {n for n, parents in truth.items() if not parents}
     found_roots = {n for n, parents in found.items() if not parents} - {n for pair in loose for n in pair}
     copies = [(p, c) for c, parents in truth.items() for p, r in parents if r == "copy"]
-    copies_found = sum(loose.get(frozenset(pair), {}).get("relation") == "copy" for pair in copies)
+    # Copying is transitive: a re-save of a re-save is the same weights as the first.
+    same = Groups(list(truth))
+    for pair, link in loose.items():
+        if link["relation"] == "copy":
+            same.join(*pair)
+    copies_found = sum(same.find(p) == same.find(c) for p, c in copies)
     extraction = loose.get(frozenset(("multimodal", "text-extract")))
     directed = sum(counts.values())
     return {"edges": directed, **{k.replace(" ", "_"): v for k, v in counts.items()}, "edge_accuracy": round(counts["right"] / directed, 3),
