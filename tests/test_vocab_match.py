@@ -94,3 +94,17 @@ def test_cli_reports_the_match_rule(two_kinds, tmp_path, capsys):
     assert cli.main(["--model_paths", *two_kinds, "--vocab_match", "spelling", "--quiet", "--output", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["model_a"]["vocab_match"] == "spelling" and data["evidence"]["shared_tokens"] == 2
+
+
+def test_a_parsed_vocabulary_is_reused_only_while_its_file_is_unchanged(tmp_path):
+    path = tmp_path / "tokenizer.json"
+    tokenizer = {"model": {"type": "WordPiece", "vocab": {"cat": 0, "dog": 1}}}
+    path.write_text(json.dumps(tokenizer))
+    first, name = vocabulary.load_directory_vocab(str(tmp_path))
+    assert name == "tokenizer.json" and first == vocabulary.from_tokenizer_json(str(path)) and len(first) == 2
+    first["bird"] = 2                                                    # a caller's copy: the kept one is untouched
+    assert len(vocabulary.load_directory_vocab(str(tmp_path))[0]) == 2
+    tokenizer["model"]["vocab"] = {"cat": 0, "dog": 1, "fox": 2}
+    path.write_text(json.dumps(tokenizer))
+    again = vocabulary.load_directory_vocab(str(tmp_path))[0]
+    assert again == vocabulary.from_tokenizer_json(str(path)) and len(again) == 3

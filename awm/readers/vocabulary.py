@@ -7,6 +7,7 @@ to; control tokens (``<s>``, ``<|endoftext|>``) are keyed by their name as a ``s
 can never equal a ``bytes`` key. Distinct byte strings always stay distinct keys.
 """
 import base64
+import collections
 import json
 import os
 import re
@@ -185,5 +186,24 @@ def load_directory_vocab(directory, match="bytes"):
     for name, parser in VOCAB_FILES:
         path = os.path.join(directory, name)
         if os.path.isfile(path):
-            return parser(path, match), name
+            return dict(_parsed(path, parser, match)), name
     return None, None
+
+
+# A library map opens each entry's model again for every batch it is in, and parsing a large
+# tokenizer takes a quarter of a second: the latest parsed vocabularies are kept, up to this many
+# tokens in all (a few hundred MB at most), each under its file's size and modification time.
+PARSED_TOKENS = 2_000_000
+_parsed_vocabularies = collections.OrderedDict()
+
+
+def _parsed(path, parser, match):
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns, match)
+    if key in _parsed_vocabularies:
+        _parsed_vocabularies.move_to_end(key)
+        return _parsed_vocabularies[key]
+    vocab = _parsed_vocabularies[key] = parser(path, match)
+    while sum(len(v) for v in _parsed_vocabularies.values()) > PARSED_TOKENS and len(_parsed_vocabularies) > 1:
+        _parsed_vocabularies.popitem(last=False)
+    return vocab
