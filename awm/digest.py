@@ -66,7 +66,8 @@ class ModelDigest:
 
     kept_axes = None      # (device, sampled token ids, axes) of its last alignment: see _principal_axes
 
-    def __init__(self, checkpoint, device, keep_layers=False, with_circuit=True, progress=False, precision="exact"):
+    def __init__(self, checkpoint, device, keep_layers=False, with_circuit=True, progress=False, precision="exact",
+                 shared_layers=None):
         started = time.perf_counter()
         self.precision = precision
         self.checkpoint = checkpoint
@@ -83,6 +84,8 @@ class ModelDigest:
         self.spectra = {}         # per-layer QK-circuit spectra, likewise (awm.circuit_spectra)
         self.rows = {}            # W_q / W_k rows of a few layers, for the body-weights test (awm.body_rows)
         self._row_layers = set(body_rows.row_layers(self.num_layers))
+        if shared_layers is not None:         # (kernels, rows) other digests of this very model filled (LayerStore)
+            self._kept, self.rows = shared_layers
         self.read_seconds = time.perf_counter() - started
         self.compute_seconds = 0.0
 
@@ -140,3 +143,23 @@ def digest_path(path, device, keep_layers=False, with_circuit=True, progress=Fal
     from awm.readers import open_model
 
     return ModelDigest(open_model(path, vocab_match, progress, adapter_base), device, keep_layers, with_circuit, progress, precision)
+
+
+class LayerStore:
+    """Layer kernels and rows kept across the digests of one model opened again and again (a
+    library map opens an entry for every batch it is in), within a byte budget: a model is
+    admitted whole while the budget has room for all its layers, and kept until the process ends."""
+
+    def __init__(self, budget):
+        self.budget, self.used, self.models = budget, 0, {}
+
+    def shared(self, key, size):
+        """(kernels, rows) dicts for the model `key` whose layers take `size` bytes, or None when
+        they do not fit."""
+        if key not in self.models:
+            if self.used + size > self.budget:
+                return None
+            self.used += size
+            self.models[key] = ({}, {})
+        return self.models[key]
+

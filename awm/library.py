@@ -204,10 +204,32 @@ class Library:
             checkpoint = open_model(source_reference(record["source"]), options["vocab_match"])
         except CheckpointError as err:
             raise SourceUnavailable(entry, f"the exact stage cannot run{stored}: its source cannot be read ({err})") from None
-        return ModelDigest(checkpoint, device, with_circuit=options["with_circuit"], precision=options["precision"])
+        shared = None
+        if record.get("build_id") and getattr(device, "type", str(device)) == "cpu":     # host memory only
+            key = (os.path.abspath(entry), record["build_id"], options["precision"], options["with_circuit"])
+            shared = _layer_store().shared(key, ModelDigest.layer_bytes(checkpoint, options["with_circuit"]))
+        return ModelDigest(checkpoint, device, with_circuit=options["with_circuit"], precision=options["precision"],
+                           shared_layers=shared)
 
     def pair_cache(self):
         return PairCache(os.path.join(self.directory, PAIRS))
+
+
+def _layer_store():
+    """The process's store of compact entries' layer kernels (awm.digest.LayerStore): at most
+    LAYER_STORE_SHARE of the machine's memory and LAYER_STORE_BYTES."""
+    global _LAYER_STORE
+    if _LAYER_STORE is None:
+        from awm.digest import LayerStore
+
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        _LAYER_STORE = LayerStore(min(LAYER_STORE_BYTES, int(LAYER_STORE_SHARE * memory)))
+    return _LAYER_STORE
+
+
+LAYER_STORE_BYTES = 4 << 30          # 30 models of SmolLM2's size (120 MB each); no 7B model (6 GB)
+LAYER_STORE_SHARE = 1 / 6
+_LAYER_STORE = None
 
 
 # ----------------------------------------------------------------------------- scored pairs

@@ -345,6 +345,25 @@ def test_family_map_draws_the_derived_pairs(tmp_path, models):
     assert len(drawn) == 1 and "base" in drawn[0] and "tuned" in drawn[0]
 
 
+def test_a_map_from_kept_layers_scores_as_one_that_reads_them_again(tmp_path, models, monkeypatch):
+    """Compact entries' layer kernels kept across batches (awm.digest.LayerStore) change no
+    number: the map with nothing kept and the map with every entry kept agree bit for bit."""
+    from awm.digest import LayerStore
+
+    directory = build(tmp_path, models, ("base", "tuned", "other", "deep"), exact=False)
+    maps = {}
+    for budget in (0, 1 << 30):
+        store = LayerStore(budget)
+        monkeypatch.setattr(library, "_LAYER_STORE", store)
+        shutil.rmtree(os.path.join(directory, ".pairs"), ignore_errors=True)
+        results = tmp_path / f"map-{budget}"
+        assert cli.main(["--library", directory, "--map", "--exhaustive", "--results_dir", str(results), "--device", "cpu", "--quiet"]) == 0
+        maps[budget] = json.loads((results / "scores.json").read_text())["pairs"]
+        assert len(store.models) == (0 if budget == 0 else 4)
+    untimed = [[{k: v for k, v in p.items() if k != "timings"} for p in pairs] for pairs in maps.values()]
+    assert untimed[0] == untimed[1] and len(untimed[0]) == 6
+
+
 def test_families_are_connected_groups():
     edges = [{"a": "a", "b": "b"}, {"a": "c", "b": "b"}, {"a": "d", "b": "e"}]
     assert lineage.families(list("abcdef"), edges) == [["a", "b", "c"], ["d", "e"], ["f"]]
