@@ -18,7 +18,8 @@ are never linked. Within a family:
 3. Inside a class, each edge is directed only by evidence about it (awm.tree_direction): the
    model the class was entered through, a TIES / DARE merge's base, a declared base, one parent
    per model, a hub's branches. The rest stay undirected with the reason: never a coin flip
-   presented as a fact.
+   presented as a fact. Then a chain whose child moves back toward the grandparent is taken
+   apart: siblings trained alike, not parent and child.
 """
 from dataclasses import dataclass, field
 
