@@ -162,4 +162,3 @@ class LayerStore:
             self.used += size
             self.models[key] = ({}, {})
         return self.models[key]
-

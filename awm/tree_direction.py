@@ -200,4 +200,3 @@ def _climb(child, parent_of, turn, edge_between):
         parent_of[child] = (grandparent, edge, (
             f"siblings: {child} moves back along {middle}'s change toward {grandparent} (cosine {cosine:.3f} at "
             f"{middle}; a child of {middle} keeps that change), so both branch from {grandparent}"))
-
