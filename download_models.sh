@@ -12,7 +12,7 @@
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 python="${PYTHON:-python}"
-plan() { PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$python" -m awm.download_command "$@"; }
+plan() { PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$python" -m awm.suites.download_command "$@"; }
 
 if [ $# -eq 0 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
   echo "usage: ./download_models.sh SUITE|all [--checkpoint_dir DIR]"

@@ -1,3 +1,3 @@
-"""The method's mathematics (CKA, alignment, correspondence test): the code lives in awm/similarity_metrics.py."""
-from awm.similarity_metrics import *  # noqa: F401,F403
-from awm.similarity_metrics import __all__  # noqa: F401
+"""The method's mathematics (CKA, alignment, correspondence test): the code lives in awm/method/__init__.py."""
+from awm.method import *  # noqa: F401,F403
+from awm.method import __all__  # noqa: F401

@@ -10,7 +10,14 @@ The command line is `awm` (or `python main.py` in a checkout); `python -m awm` w
 """
 from awm.api import add_to_library, compare, identify, map_library, run_suite
 from awm.errors import AwmError, CheckpointError, ComparisonError, DeviceError
-from awm.results import Identification, LayerScores, Report, ResidualScores, Scores, SuiteResult
+from awm.results import (
+           Identification,
+           LayerScores,
+           Report,
+           ResidualScores,
+           Scores,
+           SuiteResult,
+)
 from awm.version import VERSION as __version__
 
 __all__ = ["compare", "run_suite", "add_to_library", "identify", "map_library", "Report", "Scores", "ResidualScores",

@@ -10,7 +10,7 @@ import time
 
 from awm.devices import resolve_device, set_threads
 from awm.results import Identification, Report, SuiteResult
-from awm.verdict import load_reference
+from awm.witnesses.verdict import load_reference
 
 
 def _prepare(threads):
@@ -21,8 +21,8 @@ def _prepare(threads):
 def compare_record(model_a, model_b, device, null, paper_only=False, vocab_match="bytes", progress=False, precision="exact",
                    adapter_base=None):
     """The pair's JSON record (what the CLI prints and writes); device and null resolved."""
-    from awm.digest import digest_path
-    from awm.pair import compare_digests
+    from awm.comparison.digest import digest_path
+    from awm.comparison.pair import compare_digests
 
     started = time.perf_counter()
     digests = [digest_path(p, device, with_circuit=not paper_only, progress=progress, vocab_match=vocab_match, precision=precision,
@@ -53,8 +53,8 @@ def run_suite(suites_or_files, *, results_dir=None, checkpoint_dir=None, device=
               executor="local", library=None, precision="exact"):
     """Run built-in suites or suite files as `python main.py --config ...`: writes the same
     outputs under results_dir (default results/<suite>) and returns them as objects."""
-    from awm import suite_run
-    from awm.library_tasks import options
+    from awm.library.tasks import options
+    from awm.suites import run as suite_run
 
     if isinstance(suites_or_files, (str, os.PathLike)):
         suites_or_files = [suites_or_files]
@@ -66,7 +66,7 @@ def run_suite(suites_or_files, *, results_dir=None, checkpoint_dir=None, device=
 
 
 def _suite_result(run, interrupted):
-    from awm import evaluation
+    from awm.suites import evaluation
 
     return SuiteResult(run.name, run.results_dir, [Report.from_record(r) for r in run.records], run.records, run.skipped,
                        run.metrics(), evaluation.verdict_confusion(run.records), interrupted, run.family_map(), run.ruled_out)
@@ -77,9 +77,9 @@ def map_library(library, *, results_dir=None, device="auto", threads=None, paper
     """Every pair of a library's entries as `--library DIR --map`: the same outputs under
     results_dir (default results/library-map); `.lineage["tree"]` is the family tree. Pairs
     the first pass rules out are in `.ruled_out` (exhaustive: every pair scored exactly)."""
-    from awm import suite_run
-    from awm.library import library_folder
-    from awm.library_tasks import options
+    from awm.library.folder import library_folder
+    from awm.library.tasks import options
+    from awm.suites import run as suite_run
 
     _prepare(threads)
     run, interrupted = suite_run.run_family_map(library_folder(os.fspath(library)), resolve_device(device), load_reference(null_stats),
@@ -93,7 +93,7 @@ def add_to_library(models, library, *, device="auto", threads=None, paper_only=F
     """Fingerprint models into a library as `--library DIR --add ...` (exact: keep the exact
     digest too, as --exact): one outcome per model, {"reference", "name", "status": "added" |
     "up to date"} or {"reference", "error"}."""
-    from awm.library_tasks import add_models, options
+    from awm.library.tasks import add_models, options
 
     _prepare(threads)
     models = [os.fspath(m) for m in ([models] if isinstance(models, (str, os.PathLike)) else models)]
@@ -108,9 +108,9 @@ def identify(suspect, library, *, device="auto", threads=None, paper_only=False,
     [{"entry", "reason"}]), with `.placement` (where the suspect sits), `.ruled_out` (entries
     the first pass showed independent) and `.first_pass_only` (candidates whose exact stage
     could not run, with why)."""
-    from awm import identification
-    from awm.library import library_folder
-    from awm.library_tasks import options
+    from awm.library import identification
+    from awm.library.folder import library_folder
+    from awm.library.tasks import options
 
     _prepare(threads)
     result = identification.identify(os.fspath(suspect), library_folder(os.fspath(library)), options(not paper_only, vocab_match, precision),

@@ -12,7 +12,7 @@ from awm.devices import resolve_device, set_threads
 from awm.errors import AwmError
 from awm.executors import EXECUTORS
 from awm.readers.vocabulary import VOCAB_MATCHES
-from awm.verdict import load_reference
+from awm.witnesses.verdict import load_reference
 
 HELP_EPILOG = """\
 what the score means:
@@ -152,13 +152,13 @@ def run_demo(args, device, null):
 
 
 def _library_options(args):
-    from awm.library_tasks import options
+    from awm.library.tasks import options
 
     return options(not args.paper_only, args.vocab_match, args.precision)
 
 
 def print_run(run, interrupted):
-    from awm import evaluation
+    from awm.suites import evaluation
 
     print("\n".join(console.suite_lines(run, evaluation.verdict_confusion(run.records))))
     if interrupted:
@@ -168,7 +168,7 @@ def print_run(run, interrupted):
 
 
 def run_suites(args, device, null):
-    from awm import suite_run
+    from awm.suites import run as suite_run
 
     run, interrupted = suite_run.run_suite(args.config, device, null, _library_options(args), args.results_dir,
                                            args.checkpoint_dir, args.cache_gb, not args.quiet, args.hub, args.executor,
@@ -178,20 +178,20 @@ def run_suites(args, device, null):
 
 def run_library(args, device, null):
     """--add, --identify and --map over --library DIR."""
-    from awm.library import library_folder
+    from awm.library.folder import library_folder
 
     if not args.library:
         raise AwmError("--add, --identify and --map need --library DIR")
     opts, progress = _library_options(args), not args.quiet
     folder = library_folder(args.library, create=bool(args.add))
     if args.add:
-        from awm.library_tasks import add_models
+        from awm.library.tasks import add_models
 
         outcomes = add_models(model_references(args.add), folder, opts, device, args.executor, progress, args.exact)
         print("\n".join(console.add_lines(outcomes)))
         return 2 if any("error" in o for o in outcomes) else 0
     if args.identify:
-        from awm.identification import identify
+        from awm.library.identification import identify
 
         result = identify(args.identify, folder, opts, device, null, args.executor, progress, args.exhaustive)
         print("\n".join(console.identify_lines(result)))
@@ -201,7 +201,7 @@ def run_library(args, device, null):
         if not (result["matches"] or result["ruled_out"] or result["first_pass_only"]):
             raise AwmError(f"{args.identify}: no library entry could be compared (reasons above)")
         return 0
-    from awm import suite_run
+    from awm.suites import run as suite_run
 
     run, interrupted = suite_run.run_family_map(folder, device, null, args.results_dir, progress, opts, args.executor, args.exhaustive)
     return print_run(run, interrupted)
@@ -232,7 +232,7 @@ def dispatch(args):
     if args.exhaustive and not (args.identify or args.map):
         raise AwmError("--exhaustive goes with --identify or --map")
     if args.list_suites:
-        from awm import configs
+        from awm.suites import configs
 
         print(configs.describe_suites())
         return 0

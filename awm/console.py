@@ -2,7 +2,7 @@
 
 Only formatting: the command line prints these lines.
 """
-from awm.verdict import is_derived
+from awm.witnesses.verdict import is_derived
 
 
 def _fmt(value, unit=" %"):

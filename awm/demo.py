@@ -13,12 +13,13 @@ import os
 
 import torch
 
-from awm import disguise, registry_models
-from awm.configs import checkpoint_dir
-from awm.digest import digest_path
-from awm.gguf_convert import gguf_to_llama, write_hf_model
-from awm.pair import compare_digests
-from awm.verdict import PAPER_NULL
+from awm.comparison.digest import digest_path
+from awm.comparison.pair import compare_digests
+from awm.method import disguise
+from awm.readers.gguf_convert import gguf_to_llama, write_hf_model
+from awm.suites import registry_models
+from awm.suites.configs import checkpoint_dir
+from awm.witnesses.verdict import PAPER_NULL
 
 SMOLLM2 = registry_models.REGISTRY_MODELS["SmolLM2-135M-Instruct"]
 PACKAGE = SMOLLM2.parts[0][0]

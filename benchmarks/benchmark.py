@@ -194,7 +194,7 @@ def cka64(k, l):
 
 def float64_layer(checkpoint, i, with_circuit):
     """W_q and W_k Grams and the QK circuit of one layer computed in float64 from the stored weights."""
-    from awm.digest import qk_circuit
+    from awm.comparison.digest import qk_circuit
 
     w_q, w_k = (w.double() for w in checkpoint.query_key(i))
     family = checkpoint.family.family
@@ -211,8 +211,8 @@ def straightforward_check(raw, path_a, path_b, with_circuit):
     """Recompute the first, middle and last layer's CKAs the plain way (float64 products of the
     stored weights, U-centering written out, the base re-indexed explicitly) and return the
     largest |difference| from the tool's unrounded per-layer values, in percentage points."""
-    from awm.alignment import align
-    from awm.digest import ModelDigest
+    from awm.comparison.alignment import align
+    from awm.comparison.digest import ModelDigest
     from awm.readers.model_reader import ModelCheckpoint
 
     a, b = ModelCheckpoint(path_a), ModelCheckpoint(path_b)
@@ -245,9 +245,9 @@ def peak_rss_mb():
 def measure(path_a, path_b, device_name, threads, paper_only=False, local_paths=None, precision="exact"):
     import copy
 
-    from awm import pair
-    from awm.digest import digest_path
-    from awm.verdict import PAPER_NULL
+    from awm.comparison import pair
+    from awm.comparison.digest import digest_path
+    from awm.witnesses.verdict import PAPER_NULL
 
     torch.set_num_threads(threads or os.cpu_count())
     device = torch.device(device_name)

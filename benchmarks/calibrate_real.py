@@ -27,13 +27,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.dirname(os.path.abspath(__file__))]
 
 import calibration_zoo  # noqa: E402
-from awm import body_alignment as body  # noqa: E402
-from awm import circuit_spectra, demo, fingerprint, registry_models, verdict  # noqa: E402
-from awm.alignment import align, rotation_alignment  # noqa: E402
+
+from awm import demo  # noqa: E402
 from awm.atomic import write_json_atomic  # noqa: E402
-from awm.digest import digest_path  # noqa: E402
-from awm.layer_scores import ALIGNED, layer_similarities, score_layers  # noqa: E402
-from awm.pair import body_alignment, compare_digests  # noqa: E402
+from awm.comparison.alignment import align, rotation_alignment  # noqa: E402
+from awm.comparison.digest import digest_path  # noqa: E402
+from awm.comparison.pair import body_alignment, compare_digests  # noqa: E402
+from awm.library import fingerprint  # noqa: E402
+from awm.method.layer_scores import ALIGNED, layer_similarities, score_layers  # noqa: E402
+from awm.suites import registry_models  # noqa: E402
+from awm.witnesses import body_alignment as body  # noqa: E402
+from awm.witnesses import (
+    circuit_spectra,  # noqa: E402
+    verdict,  # noqa: E402
+)
 
 CPU = torch.device("cpu")
 REAL = {"smollm2": "SmolLM2-135M-Instruct", "gemma": "gemma-3-270m", "qwen05": "Qwen2.5-Coder-0.5B-Instruct",

@@ -22,12 +22,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 import calibration_zoo  # noqa: E402
-from awm import demo, evaluation, gguf_convert, verdict  # noqa: E402
-from awm.atomic import write_json_atomic  # noqa: E402
-from awm.digest import digest_path  # noqa: E402
-from awm.pair import compare_digests  # noqa: E402
 
-from awm import similarity_metrics as sm  # noqa: E402
+from awm import demo  # noqa: E402
+from awm import method as sm  # noqa: E402
+from awm.atomic import write_json_atomic  # noqa: E402
+from awm.comparison.digest import digest_path  # noqa: E402
+from awm.comparison.pair import compare_digests  # noqa: E402
+from awm.readers import gguf_convert  # noqa: E402
+from awm.suites import evaluation  # noqa: E402
+from awm.witnesses import verdict  # noqa: E402
 
 CPU = torch.device("cpu")
 SCRATCH = list(calibration_zoo.SCRATCH)

@@ -26,10 +26,20 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-from surgery import (drop_layers, extend_embedding, prune_hidden, redraw_embedding, upcycle_to_moe,  # noqa: E402
-                     weak_positive, with_embedding)
+from surgery import (  # noqa: E402
+    drop_layers,
+    extend_embedding,
+    prune_hidden,
+    redraw_embedding,
+    upcycle_to_moe,
+    weak_positive,
+    with_embedding,
+)
 
-from awm import demo, disguise, gguf_convert, registry_models  # noqa: E402
+from awm import demo  # noqa: E402
+from awm.method import disguise  # noqa: E402
+from awm.readers import gguf_convert  # noqa: E402
+from awm.suites import registry_models  # noqa: E402
 
 DEFAULT_ROOT = os.path.join(ROOT, "checkpoints", "calibration")
 SEQ, BATCH = 96, 8

@@ -35,10 +35,15 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.dirname(os.path.abspa
 import calibrate_real  # noqa: E402
 import calibration_zoo  # noqa: E402
 
-from awm import fingerprint, identification, library_entry, library_tasks  # noqa: E402
 from awm.atomic import write_json_atomic  # noqa: E402
-from awm.library import Library  # noqa: E402
-from awm.verdict import PAPER_NULL, is_derived  # noqa: E402
+from awm.library import entry as library_entry  # noqa: E402
+from awm.library import (
+    fingerprint,  # noqa: E402
+    identification,  # noqa: E402
+)
+from awm.library import tasks as library_tasks  # noqa: E402
+from awm.library.folder import Library  # noqa: E402
+from awm.witnesses.verdict import PAPER_NULL, is_derived  # noqa: E402
 
 CPU = torch.device("cpu")
 OPTIONS = library_tasks.options()

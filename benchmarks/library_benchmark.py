@@ -27,9 +27,11 @@ MEASURE = """
 import json, sys, time
 sys.path[:0] = {paths!r}
 import awm, benchmark, torch
-from awm import identification, library, library_tasks
+from awm.library import identification
+from awm.library import folder as library
+from awm.library import tasks as library_tasks
 from awm.devices import set_threads
-from awm.verdict import load_reference
+from awm.witnesses.verdict import load_reference
 set_threads({threads})
 started = time.perf_counter()
 result = {call}

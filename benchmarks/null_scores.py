@@ -21,11 +21,13 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-from awm import demo, gguf_convert  # noqa: E402
 import factory  # noqa: E402
-from awm.digest import digest_path  # noqa: E402
-from awm.pair import compare_digests  # noqa: E402
-from awm.verdict import PAPER_NULL  # noqa: E402
+
+from awm import demo  # noqa: E402
+from awm.comparison.digest import digest_path  # noqa: E402
+from awm.comparison.pair import compare_digests  # noqa: E402
+from awm.readers import gguf_convert  # noqa: E402
+from awm.witnesses.verdict import PAPER_NULL  # noqa: E402
 
 CPU = torch.device("cpu")
 

@@ -26,11 +26,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 import quantizers  # noqa: E402
-from awm import gguf_convert, registry_models, verdict  # noqa: E402
+
 from awm.atomic import write_json_atomic  # noqa: E402
-from awm.digest import digest_path  # noqa: E402
-from awm.pair import compare_digests  # noqa: E402
+from awm.comparison.digest import digest_path  # noqa: E402
+from awm.comparison.pair import compare_digests  # noqa: E402
+from awm.readers import gguf_convert  # noqa: E402
 from awm.readers.model_reader import ModelCheckpoint  # noqa: E402
+from awm.suites import registry_models  # noqa: E402
+from awm.witnesses import verdict  # noqa: E402
 
 CPU = torch.device("cpu")
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")

@@ -8,7 +8,7 @@ embedding as the format leaves it) in sparse safetensors files of their true siz
 small tensors whose values the reader parses (bitsandbytes' quant states, compressed-tensors'
 shapes) hold data. The reader then plans its byte ranges exactly as for a Hub repo
 (ModelCheckpoint.tensors_for_score and the stored parts behind each tensor, readers.hub), and the
-bytes of those ranges plus the header are what a first Hub run fetches (tests/test_quantized.py
+bytes of those ranges plus the header are what a first Hub run fetches (tests/readers/test_quantized.py
 checks against a Hub server that a run fetches no more).
 """
 import argparse
@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 import factory  # noqa: E402
+
 from awm.atomic import write_json_atomic  # noqa: E402
 from awm.readers import range_cache  # noqa: E402
 from awm.readers.checkpoint_files import SAFETENSORS_DTYPES  # noqa: E402

@@ -37,10 +37,15 @@ import factory  # noqa: E402
 import surgery  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from awm import fingerprint, identification, library_entry, library_tasks  # noqa: E402
 from awm.atomic import write_json_atomic  # noqa: E402
-from awm.library import Library  # noqa: E402
-from awm.verdict import is_derived, load_reference  # noqa: E402
+from awm.library import entry as library_entry  # noqa: E402
+from awm.library import (
+    fingerprint,  # noqa: E402
+    identification,  # noqa: E402
+)
+from awm.library import tasks as library_tasks  # noqa: E402
+from awm.library.folder import Library  # noqa: E402
+from awm.witnesses.verdict import is_derived, load_reference  # noqa: E402
 
 CPU = torch.device("cpu")
 OPTIONS = library_tasks.options()
@@ -234,7 +239,7 @@ def identify_at_scale(work, families, exhaustive_suspects):
         rows.append(row)
     screen_started = time.perf_counter()
     screening_suspect = next(iter(suspects))
-    from awm.screening import screen
+    from awm.library.screening import screen
 
     suspect_name = os.path.basename(suspects[screening_suspect])
     screen(library, suspect_name, entries, OPTIONS)

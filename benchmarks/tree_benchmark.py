@@ -25,9 +25,10 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 import factory  # noqa: E402
 from test_tree import base_tensors, layers_of, linear, tuned  # noqa: E402
 
-from awm import family_tree, library_tasks  # noqa: E402
-from awm.library import Library  # noqa: E402
-from awm.verdict import PAPER_NULL  # noqa: E402
+from awm.library import tasks as library_tasks  # noqa: E402
+from awm.library.folder import Library  # noqa: E402
+from awm.tree import build as family_tree  # noqa: E402
+from awm.witnesses.verdict import PAPER_NULL  # noqa: E402
 
 CPU = torch.device("cpu")
 HIDDEN, LAYERS, VOCAB = 96, 8, 400

@@ -43,9 +43,11 @@ from test_tree import (  # noqa: E402
     write_lora_adapter,
 )
 
-from awm import cli, disguise, registry_models  # noqa: E402
+from awm import cli  # noqa: E402
 from awm.atomic import write_json_atomic  # noqa: E402
-from awm.lineage import Groups  # noqa: E402
+from awm.method import disguise  # noqa: E402
+from awm.suites import registry_models  # noqa: E402
+from awm.tree.lineage import Groups  # noqa: E402
 
 SLERP_T = [0, 0.5, 0.3, 0.7, 1]
 LINEAR = (0.7, 0.3)

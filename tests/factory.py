@@ -27,7 +27,7 @@ def byte_level_tokens(count, seed=0):
 def anchored_tokens(count, seed=0):
     """A byte-level vocabulary of `count` tokens that holds the first pass's anchor strings (as
     real tokenizers do), then random tokens."""
-    from awm.fingerprint import ANCHORS
+    from awm.library.fingerprint import ANCHORS
     from awm.readers.vocabulary import BYTE_OF_CHAR
 
     char_of_byte = {byte: char for char, byte in BYTE_OF_CHAR.items()}

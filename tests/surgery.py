@@ -2,7 +2,7 @@
 and a mostly re-drawn attention do to a parent. The tests and the calibration zoo use them."""
 import torch
 
-from awm import disguise
+from awm.method import disguise
 
 
 def prune_hidden(state, keep):
@@ -91,7 +91,7 @@ def with_embedding(state, donor):
 
 
 def rotate_residual(state, seed):
-    """The residual stream rotated by a random orthogonal matrix (awm.disguise.rotate_residual:
+    """The residual stream rotated by a random orthogonal matrix (awm.method.disguise.rotate_residual:
     norm gains folded, E Q, W Q), for states holding only some of a model's tensors."""
     hidden = state["model.embed_tokens.weight"].shape[1]
     layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("model.layers."))

@@ -331,7 +331,8 @@ def test_a_suite_reads_each_remote_model_once(fake_hub, repos, tmp_path):
 
 
 def test_built_in_suites_take_missing_models_from_their_repos(tmp_path):
-    from awm import configs, suite_files
+    from awm.suites import configs
+    from awm.suites import files as suite_files
 
     assert suite_files.model_location("Llama-2-7b-hf", str(tmp_path), from_hub=True) == "hf://" + configs.MODELS["Llama-2-7b-hf"]
     assert suite_files.model_location("Llama-2-7b-hf", str(tmp_path)) == str(tmp_path / "Llama-2-7b-hf")

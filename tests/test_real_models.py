@@ -6,15 +6,18 @@ that the verdict asks for the agreement inheritance leaves, not for significance
 SmolLM2-135M (HuggingFaceTB) against Gemma-3-270m (Google) and Qwen2.5-Coder-1.5B (Alibaba) must
 come out independent, their embeddings not shared; a rotated copy of SmolLM2 must stay derived,
 judged against the rotation's own null. The models are downloaded once into checkpoints/
-(awm.registry_models).
+(awm.suites.registry_models).
 """
 import pytest
 import surgery
 import torch
 
-from awm import console, gguf_convert, registry_models, verdict
-from awm.digest import digest_path
-from awm.pair import compare_digests
+from awm import console
+from awm.comparison.digest import digest_path
+from awm.comparison.pair import compare_digests
+from awm.readers import gguf_convert
+from awm.suites import registry_models
+from awm.witnesses import verdict
 
 CPU = torch.device("cpu")
 READ_BY_AWM = ("embed_tokens.weight", "q_proj.weight", "k_proj.weight", "input_layernorm.weight")
@@ -93,7 +96,7 @@ def test_real_models_of_equal_depth_have_unrelated_circuit_spectra(smollm2_weigh
 def test_a_block_rotated_real_model_is_derived_by_the_papers_alignment_and_its_embedding_shared(smollm2, smollm2_weights, tmp_path):
     """64 x 64 blocks leave the dims half in place: the permutation passes below copy level and
     the paper's scores decide; the rotation, asked for what was inherited, finds the copy."""
-    from awm import disguise
+    from awm.method import disguise
 
     state, config, tokenizer = smollm2_weights
     rotation = disguise.random_rotation(config["hidden_size"], torch.Generator().manual_seed(6), block=64)
@@ -130,7 +133,8 @@ def test_the_library_rules_out_unrelated_real_models_and_keeps_a_half_width_chil
     Gemma-3's and 0.65 with Qwen2.5-Coder's): the first pass rules both out on what inheritance
     leaves, not on resemblance. A child that kept half of SmolLM2's dims shares less geometry
     (about 0.8) but every column: it reaches the exact stage, as does a rotated copy."""
-    from awm import fingerprint, identification, library_tasks
+    from awm.library import fingerprint, identification
+    from awm.library import tasks as library_tasks
 
     state, config, tokenizer = smollm2_weights
     keep = state["model.embed_tokens.weight"].norm(dim=0).argsort(descending=True)[:288].sort().values

@@ -12,8 +12,12 @@ import surgery
 import torch
 import transformers
 
-from awm import console, demo, disguise, gguf_convert, pair, verdict
-from awm.digest import digest_path
+from awm import console, demo
+from awm.comparison import pair
+from awm.comparison.digest import digest_path
+from awm.method import disguise
+from awm.readers import gguf_convert
+from awm.witnesses import verdict
 
 CPU = torch.device("cpu")
 PROMPT = torch.tensor([[1, 504, 3458, 282, 4376, 314, 30, 2372, 28, 253, 2]])

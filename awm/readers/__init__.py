@@ -1,5 +1,6 @@
 """Everything that turns a checkpoint into tensors: local files (safetensors, .bin, GGUF),
-tokenizer vocabularies, the architecture table, and Hub repositories read by byte ranges."""
+tokenizer vocabularies, the architecture table, quantized formats, model cards' declared bases
+and Hub repositories read by byte ranges. The rooms above call `open_model`."""
 import os
 
 

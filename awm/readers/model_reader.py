@@ -9,11 +9,10 @@ import os
 import torch
 from tqdm import tqdm
 
-from awm import hub_cards
 from awm.errors import CheckpointError
 from awm.readers import architectures as arch
 from awm.readers import checkpoint_files as files
-from awm.readers import quantized, vocabulary
+from awm.readers import model_card, quantized, vocabulary
 from awm.readers.weight_files import choose_weight_files, gguf_parts
 
 # Tokenizers sometimes list a few added tokens past an embedding that was not resized; such
@@ -125,7 +124,7 @@ class ModelCheckpoint:
         self.wrapper_type = str(raw.get("model_type") or "")
         self.architecture = self.model_type
         self.config = config
-        self.lineage_hints = arch.lineage_hints(raw, config, hub_cards.card_base_models(self.path))
+        self.lineage_hints = arch.lineage_hints(raw, config, model_card.card_base_models(self.path))
         self.vocab, self.vocab_source = vocabulary.load_directory_vocab(self.path, self.vocab_match)
         hidden, layers = arch.config_value(config, "hidden"), arch.config_value(config, "layers")
         n_head = arch.config_value(config, "heads")
