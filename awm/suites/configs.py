@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 CHECKPOINT_ENV = "AWM_CHECKPOINT_DIR"
-CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # awm/suites/ -> the checkout
 SOURCE_CHECKPOINT_DIR = os.path.join(CHECKOUT, "checkpoints")
 # In a source checkout, checkpoints/ beside main.py; installed with pip (no main.py beside the
 # package), ./checkpoints in the working directory.

@@ -178,3 +178,8 @@ def test_checkpoint_dir_override_order(monkeypatch, tmp_path):
     assert configs.model_dir("x", str(tmp_path / "flag")) == str(tmp_path / "flag" / "x")
     monkeypatch.delenv(configs.CHECKPOINT_ENV)
     assert configs.model_dir("x") == os.path.join(configs.DEFAULT_CHECKPOINT_DIR, "x")
+
+
+def test_a_checkout_keeps_its_checkpoints_beside_main_py():
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert configs.IN_CHECKOUT and configs.DEFAULT_CHECKPOINT_DIR == os.path.join(checkout, "checkpoints")
