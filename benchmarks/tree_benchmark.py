@@ -20,7 +20,7 @@ import time
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "tree")]   # the merge formulas live in test_tree
 
 import factory  # noqa: E402
 from test_tree import base_tensors, layers_of, linear, tuned  # noqa: E402

@@ -28,7 +28,7 @@ import time
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.dirname(os.path.abspath(__file__))]
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "tree"), os.path.dirname(os.path.abspath(__file__))]
 
 import calibration_zoo as zoo_tools  # noqa: E402
 import factory  # noqa: E402
