@@ -69,7 +69,8 @@ def _suite_result(run, interrupted):
     from awm.suites import evaluation
 
     return SuiteResult(run.name, run.results_dir, [Report.from_record(r) for r in run.records], run.records, run.skipped,
-                       run.metrics(), evaluation.verdict_confusion(run.records), interrupted, run.family_map(), run.ruled_out)
+                       run.metrics(), evaluation.verdict_confusion(run.records), interrupted, run.family_map(), run.ruled_out,
+                       run.left_out, run.verdicts_by_difficulty())
 
 
 def map_library(library, *, results_dir=None, device="auto", threads=None, paper_only=False, vocab_match="bytes",

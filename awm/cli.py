@@ -160,7 +160,7 @@ def _library_options(args):
 def print_run(run, interrupted):
     from awm.suites import evaluation
 
-    print("\n".join(console.suite_lines(run, evaluation.verdict_confusion(run.records))))
+    print("\n".join(console.suite_lines(run, evaluation.verdict_confusion(run.records), run.verdicts_by_difficulty())))
     if interrupted:
         print("interrupted: finished pairs are saved")
         return 130

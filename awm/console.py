@@ -187,11 +187,13 @@ def identify_lines(result):
     return lines
 
 
-def suite_lines(run, confusion):
-    """A run of many pairs: one line per pair, then skips, ROC metrics and the verdicts' confusion."""
+def suite_lines(run, confusion, by_difficulty=None):
+    """A run of many pairs: one line per pair, then skips, ROC metrics, the verdicts' confusion
+    and, for a benchmark's pairs, the share of right verdicts per difficulty."""
     resumed = f" ({run.resumed} from an earlier run)" if run.resumed else ""
     ruled_out = f", {len(run.ruled_out)} ruled out by the first pass" if run.ruled_out else ""
-    lines = [f"{run.name}: {len(run.records)} of {len(run.pairs)} pairs scored{resumed}{ruled_out}, {len(run.skipped)} skipped -> {run.results_dir}"]
+    left_out = f" ({len(run.left_out)} more left out: awm cannot score them, reasons in table.md)" if run.left_out else ""
+    lines = [f"{run.name}: {len(run.records)} of {len(run.pairs)} pairs scored{resumed}{ruled_out}, {len(run.skipped)} skipped{left_out} -> {run.results_dir}"]
     for record in run.records:
         s = record["scores"]
         circuit = "n/a" if s["qk_circuit"] is None else f"{s['qk_circuit']:7.2f} %"
@@ -202,6 +204,9 @@ def suite_lines(run, confusion):
     if confusion["false_positive_rate"] is not None or confusion["true_positive_rate"] is not None:
         counts = lambda label: ", ".join(f"{n} {call}" for call, n in confusion["counts"][label].items() if n)
         lines.append(f"  verdicts: derived pairs -> {counts('derived') or 'none'}; independent pairs -> {counts('independent') or 'none'}")
+    if by_difficulty:
+        lines.append("  right by difficulty: " + ", ".join(f"{value} {g['accuracy']:.2f} ({g['derived'] + g['independent']} pairs)"
+                                                          for value, g in by_difficulty.items()))
     return lines
 
 

@@ -74,6 +74,8 @@ class SuiteResult:
     interrupted: bool
     lineage: dict = None   # lineage.json: families and their tree (three or more models; else None)
     ruled_out: list = ()   # a library map: {"pair", "first_pass"} the first pass showed independent
+    left_out: list = ()    # a benchmark's pairs awm cannot score: {"pair", "pair_id", "reason", ...}
+    verdicts_by_difficulty: dict = None   # a benchmark's pairs: right verdicts per difficulty
 
 
 class Identification(tuple):

@@ -5,10 +5,16 @@ Hugging Face-format weights). The local folder of a model is its name under the 
 directory, so download_models.sh and main.py agree by construction. Each suite lists
 (model A, model B, category) pairs; the label (derived / independent) follows from the
 category. The derived suites are our reconstruction of the paper's six categories with
-public models; the two independent suites are the paper's own model lists.
+public models; the two independent suites are the paper's own model lists. provenance_kit is a
+published benchmark's pairs (its table, source and left-out pairs: suites/provenance_kit.py);
+its pairs carry their own label, difficulty and id.
 """
 import os
+import textwrap
+from collections import Counter
 from dataclasses import dataclass
+
+from awm.suites import provenance_kit
 
 CHECKPOINT_ENV = "AWM_CHECKPOINT_DIR"
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # awm/suites/ -> the checkout
@@ -126,6 +132,7 @@ MODELS = {
     "llama3-llava-next-8b-hf": "llava-hf/llama3-llava-next-8b-hf",
     "Video-LLaVA-7B-hf": "LanguageBind/Video-LLaVA-7B-hf",
 }
+MODELS.update(provenance_kit.model_names(MODELS))   # the published benchmark's decoders
 
 # Category -> ground-truth label.
 LABELS = {"sft": "derived", "cpt": "derived", "rl": "derived", "multimodal": "derived",
@@ -137,10 +144,13 @@ class Pair:
     model_a: str
     model_b: str
     category: str
+    stated_label: str = None     # a benchmark's own label, where the category does not decide it
+    difficulty: str = None
+    pair_id: str = None          # the benchmark's name for the pair
 
     @property
     def label(self):
-        return LABELS[self.category]
+        return self.stated_label or LABELS[self.category]
 
 
 def _pairs(category, *pairs):
@@ -149,6 +159,12 @@ def _pairs(category, *pairs):
 
 def _all_pairs(models):
     return [Pair(a, b, "independent") for i, a in enumerate(models) for b in models[i + 1:]]
+
+
+def _benchmark_pairs():
+    name_of = {repo: name for name, repo in MODELS.items()}
+    return [Pair(name_of[p.repo_a], name_of[p.repo_b], p.provenance, p.label, p.difficulty, p.pair_id)
+            for p in provenance_kit.kept()]
 
 
 INDEPENDENT_7B = ["mpt-7b", "Baichuan-7B", "open_llama_7b", "llama-7b", "open_llama_7b_v2", "Llama-2-7b-hf",
@@ -200,7 +216,14 @@ SUITES = {
         ("Mistral-7B-v0.1", "zephyr-7b-beta"), ("Mistral-7B-v0.1", "mistral-7b-sft-beta")),
     "independent_pairs": _all_pairs(INDEPENDENT_7B),
     "independent_pairs_13b": _all_pairs(INDEPENDENT_13B),
+    provenance_kit.SUITE: _benchmark_pairs(),
 }
+
+# Pairs of a suite's source that awm cannot score, each with its reason (named when the suite
+# is listed and in its run's outputs, never dropped silently).
+LEFT_OUT = {provenance_kit.SUITE: [
+    {"pair": f"{p.repo_a} vs {p.repo_b}", "suite": provenance_kit.SUITE, "label": p.label, "pair_id": p.pair_id,
+     "difficulty": p.difficulty, "causes": causes, "reason": reason} for p, causes, reason in provenance_kit.left_out()]}
 
 
 def checkpoint_dir(override=None):
@@ -217,9 +240,34 @@ def suite_models(suite):
     return list(dict.fromkeys(m for pair in SUITES[suite] for m in (pair.model_a, pair.model_b)))
 
 
+def _contents(pairs):
+    """What a suite holds: its categories, or for a benchmark's pairs their labels and difficulties."""
+    if not any(p.difficulty for p in pairs):
+        return ", ".join(sorted({p.category for p in pairs}))
+    count = lambda values: ", ".join(f"{n} {v}" for v, n in sorted(Counter(values).items(), key=lambda item: _rank(item[0])))
+    return f"{count(p.label for p in pairs)}; {count(p.difficulty for p in pairs)}"
+
+
+def _rank(value):
+    order = ("derived", "independent") + provenance_kit.DIFFICULTIES
+    return (order.index(value), "") if value in order else (len(order), value)
+
+
+def left_out_lines(name):
+    """The suite's left-out pairs by cause ("cause (N): id, id, ..."; a pair with two causes is under both)."""
+    entries, groups = LEFT_OUT.get(name, ()), {}
+    for entry in entries:
+        for cause in entry["causes"]:
+            groups.setdefault(cause, []).append(entry["pair_id"])
+    lines = [f"    left out, {len(entries)} pairs:"] if entries else []
+    for cause, ids in groups.items():
+        lines += textwrap.wrap(f"{cause} ({len(ids)}): {', '.join(ids)}", 110, initial_indent="      ", subsequent_indent="        ")
+    return lines
+
+
 def describe_suites():
     lines = ["built-in suites (python main.py --config NAME; ./download_models.sh NAME):"]
     for name, pairs in SUITES.items():
-        categories = ", ".join(sorted({p.category for p in pairs}))
-        lines.append(f"  {name:24s} {len(pairs):3d} pairs, {len(suite_models(name)):3d} models  ({categories})")
+        lines.append(f"  {name:24s} {len(pairs):3d} pairs, {len(suite_models(name)):3d} models  ({_contents(pairs)})")
+        lines += left_out_lines(name)
     return "\n".join(lines)

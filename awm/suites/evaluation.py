@@ -71,3 +71,23 @@ def verdict_confusion(records):
         "true_positive_rate": rate(table["derived"], DERIVED_CALLS),
         "independent_called_independent": rate(table["independent"], ("independent",)),
     }
+
+
+def verdicts_by(records, key, order=()):
+    """Per value of the records' `key` (a benchmark's difficulty): derived pairs recognised,
+    independent pairs called independent, and the share of verdicts that are right (an
+    inconclusive verdict is not). Only labelled records that carry the key; values in `order`
+    first, the rest after in sorted order."""
+    groups = {}
+    for record in records:
+        value, label = record.get(key), record.get("label")
+        if value is None or label not in ("derived", "independent"):
+            continue
+        group = groups.setdefault(value, {"derived": 0, "derived_recognised": 0, "independent": 0, "independent_called_independent": 0})
+        right = record["verdict"] in DERIVED_CALLS if label == "derived" else record["verdict"] == "independent"
+        group[label] += 1
+        group["derived_recognised" if label == "derived" else "independent_called_independent"] += int(right)
+    rank = lambda value: (order.index(value), "") if value in order else (len(order), str(value))
+    return {value: {**group, "accuracy": (group["derived_recognised"] + group["independent_called_independent"])
+                    / (group["derived"] + group["independent"])}
+            for value, group in sorted(groups.items(), key=lambda item: rank(item[0]))}

@@ -16,16 +16,23 @@ class SuitePair:
     path_b: str
     label: str = None
     category: str = None
+    difficulty: str = None      # a published benchmark's difficulty and id for the pair
+    pair_id: str = None
 
     @property
     def name(self):
         return f"{self.name_a} vs {self.name_b}"
 
+    @property
+    def facts(self):
+        """The benchmark's facts about the pair that its results carry (none for other suites)."""
+        return {key: value for key, value in (("pair_id", self.pair_id), ("difficulty", self.difficulty)) if value}
+
 
 def builtin_suite(name, checkpoint_override=None, from_hub=False):
     where = lambda model: model_location(model, checkpoint_override, from_hub)
-    return [SuitePair(name, p.model_a, where(p.model_a), p.model_b, where(p.model_b), p.label, p.category)
-            for p in configs.SUITES[name]]
+    return [SuitePair(name, p.model_a, where(p.model_a), p.model_b, where(p.model_b), p.label, p.category,
+                      p.difficulty, p.pair_id) for p in configs.SUITES[name]]
 
 
 def model_location(model, checkpoint_override=None, from_hub=False):
@@ -82,6 +89,11 @@ def _locate(reference, folder):
 
     remote = hub.parse_reference(reference, base_dir=folder)
     return str(remote) if remote else os.path.normpath(os.path.join(folder, os.path.expanduser(reference)))
+
+
+def left_out(specs):
+    """The pairs the built-in suites among `specs` leave out, each with its reason."""
+    return [entry for spec in specs for entry in configs.LEFT_OUT.get(spec, ())]
 
 
 def resolve(specs, checkpoint_override=None, from_hub=False):

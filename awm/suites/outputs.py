@@ -7,6 +7,7 @@ import re
 
 from awm.atomic import write_json_atomic, write_text_atomic
 from awm.suites import evaluation, plots
+from awm.suites.provenance_kit import DIFFICULTIES
 from awm.tree import hub_cards
 from awm.version import VERSION
 from awm.witnesses.verdict import VERDICTS
@@ -25,6 +26,11 @@ def suite_metrics(records):
         if labelled and None not in values:
             found[key] = evaluation.detection_metrics(values, truth)
     return {k: v for k, v in found.items() if v}
+
+
+def verdicts_by_difficulty(records):
+    """Right verdicts per difficulty of a benchmark's pairs (empty when no pair has one)."""
+    return evaluation.verdicts_by(records, "difficulty", DIFFICULTIES)
 
 
 def null_stats(records, run_name):
@@ -46,6 +52,8 @@ def write_tables(run, final=False):
         "pairs": records, "skipped": run.skipped, "ruled_out": run.ruled_out,
         "metrics": {k: {m: v for m, v in d.items() if m not in ("fpr", "tpr")} for k, d in suite_metrics(records).items()},
         "verdict_confusion": evaluation.verdict_confusion(records),
+        "verdicts_by_difficulty": verdicts_by_difficulty(records),
+        "left_out": run.left_out,
         "model_reads": {os.path.basename(p): n for p, n in run.model_reads.items()},
         "resumed_pairs": run.resumed,
     }
@@ -53,7 +61,8 @@ def write_tables(run, final=False):
     write_json_atomic(os.path.join(folder, "scores.json"), summary)
     write_text_atomic(os.path.join(folder, "scores.csv"), csv_table(records))
     write_text_atomic(os.path.join(folder, "table.md"),
-                      markdown_table(records, run.skipped, summary["metrics"], run.null, summary["verdict_confusion"], run.ruled_out))
+                      markdown_table(records, run.skipped, summary["metrics"], run.null, summary["verdict_confusion"], run.ruled_out)
+                      + difficulty_markdown(summary["verdicts_by_difficulty"]) + left_out_markdown(run.left_out))
     stats = null_stats(records, run.name)
     if stats:
         write_json_atomic(os.path.join(folder, "null_stats.json"), stats)
@@ -95,7 +104,7 @@ def safe_name(text):
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
-CSV_COLUMNS = ("pair", "suite", "category", "label", "wq", "wk", "final", "z_score", "qk_circuit", "verdict")
+CSV_COLUMNS = ("pair", "suite", "category", "label", "wq", "wk", "final", "z_score", "qk_circuit", "verdict", "difficulty", "pair_id")
 
 
 def csv_table(records):
@@ -103,7 +112,8 @@ def csv_table(records):
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
     for r in records:
-        writer.writerow([r["pair"], r["suite"], r["category"], r["label"], *(r["scores"][k] for k in ("wq", "wk", "final", "z_score", "qk_circuit")), r["verdict"]])
+        writer.writerow([r["pair"], r["suite"], r["category"], r["label"], *(r["scores"][k] for k in ("wq", "wk", "final", "z_score", "qk_circuit")),
+                         r["verdict"], r.get("difficulty", ""), r.get("pair_id", "")])
     return buffer.getvalue()
 
 
@@ -124,7 +134,8 @@ def markdown_table(records, skipped, metrics, null, confusion=None, ruled_out=()
     lines = ["| Pair | Category | Wq (%) | Wk (%) | Wq·Wk (%) | Z | QK-circuit (%) |", "|---|---|---:|---:|---:|---:|---:|"]
     for r in records:
         s = r["scores"]
-        lines.append(f"| {r['pair']} | {r['category'] or ''} | {cell(s['wq'])} | {cell(s['wk'])} | {cell(s['final'])} | "
+        category = ", ".join(filter(None, (r["category"], r.get("difficulty"))))
+        lines.append(f"| {r['pair']} | {category} | {cell(s['wq'])} | {cell(s['wk'])} | {cell(s['final'])} | "
                      f"{cell(s['z_score'], '{:.1f}')} | {cell(s['qk_circuit'])} |")
     lines.append(f"\nZ: |score - {null['mean']:.3f}| / {null['std']:.3f} ({null['name']} reference: {null['source']}).")
     for key, m in metrics.items():
@@ -137,4 +148,26 @@ def markdown_table(records, skipped, metrics, null, confusion=None, ruled_out=()
     if skipped:
         lines.append("\nSkipped:")
         lines += [f"- {s['pair']}: {s['reason']}" for s in skipped]
+    return "\n".join(lines) + "\n"
+
+
+def difficulty_markdown(by_difficulty):
+    """The verdicts per difficulty of a benchmark's pairs (empty when no pair has one)."""
+    if not by_difficulty:
+        return ""
+    lines = ["", "Verdicts by difficulty:", "",
+             "| difficulty | derived recognised | independent called independent | right |", "|---|---:|---:|---:|"]
+    share = lambda n, of: f"{n}/{of}" if of else "-"
+    for value, g in by_difficulty.items():
+        lines.append(f"| {value} | {share(g['derived_recognised'], g['derived'])} | "
+                     f"{share(g['independent_called_independent'], g['independent'])} | {g['accuracy']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def left_out_markdown(left_out):
+    """The source's pairs awm cannot score, by name, with the reason."""
+    if not left_out:
+        return ""
+    lines = ["", f"Left out ({len(left_out)} pairs awm cannot score):"]
+    lines += [f"- {e['pair_id']} {e['pair']} ({e['label']}, {e['difficulty']}): {e['reason']}" for e in left_out]
     return "\n".join(lines) + "\n"

@@ -15,7 +15,7 @@ from awm.library import tasks as library_tasks
 from awm.library.digest_cache import DigestCache, default_budget, reuse_order
 from awm.library.folder import Library, PairCache, source_identity
 from awm.suites import outputs as suite_outputs
-from awm.suites.files import SuitePair, resolve
+from awm.suites.files import SuitePair, left_out, resolve
 from awm.tree import build as family_tree
 from awm.tree import lineage
 from awm.witnesses.verdict import is_derived
@@ -28,7 +28,7 @@ class SuiteRun:
     every scored pair is kept on disk, so a killed run resumes without recomputing them."""
 
     def __init__(self, name, pairs, device, null, results_dir, budget, options, progress=True,
-                 executor="local", library=None, from_library=False, first_pass=False):
+                 executor="local", library=None, from_library=False, first_pass=False, left_out=()):
         self.name, self.pairs, self.device, self.null = name, pairs, device, null
         self.results_dir, self.progress = results_dir, progress
         self.options = options
@@ -39,6 +39,7 @@ class SuiteRun:
         self.identities = {}
         self._entry_names = {}                 # a model's name in this run -> its library entry
         self.records, self.skipped, self.ruled_out = [], [], []
+        self.left_out = list(left_out)         # pairs of the suites' sources awm cannot score, with reasons
         self.resumed = 0
 
     def run(self):
@@ -82,7 +83,7 @@ class SuiteRun:
             digest_b = self.cache.get(pair.path_b, pinned=(pair.path_a,))
             result = compare_digests(digest_a, digest_b, self.device, self.null, progress=self.progress)
         except (CheckpointError, ComparisonError) as err:
-            self.skipped.append({"pair": pair.name, "suite": pair.suite, "reason": str(err)})
+            self.skipped.append({"pair": pair.name, "suite": pair.suite, **pair.facts, "reason": str(err)})
             return
         if key:
             self.pair_cache.put(key, result)
@@ -90,7 +91,8 @@ class SuiteRun:
 
     def _keep(self, pair, result):
         result["model_a"]["name"], result["model_b"]["name"] = pair.name_a, pair.name_b
-        self.records.append({"pair": pair.name, "suite": pair.suite, "label": pair.label, "category": pair.category, **result})
+        self.records.append({"pair": pair.name, "suite": pair.suite, "label": pair.label, "category": pair.category,
+                             **pair.facts, **result})
 
     def _run_on_library(self):
         """Digests as stored entries (each model once), then every pair from them, as executor tasks."""
@@ -139,7 +141,7 @@ class SuiteRun:
             if "record" in outcome:
                 self._keep(pair, outcome["record"])
             else:
-                self.skipped.append({"pair": pair.name, "suite": pair.suite, "reason": outcome["error"]})
+                self.skipped.append({"pair": pair.name, "suite": pair.suite, **pair.facts, "reason": outcome["error"]})
 
     # ------------------------------------------------------------------ outputs
     @property
@@ -148,6 +150,9 @@ class SuiteRun:
 
     def metrics(self):
         return suite_outputs.suite_metrics(self.records)
+
+    def verdicts_by_difficulty(self):
+        return suite_outputs.verdicts_by_difficulty(self.records)
 
     def write_tables(self, final=False):
         suite_outputs.write_tables(self, final)
@@ -184,7 +189,8 @@ def run_suite(specs, device, null, options, results_dir=None, checkpoint_dir=Non
     options: library_tasks.options(...), what every digest depends on besides the weights."""
     name, pairs = resolve(specs, checkpoint_dir, from_hub)
     results_dir = os.path.abspath(results_dir or os.path.join("results", suite_outputs.safe_name(name)))
-    run = SuiteRun(name, pairs, device, null, results_dir, default_budget(cache_gb), options, progress, executor, library)
+    run = SuiteRun(name, pairs, device, null, results_dir, default_budget(cache_gb), options, progress, executor, library,
+                   left_out=left_out(specs))
     return run, run.run()
 
 

@@ -161,7 +161,7 @@ def test_null_statistics_use_sample_std():
 
 # ----------------------------------------------------------------------------- suite integrity
 def test_builtin_suites_are_complete_and_labelled():
-    assert len(configs.SUITES) == 9
+    assert len(configs.SUITES) == 10
     for name, pairs in configs.SUITES.items():
         assert pairs, name
         for pair in pairs:
