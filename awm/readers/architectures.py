@@ -36,6 +36,15 @@ def _split_kv_grouped(w, heads):
     return grouped[:, :group].reshape(-1, w.shape[-1]), grouped[:, group].reshape(-1, w.shape[-1])
 
 
+def _split_codegen(w, heads):
+    """CodeGen: rows in 4 model-parallel chunks, each [q | v | k] of n_head/4 heads."""
+    chunks = w.reshape(CODEGEN_CHUNKS, 3, heads.n_head * heads.head_dim // CODEGEN_CHUNKS, w.shape[-1])
+    return chunks[:, 0].reshape(-1, w.shape[-1]), chunks[:, 2].reshape(-1, w.shape[-1])
+
+
+CODEGEN_CHUNKS = 4        # fixed in CodeGen's attention (it was trained on 4-way model parallelism)
+
+
 def _split_conv1d_qkv(w, heads):
     """GPT-2 style Conv1D stores (hidden, 3*out) with columns [Q|K|V]."""
     return _split_qkv_rows(w.t(), heads)
@@ -47,6 +56,7 @@ LAYOUTS = {
     "head_interleaved": _split_head_interleaved,
     "kv_grouped": _split_kv_grouped,
     "conv1d_qkv": _split_conv1d_qkv,
+    "codegen": _split_codegen,
 }
 
 
@@ -84,7 +94,7 @@ _LLAMA_TYPES = (
     "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "olmo", "olmoe",
     "minicpm", "internlm", "llama_moe", "pangu_moe", "yi", "deepseek", "starcoder2", "stablelm",
     "granite", "granitemoe", "phi", "cohere", "qwen2_vl", "qwen2_5_vl", "qwen2_vl_text", "qwen2_5_vl_text",
-    "qwen2_audio", "vicuna", "llava", "llava_next", "video_llava", "llava_onevision",
+    "qwen2_audio", "vicuna", "llava", "llava_next", "video_llava", "llava_onevision", "glm", "glm4", "glm4_moe",
 )
 _SELF_ATTN = "layers.{i}.self_attn."
 
@@ -110,6 +120,20 @@ FAMILIES = (
     Family("falcon", ("falcon", "RefinedWeb", "RefinedWebModel"), "word_embeddings.weight",
            "h.{i}.self_attention.query_key_value.weight", layout=falcon_layout,
            prefixes=("transformer.",), attn_norm=("h.{i}.ln_attn.weight", "h.{i}.input_layernorm.weight")),
+    Family("hunyuan", ("hunyuan_v1_dense", "hunyuan_v1_moe"), "embed_tokens.weight", _SELF_ATTN + "q_proj.weight",
+           _SELF_ATTN + "k_proj.weight", attn_norm=("layers.{i}.input_layernorm.weight",),
+           q_norm=_SELF_ATTN + "query_layernorm.weight", k_norm=_SELF_ATTN + "key_layernorm.weight"),
+    Family("opt", ("opt",), "decoder.embed_tokens.weight", "decoder.layers.{i}.self_attn.q_proj.weight",
+           "decoder.layers.{i}.self_attn.k_proj.weight", prefixes=("model.", ""),
+           attn_norm=("decoder.layers.{i}.self_attn_layer_norm.weight",)),
+    Family("gpt-j", ("gptj",), "wte.weight", "h.{i}.attn.q_proj.weight", "h.{i}.attn.k_proj.weight",
+           prefixes=("transformer.",), attn_norm=("h.{i}.ln_1.weight",)),
+    Family("gpt-neo", ("gpt_neo",), "wte.weight", "h.{i}.attn.attention.q_proj.weight",
+           "h.{i}.attn.attention.k_proj.weight", prefixes=("transformer.",), attn_norm=("h.{i}.ln_1.weight",)),
+    Family("codegen", ("codegen",), "wte.weight", "h.{i}.attn.qkv_proj.weight", layout="codegen",
+           prefixes=("transformer.",), attn_norm=("h.{i}.ln_1.weight",)),
+    Family("gpt-bigcode", ("gpt_bigcode",), "wte.weight", "h.{i}.attn.c_attn.weight", layout="qkv_rows",
+           prefixes=("transformer.",), attn_norm=("h.{i}.ln_1.weight",)),
     Family("gpt2", ("gpt2", "jais"), "wte.weight", "h.{i}.attn.c_attn.weight", layout="conv1d_qkv",
            prefixes=("transformer.", ""), attn_norm=("h.{i}.ln_1.weight",)),
     Family("qwen", ("qwen",), "wte.weight", "h.{i}.attn.c_attn.weight", layout="qkv_rows",
@@ -229,6 +253,8 @@ def kv_heads_from_config(config, n_head):
     if config.get("model_type") in ("falcon", "RefinedWeb", "RefinedWebModel"):
         if config.get("new_decoder_architecture"):
             return config.get("num_kv_heads") or n_head
+        return 1 if config.get("multi_query", True) else n_head
+    if config.get("model_type") == "gpt_bigcode":
         return 1 if config.get("multi_query", True) else n_head
     return config_value(config, "kv_heads") or n_head
 

@@ -43,10 +43,22 @@ MODELS = {
     "olmo": lambda: tf.OlmoForCausalLM(tf.OlmoConfig(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_hidden_layers=2, **SMALL)),
     "gemma3": lambda: tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_hidden_layers=2, **SMALL)),
     "llava": lambda: tf.LlavaForConditionalGeneration(tf.LlavaConfig(text_config=llama_text(), vision_config=tiny_clip(), image_token_index=95)),
+    "opt": lambda: tf.OPTForCausalLM(tf.OPTConfig(hidden_size=64, ffn_dim=96, num_attention_heads=4, num_hidden_layers=2, word_embed_proj_dim=64, **SMALL)),
+    "gptj": lambda: tf.GPTJForCausalLM(tf.GPTJConfig(n_embd=64, n_head=4, n_layer=2, rotary_dim=8, vocab_size=96, n_positions=64)),
+    "gpt_neo": lambda: tf.GPTNeoForCausalLM(tf.GPTNeoConfig(hidden_size=64, num_heads=4, num_layers=2, attention_types=[[["global", "local"], 1]], vocab_size=96, max_position_embeddings=64)),
+    "codegen": lambda: tf.CodeGenForCausalLM(tf.CodeGenConfig(n_embd=64, n_head=8, n_layer=2, rotary_dim=4, vocab_size=96, n_positions=64)),
+    "gpt_bigcode": lambda: tf.GPTBigCodeForCausalLM(tf.GPTBigCodeConfig(n_embd=64, n_head=4, n_layer=2, vocab_size=96, n_positions=64, multi_query=True)),
+    "glm4": lambda: tf.Glm4ForCausalLM(tf.Glm4Config(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_hidden_layers=2, pad_token_id=0, **SMALL)),
+    "glm4_moe": lambda: tf.Glm4MoeForCausalLM(tf.Glm4MoeConfig(hidden_size=64, intermediate_size=96, moe_intermediate_size=32, n_routed_experts=4, num_experts_per_tok=2, first_k_dense_replace=1, num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_hidden_layers=2, pad_token_id=0, **SMALL)),
+    "hunyuan_v1_dense": lambda: tf.HunYuanDenseV1ForCausalLM(tf.HunYuanDenseV1Config(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_hidden_layers=2, pad_token_id=0, **SMALL)),
     "qwen2_vl": lambda: tf.Qwen2VLForConditionalGeneration(tf.Qwen2VLConfig(
         text_config=dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, **SMALL),
         vision_config=dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, in_chans=3, spatial_merge_size=2, patch_size=14))),
 }
+
+
+QK_NORMED = {"gemma3", "hunyuan_v1_dense"}
+LOGIT_SCALE = {"gpt_neo": 1.0}       # GPT-Neo does not scale its logits by 1/sqrt(head_dim)
 
 
 def attention_modules(model):
@@ -102,7 +114,7 @@ def test_reader_reproduces_the_models_own_attention_logits(family, tmp_path):
     heads = checkpoint.heads
     assert w_q.shape == (heads.n_head * heads.head_dim, checkpoint.hidden_size)
     assert w_k.shape == (heads.n_kv * heads.head_dim, checkpoint.hidden_size)
-    if family == "gemma3":   # q/k RMSNorm sits between projection and logits: compare the tensors
+    if family in QK_NORMED:   # q/k RMSNorm sits between projection and logits: compare the tensors
         attention, _ = attention_modules(model)
         assert torch.equal(w_q, attention.q_proj.weight) and torch.equal(w_k, attention.k_proj.weight)
         return
@@ -110,7 +122,7 @@ def test_reader_reproduces_the_models_own_attention_logits(family, tmp_path):
     q = (x @ w_q.T).reshape(8, heads.n_head, heads.head_dim)
     k = (x @ w_k.T).reshape(8, heads.n_kv, heads.head_dim)
     k = k.repeat_interleave(heads.n_head // heads.n_kv, dim=1)
-    ours = (q * k).sum(-1) / math.sqrt(heads.head_dim)
+    ours = (q * k).sum(-1) * LOGIT_SCALE.get(family, 1 / math.sqrt(heads.head_dim))
     assert torch.allclose(ours, logits, atol=1e-4, rtol=1e-4), (ours[:2], logits[:2])
 
 
