@@ -43,8 +43,8 @@ def test_every_model_is_a_decoder_with_an_architecture_or_a_named_encoder():
 def test_decoder_pairs_are_kept_and_encoder_pairs_refused_by_name():
     kept, left = provenance_kit.kept(), provenance_kit.left_out()
     assert len(kept) + len(left) == 111
-    assert Counter(p.label for p in kept) == {"derived": 40, "independent": 27}
-    assert Counter(p.label for p, _, _ in left) == {"derived": 15, "independent": 29}
+    assert Counter(p.label for p in kept) == {"derived": 42, "independent": 36}
+    assert Counter(p.label for p, _, _ in left) == {"derived": 13, "independent": 20}
     encoder_refused = {p.pair_id for p, causes, _ in left if provenance_kit.ENCODERS_LEFT_OUT in causes}
     assert encoder_refused == ENCODER_PAIRS
     for pair, causes, reason in left:
@@ -57,12 +57,13 @@ def test_decoder_pairs_are_kept_and_encoder_pairs_refused_by_name():
 
 
 def test_refusals_follow_the_architecture_table(monkeypatch):
-    opt = [p for p in provenance_kit.PAIRS if provenance_kit.ARCHITECTURES.get(p.repo_a) == "opt"]
-    assert [p.pair_id for p in opt] == ["similar-10"] and "'opt'" in provenance_kit.refusal(opt[0])
-    row = architectures.Family("opt", ("opt",), "decoder.embed_tokens.weight", "decoder.layers.{i}.self_attn.q_proj.weight",
-                               "decoder.layers.{i}.self_attn.k_proj.weight")
+    wedlm = [p for p in provenance_kit.PAIRS if "wedlm" in (provenance_kit.ARCHITECTURES.get(p.repo_a), provenance_kit.ARCHITECTURES.get(p.repo_b))]
+    assert [p.pair_id for p in wedlm] == ["similar-13", "similar-49", "similar-50"]
+    assert all("'wedlm'" in provenance_kit.refusal(p) for p in wedlm)
+    row = architectures.Family("wedlm", ("wedlm",), "embed_tokens.weight", "layers.{i}.self_attn.q_proj.weight",
+                               "layers.{i}.self_attn.k_proj.weight")
     monkeypatch.setattr(provenance_kit, "FAMILIES", architectures.FAMILIES + (row,))
-    assert provenance_kit.refusal(opt[0]) is None and opt[0] in provenance_kit.kept()
+    assert all(provenance_kit.refusal(p) is None and p in provenance_kit.kept() for p in wedlm)
     mla = next(p for p in provenance_kit.PAIRS if p.repo_b == "deepseek-ai/DeepSeek-Coder-V2-Lite-Instruct")
     assert "multi-head latent attention" in provenance_kit.refusal(mla)
 
@@ -94,8 +95,10 @@ def test_a_builtin_suite_pair_carries_the_benchmarks_facts(tmp_path):
 def test_describing_the_suites_names_every_left_out_pair():
     text = configs.describe_suites()
     line = next(line for line in text.splitlines() if line.strip().startswith(SUITE))
-    assert "67 pairs" in line and "40 derived, 27 independent" in line and "1 extreme" in line
-    assert "left out, 44 pairs:" in text and "encoder models are not supported (27)" in text
+    kept, left = provenance_kit.kept(), provenance_kit.left_out()
+    labels = Counter(p.label for p in kept)
+    assert f"{len(kept)} pairs" in line and f"{labels['derived']} derived, {labels['independent']} independent" in line and "1 extreme" in line
+    assert f"left out, {len(left)} pairs:" in text and f"encoder models are not supported ({len(ENCODER_PAIRS)})" in text
     for entry in configs.LEFT_OUT[SUITE]:
         assert entry["pair_id"] in text
 
@@ -136,7 +139,8 @@ def test_a_run_reports_difficulties_and_the_left_out_pairs(tmp_path, capsys):
     factory.make_llama(str(checkpoints / "open_llama_7b"), vocab=300, seed=22)
     code = cli.main(["--config", SUITE, "--checkpoint_dir", str(checkpoints), "--results_dir", str(results), "--quiet"])
     out = capsys.readouterr().out
-    assert code == 0 and f"3 of 67 pairs scored, 64 skipped (44 more left out" in out
+    kept, left = len(provenance_kit.kept()), len(provenance_kit.left_out())
+    assert code == 0 and f"3 of {kept} pairs scored, {kept - 3} skipped ({left} more left out" in out
     assert "right by difficulty: easy 1.00 (1 pairs), medium 1.00 (1 pairs), extreme 1.00 (1 pairs)" in out
     data = json.loads((results / "scores.json").read_text())
     by_id = {r["pair_id"]: r for r in data["pairs"]}
@@ -147,7 +151,7 @@ def test_a_run_reports_difficulties_and_the_left_out_pairs(tmp_path, capsys):
     assert [e["pair_id"] for e in data["left_out"]] == [e["pair_id"] for e in configs.LEFT_OUT[SUITE]]
     table = (results / "table.md").read_text()
     assert "| Llama-2-7b-hf vs Llama-2-7b-chat-hf | fine-tuning (RLHF), easy |" in table
-    assert "| extreme | - | 1/1 | 1.000 |" in table and "Left out (44 pairs awm cannot score):" in table
+    assert "| extreme | - | 1/1 | 1.000 |" in table and f"Left out ({left} pairs awm cannot score):" in table
     assert ("- similar-26 google-bert/bert-base-uncased vs distilbert/distilbert-base-uncased (derived, medium): "
             "encoder models are not supported") in table
     csv_lines = (results / "scores.csv").read_text().splitlines()
