@@ -96,3 +96,20 @@ def rotate_residual(state, seed):
     hidden = state["model.embed_tokens.weight"].shape[1]
     layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("model.layers."))
     return disguise.rotate_residual(state, layers, disguise.random_rotation(hidden, torch.Generator().manual_seed(seed)))
+
+
+def grow_hidden(state, extra, generator, scale=0.02):
+    """The residual stream widened by `extra` new dims: new embedding columns and new input columns
+    of every weight that reads the residual drawn small, new output rows of every weight that
+    writes it zero, new norm gains 1: close to the parent's function until training uses them."""
+    hidden, grown = state["model.embed_tokens.weight"].shape[1], {}
+    for name, tensor in state.items():
+        if name.endswith(("embed_tokens.weight", "lm_head.weight", "q_proj.weight", "k_proj.weight",
+                          "v_proj.weight", "gate_proj.weight", "up_proj.weight")):
+            tensor = torch.cat([tensor, scale * torch.randn(tensor.shape[0], extra, generator=generator)], dim=1)
+        elif name.endswith(("o_proj.weight", "down_proj.weight")):
+            tensor = torch.cat([tensor, torch.zeros(extra, tensor.shape[1])], dim=0)
+        elif name.endswith("norm.weight") and tensor.shape == (hidden,):     # not the per-head q/k norms
+            tensor = torch.cat([tensor, torch.ones(extra)])
+        grown[name] = tensor.contiguous()
+    return grown
