@@ -2,6 +2,8 @@
 
 Only formatting: the command line prints these lines.
 """
+from collections import Counter
+
 from awm.witnesses.verdict import NO_EVIDENCE, UNKNOWN, is_derived
 
 
@@ -181,10 +183,11 @@ def identify_lines(result):
     derived = [r for r in result["matches"] if is_derived(r["verdict"])]
     if derived:
         lines.append(f"  best match: {derived[0]['model_b']['name']} ({derived[0]['verdict']})")
-    elif any(r["verdict"] == NO_EVIDENCE for r in result["matches"]):
-        unseen = sum(r["verdict"] == NO_EVIDENCE for r in result["matches"])
-        lines.append(f"  no entry was found derived; for {unseen} of them not every derivation could be looked for "
-                     f"(verdict '{NO_EVIDENCE}': the reason names what no witness could see)")
+    elif any(r["verdict"] != "independent" for r in result["matches"]):
+        left = Counter(r["verdict"] for r in result["matches"] if r["verdict"] != "independent")
+        lines.append("  no entry was found derived, but not every one was shown independent ("
+                     + ", ".join(f"{n} {call}" for call, n in left.items()) + f"): each reason says why"
+                     + (f"; '{NO_EVIDENCE}' names what no witness could see" if NO_EVIDENCE in left else ""))
     elif screened:
         lines.append("  no entry is an ancestor or sibling: the suspect matches nothing in the library")
     lines += _placement_lines(result.get("placement") or {})

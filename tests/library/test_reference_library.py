@@ -280,7 +280,7 @@ def test_a_compact_entry_whose_source_is_gone_is_reported_from_the_first_pass_on
                      "--device", "cpu", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "first pass only: tuned-model: a candidate (" in printed and "source is gone" in printed
-    assert "1 entries ruled out" in printed
+    assert "1 entries screened out" in printed
     result = json.loads((tmp_path / "out.json").read_text())
     assert result["matches"] == [] and [e["entry"] for e in result["first_pass_only"]] == ["tuned-model"]
     assert "scores" not in result["first_pass_only"][0] and "verdict" not in result["first_pass_only"][0]
