@@ -30,8 +30,10 @@ what the verdict means:
   one to one beyond the directions all columns share (a test on held-out tokens, p <= 1e-3),
   and a score 6 sigma above independent pairs. Without the correspondence, high scores are
   what anisotropic embeddings give unrelated models: "independent" when the scores without
-  those shared directions are at the null, else "inconclusive". "inconclusive" is also the
-  answer when the embedding is inherited but the attention weights are not.
+  those shared directions are at the null and every derivation the models' depths allow was
+  looked for by a witness able to see it, "no evidence of derivation" when one was not (the
+  reason names it: models of different depth, for one), else "inconclusive". "inconclusive" is
+  also the answer when the embedding is inherited but the attention weights are not.
 
 from the Hub:
   A repo id fetches only config.json, the tokenizer, the weight files' headers and the

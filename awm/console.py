@@ -2,7 +2,9 @@
 
 Only formatting: the command line prints these lines.
 """
-from awm.witnesses.verdict import is_derived
+from collections import Counter
+
+from awm.witnesses.verdict import NO_EVIDENCE, UNKNOWN, is_derived
 
 
 def _fmt(value, unit=" %"):
@@ -118,12 +120,17 @@ def summary_lines(report):
         f"  witness            {_witness_line(ev['alignment'], report['aligned_scores'], report.get('verdict_reference', ref))}",
         *([f"  body weights       {_body_weights_line(ev['body_weights'])}"] if ev.get("body_weights") else []),
         *([f"  circuit spectra    {_spectra_line(ev['circuit_spectra'])}"] if ev.get("circuit_spectra") else []),
-        f"  inherited          embedding {report['inheritance']['embedding']}, transformer body {report['inheritance']['body']}",
+        f"  inherited          {_inheritance_line(report['inheritance'])}",
         f"  verdict            {report['verdict'].upper()}: {report['verdict_reason']}",
         f"  computed           {_computed_line(report.get('timings') or {})}",
     ]
     lines += [f"  note               {note}" for note in ev["notes"]]
     return lines
+
+
+def _inheritance_line(inheritance):
+    line = f"embedding {inheritance['embedding']}, transformer body {inheritance['body']}"
+    return line + (" (unknown: no test able to see it ran)" if UNKNOWN in inheritance.values() else "")
 
 
 PRODUCT_WORDS = {"exact": "float32 products", "fast": "bfloat16 products, CKAs within ~1e-3 pp of exact"}
@@ -162,7 +169,7 @@ def identify_lines(result):
     if result.get("ruled_out") is not None:
         linked = sum("via" in (r.get("first_pass") or {}) for r in result["matches"] + result.get("first_pass_only", []))
         through = f" ({linked} through a relative found derived)" if linked else ""
-        lines.append(f"  first pass: {len(result['ruled_out'])} entries ruled out as independent, "
+        lines.append(f"  first pass: {len(result['ruled_out'])} entries screened out (no exact score, no verdict), "
                      f"{len(result['matches']) + len(result.get('first_pass_only', ()))} to the exact stage{through}")
     if result["matches"]:
         lines.append(f"  {'rank':>4}  {'entry':40s} {'AWM':>10} {'QK-circuit':>10}  {'dims confirmed':>15}  verdict"
@@ -176,6 +183,11 @@ def identify_lines(result):
     derived = [r for r in result["matches"] if is_derived(r["verdict"])]
     if derived:
         lines.append(f"  best match: {derived[0]['model_b']['name']} ({derived[0]['verdict']})")
+    elif any(r["verdict"] != "independent" for r in result["matches"]):
+        left = Counter(r["verdict"] for r in result["matches"] if r["verdict"] != "independent")
+        lines.append("  no entry was found derived, but not every one was shown independent ("
+                     + ", ".join(f"{n} {call}" for call, n in left.items()) + f"): each reason says why"
+                     + (f"; '{NO_EVIDENCE}' names what no witness could see" if NO_EVIDENCE in left else ""))
     elif screened:
         lines.append("  no entry is an ancestor or sibling: the suspect matches nothing in the library")
     lines += _placement_lines(result.get("placement") or {})

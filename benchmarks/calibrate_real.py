@@ -144,7 +144,9 @@ def score_all(paths, forced_null_pairs):
         forced = label == "independent" and (a, b) in forced_null_pairs
         tests, forced_scores = every_witness(digests[a], digests[b], forced)
         evidence = result["evidence"]
-        right = verdict.is_derived(result["verdict"]) if label == "derived" else result["verdict"] == "independent"
+        # An unrelated pair is right when nothing was found: "independent", or "no evidence of
+        # derivation" where its depths leave a derivation no witness could look for.
+        right = verdict.is_derived(result["verdict"]) if label == "derived" else result["verdict"] in ("independent", verdict.NO_EVIDENCE)
         if label == "independent":
             right = right and result["inheritance"]["embedding"] != verdict.SHARED
         rows.append({"a": a, "b": b, "what": why, "label": label, "kept": kept, "verdict": result["verdict"], "right": right,

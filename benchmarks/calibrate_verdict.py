@@ -76,7 +76,9 @@ FOOLING = [  # independent pairs built to fool the witnesses that do not read th
     ("s1-rotated", "scratch-code-s2", "a rotated model vs its parent's twin"),
 ] + [("smollm2-redrawn-embedding", s, "redrawn SmolLM2 vs a scratch model") for s in SCRATCH] + \
     [("smollm2-rotated", s, "rotated SmolLM2 vs a scratch model") for s in SCRATCH[1:]]
-EXPECTED = {"derived": ("derived", "derived (disguised)"), "independent": ("independent",), "embedding only": ("inconclusive",)}
+# Nothing found is right for an independent pair, whether or not its depths let every derivation be looked for.
+EXPECTED = {"derived": ("derived", "derived (disguised)"), "independent": ("independent", verdict.NO_EVIDENCE),
+            "embedding only": ("inconclusive",)}
 
 
 def labelled_pairs():

@@ -46,10 +46,12 @@ class PairScoring:
     similarities as passes over the layers fill them.
 
     The paper's scores always rest on the embedding's permutation (or the stored order without
-    shared tokens). When that alignment fails its test, the other witnesses are asked in turn:
-    the embedding once more, for a rotation; then the body, whose per-dim profiles are gathered
-    during the first pass. The first that passes its own held-out test is the alignment the
-    verdict rests on (`witness`), with the scores under it (the aligned group).
+    shared tokens). When that alignment fails its test, or passes it below copy level, the
+    embedding is asked once more, for a rotation; when neither passes, the body, whose per-dim
+    profiles are gathered during the first pass. Of the embedding witnesses that pass, the one
+    with the strongest evidence is the alignment the verdict rests on (`witness`, with the
+    scores under it: the aligned group): a block rotation leaves dims half in place, so the
+    permutation passes weakly where the rotation is confirmed at copy level.
     """
 
     def __init__(self, digest_a, digest_b, device):
@@ -60,15 +62,15 @@ class PairScoring:
         self.base, self.target = (digest_a, digest_b) if self.a_is_base else (digest_b, digest_a)
         self.alignment = align(self.base, self.target, device)
         self.tried = [self.alignment] if self.alignment.testable else []
-        # The paper's alignment first: another witness is asked only when it fails. A permutation
-        # that passes below copy level (a block rotation leaves dims half in place) asks the
-        # rotation too, for what was inherited alone: the paper's scores still decide.
-        self.witness = self.alignment if self.alignment.passed else None
-        if self.alignment.testable and (self.witness is None or self.alignment.correspondence.agreement < rule.COPY_AGREEMENT):
+        # The paper's alignment first; the rotation only when it fails or passes below copy
+        # level (a pass at copy level costs nothing more). Both scored in the first pass when
+        # both pass: keep_the_strongest picks after it.
+        self.rotation = None
+        if self.alignment.testable and not (self.alignment.passed and _copy_level(self.alignment)):
             rotation = rotation_alignment(self.base, self.target, self.alignment, device)
             self.tried.append(rotation)
-            if self.witness is None and rotation.passed:
-                self.witness = rotation
+            self.rotation = rotation if rotation.passed else None
+        self.witness = self.alignment if self.alignment.passed else self.rotation
         self.body_match = None
         self.spectra_match = None       # the circuit spectra, when no witness pairs the dims (awm.witnesses.circuit_spectra)
         self.body_weights = None        # the row test, when the verdict would rest on an embedding witness
@@ -86,8 +88,8 @@ class PairScoring:
         return self.witness is None
 
     def alignments(self):
-        return {PLAIN: self.alignment if self.alignment.usable else None,
-                ALIGNED: self.witness if self.witness is not self.alignment else None}
+        aligned = self.witness if self.witness is not self.alignment else self.rotation
+        return {PLAIN: self.alignment if self.alignment.usable else None, ALIGNED: aligned}
 
     def groups(self, residual):
         """The first pass's metric groups."""
@@ -125,6 +127,21 @@ class PairScoring:
         for group in groups:
             self.sims[GROUP_ROWS[group]] = sims[GROUP_ROWS[group]]
         self.cka_seconds += time.perf_counter() - started - (work() - work_before)
+
+    def settle(self, null, progress):
+        """After the first pass: the strongest embedding witness, else the body's; then the
+        body's weights when the verdict would rest on the embedding."""
+        self.keep_the_strongest(null)
+        self.ask_the_body(progress)
+        self.check_the_body_weights(null)
+
+    def keep_the_strongest(self, null):
+        """Both embedding witnesses passed (the permutation below copy level): the verdict rests
+        on the one with the stronger evidence (strongest_witness), read off the first pass."""
+        if self.rotation is None or not self.alignment.passed:
+            return
+        scores = score_layers(self.sims)
+        self.witness = strongest_witness([(self.alignment, scores[0]), (self.rotation, scores[2])], null)
 
     def ask_the_body(self, progress):
         """After the first pass: pair the dims from the body's profiles and test the pairing on
@@ -216,6 +233,19 @@ class PairScoring:
         }
 
 
+def _copy_level(alignment):
+    return not alignment.correspondence.agreement < rule.COPY_AGREEMENT      # NaN (not measured): as before, a pass
+
+
+def strongest_witness(passed, null):
+    """Of [(alignment, its scores as fractions)] whose witnesses passed, the one with the
+    strongest evidence of derivation: scores above the null of its alignment first, then the
+    larger held-out agreement (both embedding witnesses measure the same thing: how well each
+    target dim is predicted by its partner on held-out tokens)."""
+    return max(passed, key=lambda found: (_above(found[1], rule.null_for(found[0].basis, null)),
+                                          found[0].correspondence.agreement))[0]
+
+
 def body_alignment(base, target, match, shared_tokens):
     """The body's pairing as an Alignment: the signs read off a few layers' kernels."""
     started = time.perf_counter()
@@ -239,8 +269,7 @@ def compare(digest_a, digest_b, device, progress=True, residual="auto", null=rul
     pair = PairScoring(digest_a, digest_b, device)
     with allocator.reusing_freed_memory():
         pair.pass_over_layers(pair.groups(residual), progress)
-        pair.ask_the_body(progress)
-        pair.check_the_body_weights(null)
+        pair.settle(null, progress)
         if residual == "auto" and pair.needs_residual(null):
             pair.pass_over_layers((RESIDUAL,), progress)
     return pair.result(digest_work(digest_a, digest_b))

@@ -21,8 +21,9 @@ def to_percent(result):
 def pair_report(result, meta_a, meta_b, null, timings):
     """Assemble the stable JSON record of one pair."""
     scores, evidence = result["scores"], result["evidence"]
+    depths, spectra = (evidence.get("layers_a"), evidence.get("layers_b")), evidence.get("circuit_spectra")
     call, reason = rule.verdict(scores, result["residual_scores"], evidence["correspondence"], null, evidence["alignment"],
-                                result["aligned_scores"], evidence["body_weights"], evidence.get("circuit_spectra"))
+                                result["aligned_scores"], evidence["body_weights"], spectra, depths)
     aligned = result["aligned_scores"]
     # The scores the verdict read are judged against the null of their alignment.
     verdict_null = rule.null_for(evidence["alignment"]["basis"], null)
@@ -38,7 +39,7 @@ def pair_report(result, meta_a, meta_b, null, timings):
         "aligned_scores": aligned,
         "verdict": call,
         "verdict_reason": reason,
-        "inheritance": rule.inheritance(call, evidence["alignment"], evidence["body_weights"]),
+        "inheritance": rule.inheritance(call, evidence["alignment"], evidence["body_weights"], spectra, depths),
         "reference": null,
         "verdict_reference": verdict_null,
         "evidence": result["evidence"],

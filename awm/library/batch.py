@@ -26,11 +26,10 @@ def compare_many(shared, openers, device, null=PAPER_NULL, progress=False, resid
             outcomes[number] = err
     with allocator.reusing_freed_memory():
         _layer_passes(shared, pairs, outcomes, lambda pair: pair.groups(residual), progress)
-        for number, pair in pairs.items():          # pairs whose embedding is no witness ask the body
+        for number, pair in pairs.items():          # the strongest witness, the body's when the embedding is none
             if outcomes[number] is None:
                 try:
-                    pair.ask_the_body(progress)
-                    pair.check_the_body_weights(null)
+                    pair.settle(null, progress)
                 except AwmError as err:
                     outcomes[number] = err
         if residual == "auto":

@@ -25,8 +25,8 @@ scale of the hidden dims; the Gram and the spectra to rotations too); a few hund
 The first pass calls an entry a candidate when the embedding (its geometry or its columns) or
 the body is as close to the suspect's as inheritance leaves it, or when the two share too few
 anchors for the embedding to speak; the thresholds are calibrated on real pretrained models
-and their children (docs/library.md) so that no derived pair is ruled out. Everything it rules
-out is independent by that evidence only, and said so.
+and their children (docs/library.md) so that no derived pair is ruled out. What it rules out is
+screened out (first pass), never given a verdict: no witness looked at it.
 """
 import functools
 

@@ -2,7 +2,7 @@
 from awm import executors
 from awm.errors import AwmError, CheckpointError
 from awm.library.folder import Library
-from awm.library.screening import reach, screen
+from awm.library.screening import reach, screen, screened_out
 from awm.library.tasks import add_task, batch_jobs, run_batches
 from awm.tree import build as family_tree
 from awm.version import VERSION
@@ -38,8 +38,7 @@ def identify(suspect, directory, opts, device, null, executor="local", progress=
         "suspect_digest": "reused" if added["status"] == "up to date" else "built",
         "matches": matches,
         "placement": _placement(library, added["name"], matches, device),
-        "ruled_out": [{"entry": e, "stage": "first pass", "verdict": "independent", "first_pass": evidence}
-                      for e, evidence in screened["ruled_out"].items()],
+        "ruled_out": [screened_out(evidence, entry=e) for e, evidence in screened["ruled_out"].items()],
         "first_pass_only": [{"entry": e, "stage": "first pass", "first_pass": screened["candidates"][e], "reason": o["error"]}
                             for e, o in outcomes.items() if o.get("source_unavailable")],
         "not_compared": [{"entry": e, "reason": reason} for e, reason in screened["not_compared"].items()] +

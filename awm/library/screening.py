@@ -2,7 +2,9 @@
 entry pairs) that cannot be derived from one another, so the exact stage only scores the rest.
 
 An entry the first pass cannot read is not compared (with the reason); one it rules out is
-independent by the first-pass evidence alone, and reported as such, never with exact scores.
+reported as screened out (SCREENED_OUT), with its first-pass evidence and never with exact scores
+or a verdict: no witness looked at it. (Results written before this said `"verdict":
+"independent"` for such entries; every reader takes either, as it reads only the names.)
 
 Lineage passes through relatives: two children of one parent can each keep what the other
 lost (one a redrawn embedding and the parent's body, the other the embedding and a pruned
@@ -12,6 +14,13 @@ follows such links from the entries the exact stage confirmed.
 from awm.errors import CheckpointError
 from awm.library.entry import ENTRY_FORMAT, read_fingerprint, read_record
 from awm.library.fingerprint import Probes, first_pass, links
+
+SCREENED_OUT = "screened out (first pass)"
+
+
+def screened_out(evidence, **names):
+    """The record of an entry (or pair) the first pass ruled out: its names and evidence, no verdict."""
+    return {**names, "stage": "first pass", "outcome": SCREENED_OUT, "first_pass": evidence}
 
 
 def _fingerprint(library, name, opts, suspect=False):

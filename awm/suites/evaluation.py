@@ -1,7 +1,7 @@
 """Detection quality of a score over labelled pairs: ROC, AUC, partial AUC, TPR at low FPR."""
 import numpy as np
 
-from awm.witnesses.verdict import DERIVED_CALLS, VERDICTS
+from awm.witnesses.verdict import DERIVED_CALLS, NO_EVIDENCE, VERDICTS
 
 
 def roc_curve(scores, labels):
@@ -70,6 +70,8 @@ def verdict_confusion(records):
         "false_positive_rate": rate(table["independent"], DERIVED_CALLS),
         "true_positive_rate": rate(table["derived"], DERIVED_CALLS),
         "independent_called_independent": rate(table["independent"], ("independent",)),
+        # Nothing found, whether or not every derivation the pair's depths allow was looked for.
+        "independent_no_evidence_found": rate(table["independent"], ("independent", NO_EVIDENCE)),
     }
 
 

@@ -144,7 +144,7 @@ def markdown_table(records, skipped, metrics, null, confusion=None, ruled_out=()
     if confusion and any(sum(row.values()) for row in confusion["counts"].values()):
         lines += ["", confusion_markdown(confusion)]
     if ruled_out:
-        lines.append(f"\nRuled out by the first pass (independent by the compact fingerprints alone; no exact score): {len(ruled_out)} pairs.")
+        lines.append(f"\nScreened out by the first pass (compact fingerprints alone; no exact score, no verdict): {len(ruled_out)} pairs.")
     if skipped:
         lines.append("\nSkipped:")
         lines += [f"- {s['pair']}: {s['reason']}" for s in skipped]

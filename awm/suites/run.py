@@ -131,8 +131,8 @@ class SuiteRun:
             pending = [pair for pair in runnable if keys[pair] in linked]
             for key in linked:
                 del ruled_out[key]
-        self.ruled_out = [{"pair": p.name, "models": [p.name_a, p.name_b], "stage": "first pass", "verdict": "independent",
-                           "first_pass": ruled_out[keys[p]]} for p in runnable if keys[p] in ruled_out]
+        self.ruled_out = [screening.screened_out(ruled_out[keys[p]], pair=p.name, models=[p.name_a, p.name_b])
+                          for p in runnable if keys[p] in ruled_out]
         excluded = {entry["pair"] for entry in self.ruled_out}
         for pair in reuse_order(self.pairs):      # the order a local run reports them in
             if pair.name in excluded:

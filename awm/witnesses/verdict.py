@@ -51,6 +51,7 @@ def _dims(test):
 # The witnesses an alignment can rest on (awm.comparison.alignment names them the same).
 EMBEDDING_PERMUTATION, EMBEDDING_ROTATION, BODY_PERMUTATION = "embedding permutation", "embedding rotation", "body permutation"
 EMBEDDING_WITNESSES = (EMBEDDING_PERMUTATION, EMBEDDING_ROTATION)
+CIRCUIT_SPECTRA = "circuit spectra"        # no alignment: the evidence of awm.witnesses.circuit_spectra
 
 # Significance is not enough: well-trained embeddings of unrelated models are approximately
 # linearly related over their shared tokens, and with tens of thousands of tokens every dim of a
@@ -110,8 +111,10 @@ def _legacy_alignment(correspondence):
     return {"basis": EMBEDDING_PERMUTATION if witness["confirmed"] else None, "witnesses": [witness]}
 
 
-def verdict(scores, residual, correspondence, null, alignment=None, aligned=None, body_weights=None, circuit_spectra=None):
-    """derived / derived (disguised) / independent / inconclusive, with a plain reason.
+def verdict(scores, residual, correspondence, null, alignment=None, aligned=None, body_weights=None, circuit_spectra=None,
+            depths=None):
+    """derived / derived (disguised) / inconclusive / no evidence of derivation / independent /
+    undefined, with a plain reason.
 
     A score counts only when the alignment under it is real: one of the witnesses (the
     embedding's permutation, the embedding's rotation, the body's permutation) must pass its
@@ -121,7 +124,11 @@ def verdict(scores, residual, correspondence, null, alignment=None, aligned=None
     recognisable too (body_weights), or only the embedding was inherited.
     When no witness pairs the dims, the QK circuits' spectra (which no change of residual basis
     moves) can still show a copy: a rotated body under a new embedding.
-    alignment, body_weights, circuit_spectra: the record's evidence fields; aligned: its aligned_scores.
+    When no witness found anything, "independent" needs every derivation the pair's shapes
+    allow to have been looked for by a witness able to see it (unseen); otherwise the verdict
+    is "no evidence of derivation", naming what no witness that ran could see.
+    alignment, body_weights, circuit_spectra: the record's evidence fields; aligned: its
+    aligned_scores; depths: (layers of A, layers of B), None when the record does not say.
     """
     alignment = alignment or _legacy_alignment(correspondence)
     basis = alignment["basis"]
@@ -141,13 +148,17 @@ def verdict(scores, residual, correspondence, null, alignment=None, aligned=None
         call, reason = _aligned_verdict(basis, shared, final, circuit, null, scores.get("final"))
         if call == "inconclusive" and basis in EMBEDDING_WITNESSES and not copy_level(_confirmed(alignment)):
             reason = (f"{shared}: related beyond chance but not copies, and neither score rises above independent pairs: "
-                      "no evidence of derivation")
+                      "related, but nothing shows the body inherited")
         if is_derived(call) and body_weights is not None and not body_weights["confirmed"] and body_weights["decisive"]:
             return _embedding_only_verdict(shared, reason, body_weights, final, circuit, null)
         return call, reason
     if not alignment["witnesses"]:
         return _unaligned_verdict(final, circuit, null)
-    return _no_correspondence_verdict(alignment["witnesses"], final, circuit, residual, null)
+    call, reason = _no_correspondence_verdict(alignment["witnesses"], final, circuit, residual, null)
+    missed = unseen(alignment, circuit_spectra, depths)
+    if call == "independent" and missed:
+        return NO_EVIDENCE, f"{reason}: no evidence of derivation found, but {_not_looked_for(missed)}"
+    return call, reason
 
 
 def _confirmed(alignment):
@@ -171,11 +182,20 @@ def _aligned_verdict(basis, shared, final, circuit, null, paper_final):
                             "was inherited, or the attention weights were retrained beyond what the scores can see")
 
 
+# The closest real independent pair of equal depth the circuit spectra were measured on, and how
+# many there were (asset/calibration_real.json; real models of different organisations rarely
+# share a depth: Qwen2.5-Coder-0.5B pruned to 18 layers vs Gemma-3-270m). Quoted in the
+# reason, not used by the rule (its bar: circuit_spectra.COPY_DISTANCE).
+SPECTRA_INDEPENDENT = {"distance": 0.35129, "pairs": 1}
+
+
 def _spectra_reason(witnesses, spectra):
+    measured = SPECTRA_INDEPENDENT
     return (f"{_none_of(witnesses)}, but every layer's QK circuit has the other model's singular values (mean log difference "
             f"{spectra['distance']:.4f} over {spectra['layers']} layers, {spectra['contrast']:.3f} of the difference with the layers "
-            "out of order; independently trained models differ by 0.2 or more): the transformer body was kept under another "
-            "residual basis (a rotation) and a new embedding")
+            f"out of order; the real independent pair{'s' if measured['pairs'] != 1 else ''} of equal depth measured "
+            f"({measured['pairs']}) differ{'' if measured['pairs'] != 1 else 's'} by {measured['distance']:.2f} or more): "
+            "the transformer body was kept under another residual basis (a rotation) and a new embedding")
 
 
 def _none_of(witnesses):
@@ -217,6 +237,57 @@ def _no_correspondence_verdict(witnesses, final, circuit, residual, null):
                             "related training, not evidence of derivation")
 
 
+# ----------------------------------------------------------------------------- what the witnesses could see
+# The derivations the verdict can call derived keep the transformer body; a copier chooses what
+# else to change. Each is seen by the witnesses named, and only at the depths named (measured on
+# real pairs, asset/calibration_real.json; docs/method.md):
+KEPT_EMBEDDING = "a kept embedding (its dims permuted, or the residual stream rotated)"
+PERMUTED_BODY = "a body of equal depth under a new embedding, its dims permuted"
+ROTATED_BODY = "a body of equal depth under a new embedding and a rotated residual stream"
+OTHER_DEPTH_BODY = "a body of another depth under a new embedding (layers dropped or added, an every-other-layer student)"
+SEEN_BY = {
+    # The rotation fits any pairing too; the permutation alone cannot see a rotated stream.
+    KEPT_EMBEDDING: (EMBEDDING_ROTATION,),
+    # The body's pairing compares profiles layer for layer: depth-pruned children of SmolLM2 and
+    # Qwen2.5-Coder-0.5B agree at 0.11 and 0.095, under its bar, though their bodies were kept.
+    PERMUTED_BODY: (BODY_PERMUTATION,),
+    ROTATED_BODY: (CIRCUIT_SPECTRA,),           # layer i with layer i only
+    OTHER_DEPTH_BODY: (),                       # no witness yet
+}
+NOT_RUN = {
+    KEPT_EMBEDDING: "the embedding's witnesses need 64 shared tokens",
+    PERMUTED_BODY: "the body's witness needs two layers to hold one out",
+    ROTATED_BODY: "the circuit spectra were not compared",
+    OTHER_DEPTH_BODY: "the body's witnesses compare layer i with layer i, so they need equal depth",
+}
+
+
+def _derivations(depths):
+    """The derivations two models of these depths can be related by (all, depths unknown)."""
+    if depths is None or None in depths:
+        return tuple(SEEN_BY)
+    if depths[0] == depths[1]:
+        return KEPT_EMBEDDING, PERMUTED_BODY, ROTATED_BODY
+    return KEPT_EMBEDDING, OTHER_DEPTH_BODY
+
+
+def witnesses_run(alignment, circuit_spectra=None):
+    """The witnesses whose test ran on the pair (passed or not)."""
+    ran = {w["witness"] for w in alignment["witnesses"] if "p_value" in w}
+    return ran | ({CIRCUIT_SPECTRA} if circuit_spectra is not None else set())
+
+
+def unseen(alignment, circuit_spectra=None, depths=None):
+    """The derivations the pair's depths allow that no witness which ran could see."""
+    ran = witnesses_run(alignment, circuit_spectra)
+    return [kind for kind in _derivations(depths) if not ran.intersection(SEEN_BY[kind])]
+
+
+def _not_looked_for(missed):
+    why = "; ".join(f"{kind}: {NOT_RUN[kind]}" for kind in missed)
+    return f"no witness that ran could see {'it' if len(missed) == 1 else 'these'} ({why})"
+
+
 SHARED, NOT_SHARED, UNKNOWN = "shared", "not shared", "unknown"
 
 
@@ -228,18 +299,25 @@ def copy_level(witness):
     return witness["confirmed"] and (agreement is None or agreement >= COPY_AGREEMENT)
 
 
-def inheritance(call, alignment, body_weights=None):
+def inheritance(call, alignment, body_weights=None, circuit_spectra=None, depths=None):
     """What the weights show was taken over: the embedding and the transformer body, each
-    shared, not shared, or unknown (nothing could test it)."""
-    witnesses = {w["witness"]: w for w in alignment["witnesses"]}
-    embedding_tested = [w for name, w in witnesses.items() if name in EMBEDDING_WITNESSES]
-    embedding = UNKNOWN if not embedding_tested else SHARED if any(map(copy_level, embedding_tested)) else NOT_SHARED
+    shared, not shared, or unknown (no test able to see it ran). "not shared" needs a test that
+    could have seen it shared: the embedding's rotation (the permutation cannot see a rotated
+    copy), and for the body either scores under an alignment that passed or every body witness
+    the depths call for."""
+    ran = witnesses_run(alignment, circuit_spectra)
+    embedding_tested = [w for w in alignment["witnesses"] if w["witness"] in EMBEDDING_WITNESSES]
+    if any(map(copy_level, embedding_tested)):
+        embedding = SHARED
+    else:
+        embedding = NOT_SHARED if EMBEDDING_ROTATION in ran else UNKNOWN
     if is_derived(call):
         body = SHARED
-    elif alignment["basis"] is not None or "p_value" in witnesses.get(BODY_PERMUTATION, {}) or body_weights is not None:
+    elif alignment["basis"] is not None or body_weights is not None:
         body = NOT_SHARED
     else:
-        body = UNKNOWN
+        looked = ran and not [kind for kind in unseen(alignment, circuit_spectra, depths) if kind != KEPT_EMBEDDING]
+        body = NOT_SHARED if looked else UNKNOWN
     return {"embedding": embedding, "body": body}
 
 
@@ -259,10 +337,13 @@ def _fmt_plain(value):
 
 
 # Every verdict the tool can give; the first two count as "derived" wherever a call is counted.
-VERDICTS = ("derived", "derived (disguised)", "inconclusive", "independent", "undefined")
+# "no evidence of derivation": no witness found anything, but some derivation the pair's shapes
+# allow was seen by none that ran; "independent" only when every one was looked for.
+NO_EVIDENCE = "no evidence of derivation"
+VERDICTS = ("derived", "derived (disguised)", "inconclusive", NO_EVIDENCE, "independent", "undefined")
 DERIVED_CALLS = ("derived", "derived (disguised)")
 # Best matches first in a ranking: a derived verdict outranks a higher score with another verdict.
-RANK = {"derived": 0, "derived (disguised)": 0, "inconclusive": 1, "independent": 2, "undefined": 3}
+RANK = {"derived": 0, "derived (disguised)": 0, "inconclusive": 1, NO_EVIDENCE: 2, "independent": 3, "undefined": 4}
 
 
 def is_derived(call):

@@ -17,9 +17,28 @@ SHARED = correspondence(verdict.CORRESPONDENCE_P)
 NONE = correspondence(verdict.CORRESPONDENCE_P * 1.01, matched=1)
 
 
+# ----------------------------------------------------------------------------- witnesses beyond the embedding
+def witness(name, confirmed, matched=100, dims=256):
+    return {"witness": name, "confirmed": confirmed, "matched_dims": matched, "target_dims": dims,
+            "p_value": 1e-4 if confirmed else 0.5}
+
+
+EMBEDDING_FAILED = witness("embedding permutation", False, matched=0)
+ROTATION = {"basis": "embedding rotation", "witnesses": [EMBEDDING_FAILED, witness("embedding rotation", True)]}
+BODY = {"basis": "body permutation", "witnesses": [EMBEDDING_FAILED, witness("embedding rotation", False, 0), witness("body permutation", True)]}
+NOTHING = {"basis": None, "witnesses": [EMBEDDING_FAILED, witness("embedding rotation", False, 0), witness("body permutation", False, 0)]}
+PERMUTATION = {"basis": "embedding permutation", "witnesses": [witness("embedding permutation", True)]}
+# The circuit spectra compared (equal depth) and far apart, as for unrelated models.
+SPECTRA_APART = {"confirmed": False, "distance": 0.35, "shuffled": 0.36, "contrast": 0.97, "layers": 4}
+LOOKED = {"alignment": NOTHING, "circuit_spectra": SPECTRA_APART, "depths": (4, 4)}
+
+
+
 def call(final, circuit, test, residual_final=0.0, residual_circuit=0.0):
+    """Without a correspondence: every witness ran and found nothing (LOOKED)."""
     residual = {"final": residual_final, "qk_circuit": residual_circuit}
-    return verdict.verdict({"final": final, "qk_circuit": circuit}, residual, test, NULL)
+    looked = LOOKED if test is NONE else {}
+    return verdict.verdict({"final": final, "qk_circuit": circuit}, residual, test, NULL, **looked)
 
 
 def test_z_score_is_absolute_distance_in_standard_deviations():
@@ -61,28 +80,16 @@ def test_reasons_name_the_evidence():
     assert "far higher" not in call(90.0, 100.0, SHARED)[1]
 
 
-# ----------------------------------------------------------------------------- witnesses beyond the embedding
-def witness(name, confirmed, matched=100, dims=256):
-    return {"witness": name, "confirmed": confirmed, "matched_dims": matched, "target_dims": dims,
-            "p_value": 1e-4 if confirmed else 0.5}
-
-
-EMBEDDING_FAILED = witness("embedding permutation", False, matched=0)
-ROTATION = {"basis": "embedding rotation", "witnesses": [EMBEDDING_FAILED, witness("embedding rotation", True)]}
-BODY = {"basis": "body permutation", "witnesses": [EMBEDDING_FAILED, witness("embedding rotation", False, 0), witness("body permutation", True)]}
-NOTHING = {"basis": None, "witnesses": [EMBEDDING_FAILED, witness("embedding rotation", False, 0), witness("body permutation", False, 0)]}
-PERMUTATION = {"basis": "embedding permutation", "witnesses": [witness("embedding permutation", True)]}
-
-
 def rows(confirmed, decisive=True):
     return {"confirmed": confirmed, "decisive": decisive, "matched_rows": 300 if confirmed else 1, "rows": 1536, "p_value": 1e-4 if confirmed else 1.0}
 
 
-def judged(paper, aligned, alignment, body_weights=None, residual=(0.0, 0.0)):
+def judged(paper, aligned, alignment, body_weights=None, residual=(0.0, 0.0), spectra=SPECTRA_APART, depths=(4, 4)):
     scores = {"final": paper[0], "qk_circuit": paper[1]}
     under = None if aligned is None else {"final": aligned[0], "qk_circuit": aligned[1]}
-    call, reason = verdict.verdict(scores, {"final": residual[0], "qk_circuit": residual[1]}, None, NULL, alignment, under, body_weights)
-    return call, reason, verdict.inheritance(call, alignment, body_weights)
+    call, reason = verdict.verdict(scores, {"final": residual[0], "qk_circuit": residual[1]}, None, NULL, alignment, under, body_weights,
+                                   spectra, depths)
+    return call, reason, verdict.inheritance(call, alignment, body_weights, spectra, depths)
 
 
 @pytest.mark.parametrize("paper,aligned,alignment,body_weights,residual,expected,inherited", [
@@ -120,6 +127,50 @@ def test_no_scores_without_any_alignment_is_inconclusive_not_undefined():
     assert inheritance == {"embedding": "unknown", "body": "not shared"}
 
 
+def test_independent_only_when_every_derivation_the_depths_allow_was_looked_for():
+    call, reason, inheritance = judged((0.3, 0.3), None, NOTHING)
+    assert call == "independent" and inheritance == {"embedding": "not shared", "body": "not shared"}
+    # Different depth: no witness compares the bodies, so a re-embedded, depth-pruned child would look the same.
+    call, reason, inheritance = judged((0.3, 0.3), None, NOTHING, spectra=None, depths=(30, 18))
+    assert call == verdict.NO_EVIDENCE and "no evidence of derivation found" in reason
+    assert verdict.OTHER_DEPTH_BODY in reason and "equal depth" in reason
+    assert "embedding rotation: agreement" not in reason and "body permutation p = 0.5" in reason     # the witnesses run, named
+    assert inheritance == {"embedding": "not shared", "body": "unknown"}
+    # Equal depth, the spectra not compared: a rotated body under a new embedding was not looked for.
+    call, reason, inheritance = judged((0.3, 0.3), None, NOTHING, spectra=None)
+    assert call == verdict.NO_EVIDENCE and verdict.ROTATED_BODY in reason and verdict.PERMUTED_BODY not in reason
+    assert inheritance["body"] == "unknown"
+    # Too few shared tokens for the embedding's witnesses: the body's alone cannot call it independent.
+    body_only = {"basis": None, "witnesses": [witness("body permutation", False, 0)]}
+    call, reason, inheritance = judged((0.3, 0.3), None, body_only)
+    assert call == verdict.NO_EVIDENCE and verdict.KEPT_EMBEDDING in reason and "64 shared tokens" in reason
+    assert inheritance == {"embedding": "unknown", "body": "not shared"}
+    # A record of the permutation alone (no rotation looked for) is never "independent".
+    call_legacy = verdict.verdict({"final": 0.3, "qk_circuit": 0.3}, {"final": 0.0, "qk_circuit": 0.0}, NONE, NULL)
+    assert call_legacy[0] == verdict.NO_EVIDENCE and not verdict.is_derived(verdict.NO_EVIDENCE)
+
+
+def test_no_evidence_ranks_between_inconclusive_and_independent():
+    order = sorted(verdict.VERDICTS, key=verdict.RANK.get)
+    assert order.index("inconclusive") < order.index(verdict.NO_EVIDENCE) < order.index("independent")
+    assert verdict.VERDICTS[-1] == "undefined"             # tables leave the last one out
+
+
+def test_the_spectra_reason_quotes_the_measured_independent_pairs():
+    import json
+    import os
+
+    asset = os.path.join(os.path.dirname(__file__), "..", "..", "asset", "calibration_real.json")
+    with open(asset, encoding="utf-8") as handle:
+        rows = json.load(handle)["rows"]
+    measured = [r["witnesses"]["circuit spectra"]["distance"] for r in rows
+                if r["label"] == "independent" and r["witnesses"]["circuit spectra"] is not None]
+    assert verdict.SPECTRA_INDEPENDENT == {"distance": min(measured), "pairs": len(measured)}
+    spectra = {"confirmed": True, "distance": 0.0004, "shuffled": 0.05, "contrast": 0.008, "layers": 4}
+    reason = judged((0.3, 0.3), None, NOTHING, spectra=spectra)[1]
+    assert f"({len(measured)}) differ" in reason and f"{min(measured):.2f} or more" in reason and "0.2 or more" not in reason
+
+
 def test_confusion_table_counts_verdicts_per_label():
     records = [{"label": "derived", "verdict": "derived"}, {"label": "derived", "verdict": "inconclusive"},
                {"label": "independent", "verdict": "independent"}, {"label": "independent", "verdict": "derived (disguised)"},
@@ -129,3 +180,7 @@ def test_confusion_table_counts_verdicts_per_label():
     assert confusion["true_positive_rate"] == 0.5
     assert confusion["false_positive_rate"] == 0.5
     assert confusion["independent_called_independent"] == 0.5
+    looked_less = evaluation.verdict_confusion(records + [{"label": "independent", "verdict": verdict.NO_EVIDENCE}])
+    assert looked_less["counts"]["independent"][verdict.NO_EVIDENCE] == 1
+    assert looked_less["independent_called_independent"] == pytest.approx(1 / 3)
+    assert looked_less["independent_no_evidence_found"] == pytest.approx(2 / 3)

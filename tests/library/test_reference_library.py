@@ -17,7 +17,7 @@ from awm import cli
 from awm.console import identify_lines
 from awm.errors import CheckpointError
 from awm.library import entry as library_entry
-from awm.library import fingerprint, identification
+from awm.library import fingerprint, identification, screening
 from awm.library import folder as library
 from awm.library import tasks as library_tasks
 from awm.library.folder import MANIFEST, Library, library_folder
@@ -202,7 +202,14 @@ def test_the_first_pass_keeps_every_derived_model_and_rules_out_the_independent(
     assert all(r["stage"] == "exact" and r["first_pass"]["candidate"] for r in result["matches"])
     assert sorted(e["entry"] for e in result["ruled_out"]) == sorted(INDEPENDENT)
     assert all(e["stage"] == "first pass" and not e["first_pass"]["candidate"] and "scores" not in e for e in result["ruled_out"])
+    # Screened out is not a verdict: no witness looked at these entries.
+    assert all(e["outcome"] == screening.SCREENED_OUT and "verdict" not in e for e in result["ruled_out"])
     assert all(is_derived(r["verdict"]) for r in result["matches"]), [(r["model_b"]["name"], r["verdict"]) for r in result["matches"]]
+    # Results written before (ruled-out entries with "verdict": "independent") still read.
+    older = {**result, "ruled_out": [{"entry": e["entry"], "stage": "first pass", "verdict": "independent", "first_pass": e["first_pass"]}
+                                     for e in result["ruled_out"]]}
+    assert identify_lines(older) == identify_lines(result)
+    assert any(f"{len(INDEPENDENT)} entries screened out" in line for line in identify_lines(result))
 
 
 def test_the_two_stages_give_the_exhaustive_answer(compact, family):
@@ -273,7 +280,7 @@ def test_a_compact_entry_whose_source_is_gone_is_reported_from_the_first_pass_on
                      "--device", "cpu", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "first pass only: tuned-model: a candidate (" in printed and "source is gone" in printed
-    assert "1 entries ruled out" in printed
+    assert "1 entries screened out" in printed
     result = json.loads((tmp_path / "out.json").read_text())
     assert result["matches"] == [] and [e["entry"] for e in result["first_pass_only"]] == ["tuned-model"]
     assert "scores" not in result["first_pass_only"][0] and "verdict" not in result["first_pass_only"][0]

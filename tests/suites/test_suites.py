@@ -68,7 +68,8 @@ def test_suite_run_writes_every_output_and_skips_the_broken_pair(suite_file, tmp
     confusion = data["verdict_confusion"]
     assert confusion["counts"]["derived"]["derived"] == 2 and confusion["counts"]["independent"]["independent"] == 3
     assert confusion["false_positive_rate"] == 0.0 and confusion["true_positive_rate"] == 1.0
-    assert "| independent | 0 | 0 | 0 | 3 |" in table and "independent pairs called derived 0.000" in table
+    assert "| independent | 0 | 0 | 0 | 0 | 3 |" in table and "independent pairs called derived 0.000" in table
+    assert "| true label | derived | derived (disguised) | inconclusive | no evidence of derivation | independent |" in table
     assert "verdicts: derived pairs -> 2 derived; independent pairs -> 3 independent" in out
     for name in ("roc.png", "roc.pdf", "heatmap.png", "null_stats.json", "layers/base_vs_ft.png"):
         assert (results / name).is_file(), name

@@ -215,12 +215,20 @@ def test_the_embedding_is_called_shared_only_on_copy_level_evidence():
     confirmed = lambda agreement: alignment_record(verdict.EMBEDDING_PERMUTATION,
                                                    (verdict.EMBEDDING_PERMUTATION, True, 1e-4, agreement, 500, 576))
     assert verdict.inheritance("derived", confirmed(0.99))["embedding"] == verdict.SHARED
-    # A pruned and distilled child: its dims still pair up, but its embedding is no copy.
-    assert verdict.inheritance("derived", confirmed(0.4)) == {"embedding": verdict.NOT_SHARED, "body": verdict.SHARED}
+    # A pruned and distilled child: its dims still pair up, but its embedding is no copy: the
+    # rotation, which would see a rotated copy, was asked and found none.
+    with_rotation = confirmed(0.4)
+    with_rotation["witnesses"].append(dict(zip(("witness", "confirmed", "p_value", "agreement"), (verdict.EMBEDDING_ROTATION, False, 1e-4, 0.5))))
+    assert verdict.inheritance("derived", with_rotation) == {"embedding": verdict.NOT_SHARED, "body": verdict.SHARED}
+    # The permutation alone cannot see a rotated copy (a block rotation passes it at 0.3): not tested.
+    assert verdict.inheritance("derived", confirmed(0.4)) == {"embedding": verdict.UNKNOWN, "body": verdict.SHARED}
 
 
 def test_a_related_but_not_inherited_embedding_is_named_so():
-    alignment = alignment_record(None, PERMUTATION_FAILED, (verdict.EMBEDDING_ROTATION, False, 1e-4, 0.46, 576, 576))
-    call, reason = verdict.verdict({"final": 0.36, "qk_circuit": 0.3}, RESIDUAL, None, verdict.PAPER_NULL, alignment)
+    alignment = alignment_record(None, PERMUTATION_FAILED, (verdict.EMBEDDING_ROTATION, False, 1e-4, 0.46, 576, 576),
+                                 (verdict.BODY_PERMUTATION, False, 1.0, 0.04, 0, 576))
+    spectra = {"confirmed": False, "distance": 0.35, "shuffled": 0.36, "contrast": 0.97, "layers": 30}
+    call, reason = verdict.verdict({"final": 0.36, "qk_circuit": 0.3}, RESIDUAL, None, verdict.PAPER_NULL, alignment,
+                                   circuit_spectra=spectra, depths=(30, 30))
     assert call == "independent" and "related embeddings, not inherited" in reason
     assert verdict.inheritance(call, alignment)["embedding"] == verdict.NOT_SHARED

@@ -212,6 +212,7 @@ def test_the_embedding_permutation_needs_no_other_witness(parent, tmp_path):
     root, tensors = parent
     result = compare(write(root, "parent", tensors), write(tmp_path, "copy", factory.permute_sign_scale(tensors)))
     assert [w["witness"] for w in result["evidence"]["alignment"]["witnesses"]] == ["embedding permutation"]
+    assert "rotation_s" not in result["timings"]                       # a pass at copy level costs nothing more
     assert result["evidence"]["alignment"]["basis"] == "embedding permutation"
     assert {k: result["scores"][k] for k in result["aligned_scores"]} == result["aligned_scores"]
 
@@ -287,3 +288,41 @@ def test_circuit_spectra_match_only_layer_by_layer():
     shuffled = circuit_spectra.match(own, rotated[::-1].copy())      # the same spectra, layers out of order
     assert not shuffled.confirmed and shuffled.distance > 10 * circuit_spectra.COPY_DISTANCE
     assert circuit_spectra.match(own, rotated[:5]) is None            # other depths are not compared
+
+
+def test_a_block_rotated_copy_rests_on_the_rotation_not_on_the_weak_permutation_pass(tmp_path):
+    """96-dim blocks of a 384-wide stream: a quarter of each block's dims stay half in place, so
+    the permutation passes below copy level and its AWM score falls under the derived bar; the
+    rotation is confirmed at copy level and, kept, calls the copy what it is."""
+    from awm.method import disguise
+
+    hidden, vocab, layers = 384, 3000, 2
+    tensors = structured_tensors(0, hidden=hidden, layers=layers)
+    tensors["model.embed_tokens.weight"] = anisotropic_embedding(torch.Generator().manual_seed(5), tokens=vocab, hidden=hidden)
+    rotated = disguise.rotate_residual(tensors, layers, disguise.random_rotation(hidden, torch.Generator().manual_seed(1), block=96))
+    result = compare(write(tmp_path, "parent", tensors, hidden, vocab), write(tmp_path, "block-rotated", rotated, hidden, vocab))
+    witnesses = {w["witness"]: w for w in result["evidence"]["alignment"]["witnesses"]}
+    permutation, rotation = witnesses[verdict.EMBEDDING_PERMUTATION], witnesses[verdict.EMBEDDING_ROTATION]
+    assert permutation["confirmed"] and permutation["agreement"] < verdict.COPY_AGREEMENT
+    assert not verdict.above_reference(result["scores"]["final"], verdict.PAPER_NULL)       # the permutation's AWM score
+    assert rotation["confirmed"] and rotation["agreement"] > permutation["agreement"]
+    assert result["evidence"]["alignment"]["basis"] == verdict.EMBEDDING_ROTATION
+    assert result["aligned_scores"]["final"] > 90.0 and result["verdict"] == "derived"
+    assert result["inheritance"] == {"embedding": "shared", "body": "shared"}
+
+
+def test_the_strongest_witness_is_the_one_whose_scores_show_derivation_then_the_better_agreement():
+    from types import SimpleNamespace
+
+    from awm.comparison.pair import strongest_witness
+
+    def passed(basis, agreement, final):
+        return SimpleNamespace(basis=basis, correspondence=SimpleNamespace(agreement=agreement)), {"final": final, "qk_circuit": 0.0}
+
+    high, low = 0.5, 0.004          # fractions: far above and at the null of either alignment
+    weak, copy = (verdict.EMBEDDING_PERMUTATION, 0.34), (verdict.EMBEDDING_ROTATION, 0.89)
+    assert strongest_witness([passed(*weak, low), passed(*copy, high)], verdict.PAPER_NULL).basis == verdict.EMBEDDING_ROTATION
+    assert strongest_witness([passed(*weak, high), passed(*copy, high)], verdict.PAPER_NULL).basis == verdict.EMBEDDING_ROTATION
+    assert strongest_witness([passed(*weak, low), passed(*copy, low)], verdict.PAPER_NULL).basis == verdict.EMBEDDING_ROTATION
+    # 3 % is derived against the paper's null, not against the rotation's (scores under a fitted map run higher).
+    assert strongest_witness([passed(*weak, 0.03), passed(*copy, 0.03)], verdict.PAPER_NULL).basis == verdict.EMBEDDING_PERMUTATION
