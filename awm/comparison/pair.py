@@ -103,8 +103,7 @@ class PairScoring:
     def observe(self, digest, index, kernels):
         if self.asks_the_body:
             body.keep_profile(digest, index, kernels)
-            if self.same_depth:             # the spectra compare layer i with layer i only
-                circuit_spectra.keep_spectrum(digest, index, kernels)
+            circuit_spectra.keep_spectrum(digest, index, kernels)
 
     def add_layer(self, index, kernels_a, kernels_b, groups):
         """Equal depth: the similarities of layer `index` of both models, for these groups."""
@@ -151,8 +150,7 @@ class PairScoring:
             return
         self.body_match = body.match_dims(body.profiles(self.target), body.profiles(self.base))
         if self.body_match is None or not rule.witness_passes(BODY_PERMUTATION, self.body_match.test):
-            if self.same_depth:
-                self.spectra_match = circuit_spectra.match(circuit_spectra.spectra(self.base), circuit_spectra.spectra(self.target))
+            self.spectra_match = circuit_spectra.match(circuit_spectra.spectra(self.base), circuit_spectra.spectra(self.target))
             return
         self.witness = body_alignment(self.base, self.target, self.body_match, self.alignment.shared_tokens)
         self.tried.append(self.witness)

@@ -68,3 +68,20 @@ def body_distance(spectra_a, spectra_b):
             rows, cols = linear_sum_assignment(np.where(np.isfinite(gaps), gaps, 1e9))
             best = min(best, float(gaps[rows, cols].mean()))
     return best
+
+
+def ordered_distance(spectra_a, spectra_b):
+    """Mean |difference| of the normalised log spectra (layers, 1, values) of two models of
+    different depth, each layer of the shallower matched to its own layer of the deeper in the
+    same order (what dropping layers, keeping every other layer or stacking copies leaves), the
+    order chosen to make the total smallest (dynamic programming over both depths)."""
+    short, long = (spectra_a, spectra_b) if len(spectra_a) <= len(spectra_b) else (spectra_b, spectra_a)
+    gaps = layer_gaps(np.abs(short[:, None, 0] - long[None, :, 0]))        # (short, long)
+    gaps = np.where(np.isfinite(gaps), gaps, 1e9)
+    best = np.zeros(len(long) + 1)            # best[j]: the layers matched so far, within long's first j
+    for i, row in enumerate(gaps):
+        extend = np.full(len(long) + 1, np.inf)
+        extend[1:] = best[:-1] + row
+        extend[:i + 1] = np.inf               # i + 1 layers need i + 1 distinct partners
+        best = np.minimum.accumulate(extend)
+    return float(best[-1] / len(short))

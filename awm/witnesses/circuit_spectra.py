@@ -8,7 +8,8 @@ so its singular values are unchanged; so they are by permuting heads, rotating o
 RoPE pairs and folding norm gains, the disguises the circuit score already sees through.
 
 Each layer's top singular values (normalised by the largest, as logarithms) are compared layer
-by layer (models of equal depth only). The witness passes on
+by layer: layer i with layer i at equal depth, else each layer of the shallower model with its
+own layer of the deeper one, in order (dropped, alternate or stacked layers). The witness passes on
 copy-level agreement only: a mean difference far below what independently trained models show,
 and the matched layers far closer than the same layers paired out of order (a model whose
 layers all share one spectral shape would otherwise match anything).
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from awm.method.spectra import body_distance, normalised_log_spectrum
+from awm.method.spectra import body_distance, normalised_log_spectrum, ordered_distance
 
 VALUES = 16              # top singular values kept per layer: a fraction of a Gram product's cost
 # Passing needs both (calibrated on real and scratch-trained pairs: docs/method.md):
@@ -45,7 +46,8 @@ def spectra(digest):
 class SpectraMatch:
     distance: float          # matched layers
     shuffled: float          # median over cyclic shifts of the layer order
-    layers: int
+    layers: int              # the shallower model's, each matched
+    depths: tuple = None     # both models' depths, where they differ
 
     @property
     def contrast(self):
@@ -57,16 +59,19 @@ class SpectraMatch:
 
     def record(self):
         return {"confirmed": self.confirmed, "distance": round(float(self.distance), 5), "shuffled": round(float(self.shuffled), 5),
-                "contrast": round(float(self.contrast), 4), "layers": self.layers,
+                "contrast": round(float(self.contrast), 4), "layers": self.layers, "depths": self.depths,
                 "copy_distance": COPY_DISTANCE, "max_contrast": MAX_CONTRAST}
 
 
 def match(spectra_a, spectra_b):
-    """The witness's evidence for two models' circuit spectra ((layers, 1, VALUES) each, equal
-    depth: layer i with layer i; None for models of different depth, where a least-difference
-    layer matching would pair shuffled layers as well as the true ones)."""
-    if len(spectra_a) != len(spectra_b):
-        return None
-    distance = body_distance(spectra_a, spectra_b)
-    shifted = [body_distance(np.roll(spectra_a, shift, axis=0), spectra_b) for shift in range(1, len(spectra_a))]
-    return SpectraMatch(float(distance), float(np.median(shifted)) if shifted else float("nan"), len(spectra_a))
+    """The witness's evidence for two models' circuit spectra ((layers, 1, VALUES) each): equal
+    depth, layer i with layer i; different depth, each layer of the shallower with its own layer
+    of the deeper in order (ordered_distance). The reference is the same match with one model's
+    layer order shifted cyclically, which a model whose layers all share one spectral shape
+    matches as well as its true order."""
+    distance_of = body_distance if len(spectra_a) == len(spectra_b) else ordered_distance
+    short, long = (spectra_a, spectra_b) if len(spectra_a) <= len(spectra_b) else (spectra_b, spectra_a)
+    distance = distance_of(short, long)
+    shifted = [distance_of(np.roll(short, shift, axis=0), long) for shift in range(1, len(short))]
+    depths = None if len(short) == len(long) else (len(short), len(long))
+    return SpectraMatch(float(distance), float(np.median(shifted)) if shifted else float("nan"), len(short), depths)

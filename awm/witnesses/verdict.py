@@ -191,11 +191,15 @@ SPECTRA_INDEPENDENT = {"distance": 0.35129, "pairs": 1}
 
 def _spectra_reason(witnesses, spectra):
     measured = SPECTRA_INDEPENDENT
+    depths = spectra.get("depths")
+    matched = (f"over {spectra['layers']} layers" if not depths else
+               f"over the {depths[0]} layers of the shallower model, each matched in order to one of the other's {depths[1]}")
+    kept = ("the transformer body was kept under another residual basis (a rotation) and a new embedding" if not depths else
+            "the transformer body's layers were kept (some dropped, or copies stacked) under a new embedding or residual basis")
     return (f"{_none_of(witnesses)}, but every layer's QK circuit has the other model's singular values (mean log difference "
-            f"{spectra['distance']:.4f} over {spectra['layers']} layers, {spectra['contrast']:.3f} of the difference with the layers "
-            f"out of order; the real independent pair{'s' if measured['pairs'] != 1 else ''} of equal depth measured "
-            f"({measured['pairs']}) differ{'' if measured['pairs'] != 1 else 's'} by {measured['distance']:.2f} or more): "
-            "the transformer body was kept under another residual basis (a rotation) and a new embedding")
+            f"{spectra['distance']:.4f} {matched}, {spectra['contrast']:.3f} of the difference with the layers "
+            f"out of order; the real independent pair{'s' if measured['pairs'] != 1 else ''} measured "
+            f"({measured['pairs']}) differ{'' if measured['pairs'] != 1 else 's'} by {measured['distance']:.2f} or more): {kept}")
 
 
 def _none_of(witnesses):
@@ -251,14 +255,16 @@ SEEN_BY = {
     # The body's pairing compares profiles layer for layer: depth-pruned children of SmolLM2 and
     # Qwen2.5-Coder-0.5B agree at 0.11 and 0.095, under its bar, though their bodies were kept.
     PERMUTED_BODY: (BODY_PERMUTATION,),
-    ROTATED_BODY: (CIRCUIT_SPECTRA,),           # layer i with layer i only
-    OTHER_DEPTH_BODY: (),                       # no witness yet
+    ROTATED_BODY: (CIRCUIT_SPECTRA,),
+    # The spectra at another depth match each layer of the shallower model with its own layer of
+    # the deeper one, in order: dropped, alternate and stacked layers keep their spectra.
+    OTHER_DEPTH_BODY: (CIRCUIT_SPECTRA,),
 }
 NOT_RUN = {
     KEPT_EMBEDDING: "the embedding's witnesses need 64 shared tokens",
     PERMUTED_BODY: "the body's witness needs two layers to hold one out",
     ROTATED_BODY: "the circuit spectra were not compared",
-    OTHER_DEPTH_BODY: "the body's witnesses compare layer i with layer i, so they need equal depth",
+    OTHER_DEPTH_BODY: "the circuit spectra were not compared",
 }
 
 

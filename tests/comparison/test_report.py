@@ -130,12 +130,16 @@ def test_no_scores_without_any_alignment_is_inconclusive_not_undefined():
 def test_independent_only_when_every_derivation_the_depths_allow_was_looked_for():
     call, reason, inheritance = judged((0.3, 0.3), None, NOTHING)
     assert call == "independent" and inheritance == {"embedding": "not shared", "body": "not shared"}
-    # Different depth: no witness compares the bodies, so a re-embedded, depth-pruned child would look the same.
+    # Different depth without the spectra: a re-embedded, depth-pruned child would look the same.
     call, reason, inheritance = judged((0.3, 0.3), None, NOTHING, spectra=None, depths=(30, 18))
     assert call == verdict.NO_EVIDENCE and "no evidence of derivation found" in reason
-    assert verdict.OTHER_DEPTH_BODY in reason and "equal depth" in reason
+    assert verdict.OTHER_DEPTH_BODY in reason and "circuit spectra were not compared" in reason
     assert "embedding rotation: agreement" not in reason and "body permutation p = 0.5" in reason     # the witnesses run, named
     assert inheritance == {"embedding": "not shared", "body": "unknown"}
+    # ... and with the spectra matched in order and far apart: every derivation was looked for.
+    apart = {"confirmed": False, "distance": 0.14, "shuffled": 0.15, "contrast": 0.93, "layers": 18, "depths": [18, 30]}
+    call, reason, inheritance = judged((0.3, 0.3), None, NOTHING, spectra=apart, depths=(30, 18))
+    assert call == "independent" and inheritance == {"embedding": "not shared", "body": "not shared"}
     # Equal depth, the spectra not compared: a rotated body under a new embedding was not looked for.
     call, reason, inheritance = judged((0.3, 0.3), None, NOTHING, spectra=None)
     assert call == verdict.NO_EVIDENCE and verdict.ROTATED_BODY in reason and verdict.PERMUTED_BODY not in reason

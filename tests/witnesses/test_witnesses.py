@@ -275,7 +275,32 @@ def test_a_rotated_body_under_a_new_embedding_is_derived_by_its_circuit_spectra(
     assert result["inheritance"] == {"embedding": "not shared", "body": "shared"}
 
 
-def test_circuit_spectra_match_only_layer_by_layer():
+def test_a_depth_pruned_body_under_a_new_embedding_is_derived_by_its_circuit_spectra(parent, tmp_path):
+    """Two of eight layers dropped, the residual stream rotated and the embedding redrawn: no
+    witness pairs the dims, and the body's witness compares layer i with layer i only; the
+    spectra match each kept layer with its own in order."""
+    root, tensors = parent
+    pruned, _ = surgery.drop_layers(surgery.rotate_residual(tensors, 18), {2, 5})
+    disguised = surgery.redraw_embedding(pruned, torch.Generator().manual_seed(19))
+    result = compare(write(root, "parent", tensors), write(tmp_path, "pruned-redrawn", disguised))
+    spectra = result["evidence"]["circuit_spectra"]
+    assert result["evidence"]["alignment"]["basis"] is None
+    assert spectra["confirmed"] and tuple(spectra["depths"]) == (6, 8)
+    assert result["verdict"] == "derived" and "layers were kept" in result["verdict_reason"]
+
+
+def test_independent_models_of_different_depth_are_independent(parent, tmp_path):
+    """Every derivation two depths allow has a witness that ran: the answer is independent, not
+    'no evidence of derivation'."""
+    root, tensors = parent
+    other = structured_tensors(21, layers=6)
+    other["model.embed_tokens.weight"] = torch.randn(400, 96, generator=torch.Generator().manual_seed(22))
+    result = compare(write(root, "parent", tensors), write(tmp_path, "other-shallow", other))
+    assert not result["evidence"]["circuit_spectra"]["confirmed"]
+    assert result["verdict"] == "independent", result["verdict_reason"]
+
+
+def test_circuit_spectra_match_layers_in_order():
     from awm.witnesses import circuit_spectra
 
     generator = torch.Generator().manual_seed(17)
@@ -287,7 +312,25 @@ def test_circuit_spectra_match_only_layer_by_layer():
     assert found.distance < 1e-4 and found.confirmed
     shuffled = circuit_spectra.match(own, rotated[::-1].copy())      # the same spectra, layers out of order
     assert not shuffled.confirmed and shuffled.distance > 10 * circuit_spectra.COPY_DISTANCE
-    assert circuit_spectra.match(own, rotated[:5]) is None            # other depths are not compared
+    pruned = circuit_spectra.match(own, rotated[[0, 2, 3, 5]].copy())   # two layers dropped: matched in order
+    assert pruned.confirmed and pruned.distance < 1e-4 and pruned.depths == (4, 6) and pruned.layers == 4
+    assert not circuit_spectra.match(own, rotated[[5, 3, 2, 0]].copy()).confirmed   # the same layers out of order
+
+
+def test_ordered_distance_is_the_best_order_preserving_matching():
+    """Against its definition: every way to give each layer of the shallower model its own layer
+    of the deeper one, in order, tried one by one."""
+    import itertools
+
+    from awm.method import spectra
+
+    generator = np.random.default_rng(3)
+    for short, long in ((3, 7), (5, 6), (1, 4), (4, 4)):
+        a, b = generator.normal(size=(short, 1, 8)), generator.normal(size=(long, 1, 8))
+        a[0, 0, 5:] = np.nan                       # undefined values are left out of a layer's mean
+        gap = lambda i, j: np.nanmean(np.abs(a[i, 0] - b[j, 0]))
+        slow = min(np.mean([gap(i, j) for i, j in enumerate(chosen)]) for chosen in itertools.combinations(range(long), short))
+        assert spectra.ordered_distance(a, b) == pytest.approx(slow) == pytest.approx(spectra.ordered_distance(b, a))
 
 
 def test_a_block_rotated_copy_rests_on_the_rotation_not_on_the_weak_permutation_pass(tmp_path):
