@@ -41,8 +41,14 @@ class SecondMoments:
 
 
 def polar(matrix):
-    """The nearest matrix with orthonormal columns (orthogonal Procrustes): U V^T of the SVD."""
-    u, _, vh = torch.linalg.svd(matrix, full_matrices=False)
+    """The nearest matrix with orthonormal columns (orthogonal Procrustes): U V^T of the SVD. The
+    float32 divide-and-conquer SVD can fail to converge on nearly degenerate spectra (a block
+    rotation's); the same in float64 then does."""
+    try:
+        u, _, vh = torch.linalg.svd(matrix, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        u, _, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
+        return (u @ vh).to(matrix.dtype)
     return u @ vh
 
 

@@ -47,6 +47,22 @@ def test_polar_is_the_nearest_matrix_with_orthonormal_columns():
         assert (other * matrix).sum() <= best
 
 
+def test_polar_falls_back_to_float64_when_the_float32_svd_does_not_converge(monkeypatch):
+    svd = torch.linalg.svd
+
+    def fails_in_float32(matrix, **kwargs):
+        if matrix.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+        return svd(matrix, **kwargs)
+
+    matrix = torch.randn(12, 7, generator=torch.Generator().manual_seed(1))
+    expected = embedding_rotation.polar(matrix)
+    monkeypatch.setattr(torch.linalg, "svd", fails_in_float32)
+    nearest = embedding_rotation.polar(matrix)
+    assert nearest.dtype == torch.float32
+    torch.testing.assert_close(nearest, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_second_moments_equal_the_direct_covariances():
     generator = torch.Generator().manual_seed(1)
     a, b = torch.randn(700, 6, generator=generator) + 1.0, torch.randn(700, 4, generator=generator)
