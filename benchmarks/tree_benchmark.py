@@ -7,8 +7,9 @@ Builds families of small models whose history is known by construction (a base, 
 it, a grandchild, a linear merge with known coefficients, a width-pruned and a depth-stacked
 child), adds every model to a library, scores every pair within a family (pairs across
 families are independent and the tree reads only derived pairs), then times the tree step on
-its own and checks every parent -> child edge, every root, the merge coefficients and the
-stacked model's layer sources against the truth.
+its own and checks every parent -> child edge (right with its direction, undirected with the
+right partner, reversed, or under a wrong parent), every root, the merge coefficients and the
+stacked model's layer sources against the truth, and counts the edges by confidence.
 """
 import argparse
 import json
@@ -20,7 +21,7 @@ import time
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "tree")]
 
 import factory  # noqa: E402
 from test_tree import base_tensors, layers_of, linear, tuned  # noqa: E402
@@ -85,6 +86,15 @@ def main():
     found = {node["name"]: {(p["name"], p["relation"]): p for p in node["parents"]} for node in tree["nodes"]}
     edges = [(parent, child, relation) for child, parents in truth.items() for parent, relation in parents or ()]
     right = [e for e in edges if (e[0], e[2]) in found[e[1]]]
+    loose = {frozenset((u["a"], u["b"])) for u in tree["undirected"]}
+    undirected_right = [e for e in edges if e not in right and frozenset(e[:2]) in loose]
+    reversed_ = [e for e in edges if any(p["name"] == e[1] for p in found[e[0]].values())]
+    wrong_parent = [e for e in edges if found[e[1]] and not any(name == e[0] for name, _ in found[e[1]])]
+    confidences = {}
+    for parents in found.values():
+        for p in parents.values():
+            confidences[p["confidence"]] = confidences.get(p["confidence"], 0) + 1
+    confidences["undirected"] = len(tree["undirected"])
     roots = {n for n, parents in truth.items() if not parents}
     found_roots = {n for n, parents in found.items() if not parents} - {u[k] for u in tree["undirected"] for k in ("a", "b")}
     extra = sum(len(parents) for parents in found.values()) - len(right)
@@ -97,6 +107,8 @@ def main():
     result = {
         "entries": len(names), "pairs_scored": len(records), "add_s": round(added - started, 1), "pairs_s": round(scored - added, 1),
         "tree_s": round(tree_s, 2), "edges": len(edges), "edges_right": len(right), "edge_accuracy": len(right) / len(edges),
+        "edges_undirected_right_pair": len(undirected_right), "edges_reversed": len(reversed_),
+        "edges_wrong_parent": len(wrong_parent), "confidence_mix": confidences,
         "extra_links": extra, "roots": len(roots), "roots_right": len(roots & found_roots),
         "undirected": len(tree["undirected"]), "max_merge_coefficient_error": max(merge_errors) if merge_errors else None,
         "merge_coefficients_found": len(merge_errors),
