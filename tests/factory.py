@@ -180,6 +180,11 @@ def _rope_interleave(weight, n_heads):
     return weight.reshape(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
+GGUF_LAYER_TENSORS = {"self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
+                      "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
+                      "mlp.down_proj.weight": "ffn_down.weight", "post_attention_layernorm.weight": "ffn_norm.weight"}
+
+
 def write_gguf(path, tensors, heads, kv_heads, tokens, attn_type="Q8_0", embed_type="Q8_0", fused=False,
                split_max_tensors=0):
     """Write a llama-architecture GGUF of a factory model, quantized as llama.cpp would."""
@@ -215,6 +220,9 @@ def write_gguf(path, tensors, heads, kv_heads, tokens, attn_type="Q8_0", embed_t
             add(f"blk.{i}.attn_q.weight", q, attn_type)
             add(f"blk.{i}.attn_k.weight", k, attn_type)
         add(f"blk.{i}.attn_norm.weight", tensors[f"model.layers.{i}.input_layernorm.weight"], "F32")
+        for hf, ours in GGUF_LAYER_TENSORS.items():          # the rest of the layer, where the model has it
+            if f"model.layers.{i}.{hf}" in tensors:
+                add(f"blk.{i}.{ours}", tensors[f"model.layers.{i}.{hf}"], "F32" if ours.endswith("norm.weight") else attn_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from awm.method import cka
+from awm.readers.weight_sample import read_sample
 from awm.witnesses import body_rows
 
 FLOAT32 = 4
@@ -85,6 +86,7 @@ class ModelDigest:
         self.spectra = {}         # per-layer QK-circuit spectra, likewise (awm.witnesses.circuit_spectra)
         self.rows = {}            # W_q / W_k rows of a few layers, for the body-weights test (awm.witnesses.body_rows)
         self._row_layers = set(body_rows.row_layers(self.num_layers))
+        self._sample = None       # a few rows of the other weights, for the family tree's copy test (read on first use)
         if shared_layers is not None:         # (kernels, rows) other digests of this very model filled (LayerStore)
             self._kept, self.rows = shared_layers
         self.read_seconds = time.perf_counter() - started
@@ -109,6 +111,15 @@ class ModelDigest:
         for index in sorted(self._row_layers - set(self.rows)):
             self.layer(index)
         return self.rows
+
+    def weight_sample(self):
+        """A few rows of every weight of the row layers besides W_q / W_k, and of the embedding and
+        output, as stored (awm.readers.weight_sample): read once, on first use."""
+        if self._sample is None:
+            started = time.perf_counter()
+            self._sample = read_sample(self.checkpoint, sorted(self._row_layers))
+            self.read_seconds += time.perf_counter() - started
+        return self._sample
 
     def layer(self, index):
         if self._kept is not None and index in self._kept:

@@ -41,6 +41,7 @@ ENTRY_FORMAT = 4               # 4: the fingerprint holds the anchor columns
 COMPACT, EXACT = "compact", "exact"         # an entry's kind: the fingerprint alone, or the kernels too
 DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 ROW_TENSORS = ("query_rows", "key_rows", "row_gain")          # per row layer: W_q, W_k as stored, the input gain
+SAMPLE_PREFIX = "sample."      # a few rows of the other weights, as stored (awm.readers.weight_sample); absent in older entries
 TORCH_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 
 
@@ -111,7 +112,12 @@ def kernel_layout(digest):
             layout += [(f"layers.{i}.query_rows", rows, (heads.n_head * heads.head_dim, hidden)),
                        (f"layers.{i}.key_rows", rows, (heads.n_kv * heads.head_dim, hidden)),
                        (f"layers.{i}.row_gain", "F32", (hidden,))]
+    layout += [(SAMPLE_PREFIX + name, DTYPE_NAMES[_sample_dtype(rows)], tuple(rows.shape)) for name, rows in digest.weight_sample().items()]
     return layout
+
+
+def _sample_dtype(rows):
+    return rows.dtype if rows.dtype in DTYPE_NAMES else torch.float32
 
 
 # ----------------------------------------------------------------------------- vocabularies as JSON
@@ -168,6 +174,9 @@ def build_entry(folder, name, checkpoint, identity, options, device, progress=Fa
                 spectra.append(fingerprint.layer_spectra(kernels))
                 if writer is not None:
                     _write_layer(writer, i, kernels, digest)
+            if writer is not None:
+                for sampled, rows in digest.weight_sample().items():
+                    writer.write(SAMPLE_PREFIX + sampled, rows.to(_sample_dtype(rows)))
             if writer is not None:
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -348,6 +357,10 @@ class StoredDigest:
         """The stored W_q / W_k rows of the row layers, read when a body-weights test asks (not
         kept: a batch of entries holds no more than its alignments)."""
         return {i: tuple(self._read(f"layers.{i}.{kind}") for kind in ROW_TENSORS) for i in body_rows.row_layers(self.num_layers)}
+
+    def weight_sample(self):
+        """The sample of other weights the entry keeps ({} for an entry built before it kept one)."""
+        return {name[len(SAMPLE_PREFIX):]: self._read(name) for name in self.tensors if name.startswith(SAMPLE_PREFIX)}
 
     def size_bytes(self):
         return self.embedding.numel() * self.embedding.element_size()

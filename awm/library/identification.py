@@ -4,7 +4,7 @@ from awm.errors import AwmError, CheckpointError
 from awm.library.folder import Library
 from awm.library.screening import reach, screen, screened_out
 from awm.library.tasks import add_task, batch_jobs, run_batches
-from awm.tree import build as family_tree
+from awm.tree import placement
 from awm.version import VERSION
 from awm.witnesses.verdict import RANK, is_derived
 
@@ -66,11 +66,11 @@ def _exact_stage(library, suspect, screened, opts, device, null, executor, progr
 
 
 def _placement(library, suspect, matches, device):
-    """Where the suspect sits among the entries it matched (family_tree.place). Inside, the
+    """Where the suspect sits among the entries it matched (awm.tree.placement). Inside, the
     suspect goes by a name no entry can have."""
     if not any(is_derived(r["verdict"]) for r in matches):
         return {"parents": [], "layers": None, "derived_from_it": []}
     records = [{**r, "model_a": {**r["model_a"], "name": SUSPECT}} for r in matches]
     metas = {SUSPECT: records[0]["model_a"], **{r["model_b"]["name"]: r["model_b"] for r in records}}
     open_digest = lambda name: library.open(suspect if name == SUSPECT else name, device, suspect=name == SUSPECT)
-    return family_tree.place(SUSPECT, records, metas, open_digest)
+    return placement.place(SUSPECT, records, metas, open_digest)

@@ -72,7 +72,8 @@ def roc_figure(curves, path_without_ext):
 
 def lineage_figure(graph, path_without_ext):
     """The family tree as a directed forest: roots at the top, an arrow from each parent to its
-    child labelled with the relation and the scores (merges with their coefficients), dashed
+    child labelled with the relation, the scores (merges with their coefficients) and the
+    direction's confidence where it is not measured (claim, inferred), dashed
     lines for pairs whose direction nothing decides, and under a stacked or layer-wise merged
     model a strip with the source of each of its layers."""
     tree = graph.get("tree") or {"nodes": [{"name": n, "parents": [], "layers": None} for n in graph["nodes"]], "undirected": []}
@@ -96,8 +97,8 @@ def lineage_figure(graph, path_without_ext):
         axis.text(x, y + 0.18, node["name"], fontsize=7, ha="center", va="bottom", zorder=4)
         if node["layers"]:
             _layer_strip(axis, x, y - 0.28, node["layers"], sources)
-    axis.set_title(f"family tree of {len(tree['nodes'])} models: arrows parent -> child (relation, AWM % / QK-circuit %); "
-                   "dashed: direction undecided", fontsize=8)
+    axis.set_title(f"family tree of {len(tree['nodes'])} models: arrows parent -> child (relation, AWM % / QK-circuit %; "
+                   "(claim) / (inferred): direction not measured); dashed: direction undecided", fontsize=8)
     axis.set_xlim(-0.8, max(x for x, _ in position.values()) + 0.8)
     axis.set_ylim(min(y for _, y in position.values()) - 0.7, 0.6)
     axis.axis("off")
@@ -126,7 +127,8 @@ def _edge_label(parent):
     scores = "/".join("n/a" if v is None else f"{v:.0f}" for v in (parent["awm"], parent["qk_circuit"]))
     weight = f" w={parent['weight']:.2f}" if parent["weight"] is not None else \
         f" d={parent['density']:.2f}" if parent.get("density") is not None else ""
-    return f"{parent['relation']}{weight}\n{scores}"
+    sure = parent.get("confidence")
+    return f"{parent['relation']}{weight}{'' if sure in (None, 'measured') else f' ({sure})'}\n{scores}"
 
 
 def _arrow(axis, start, end, label):

@@ -3,6 +3,10 @@
 Families are the connected groups of derived pairs (awm.tree.lineage); models of different families
 are never linked. Within a family:
 
+0. Each quantized model goes under the float model of its body it was made from, the nearest
+   in weights (awm.tree.copy_links); two copies of one model are siblings under it. Stored
+   copies of one float model (every compared weight the same within its storage precision:
+   awm.tree.copies) are linked under one of them, and the rest of the tree links to that one.
 1. Models of one shape (width, depth, heads, experts, modalities, full or quantized precision)
    that share their hidden basis are points in weight space (awm.tree.evidence): a model that
    is a weighted average of others, or takes its layers from several of them, is a merge; the
@@ -17,14 +21,18 @@ are never linked. Within a family:
    model that is upstream by structure.
 3. Inside a class, each edge is directed only by evidence about it (awm.tree.direction): the
    model the class was entered through, a TIES / DARE merge's base, a declared base, one parent
-   per model, a hub's branches. The rest stay undirected with the reason: never a coin flip
-   presented as a fact. Then a chain whose child moves back toward the grandparent is taken
-   apart: siblings trained alike, not parent and child.
+   per model. The rest stay undirected with the reason: never a coin flip presented as a fact.
+   Then a chain whose child moves back toward the grandparent is taken apart: siblings trained
+   alike, not parent and child.
+Every link says how sure its direction is (awm.tree.links): measured, claim or inferred.
 """
-from dataclasses import dataclass, field
+import itertools
+from collections import Counter
 
-from awm.tree import direction, evidence, hub_cards, merges
+from awm.tree import copies, direction, evidence, hub_cards, merges
+from awm.tree.copy_links import CopyLinks
 from awm.tree.lineage import Groups, families
+from awm.tree.links import FamilyTree, Link, Unsettled, record_tree
 from awm.tree.pairs import Pairs
 from awm.tree.structure import (
     BODY,
@@ -32,52 +40,39 @@ from awm.tree.structure import (
     copy_tolerance,
     shape_key,
     structural_relation,
+    structure_confidence,
 )
 from awm.witnesses.verdict import is_derived
 
 TIED_SCORE = 1e-3                    # percentage points: scores this close tie
 DECISIVE_DISTANCE = 0.5              # ... and rows this much nearer to one of them decide
 STACKED_SCORE = 50.0                 # CKA of (nearly) every stacked layer with its source
-
-
-@dataclass
-class Link:
-    parent: str
-    child: str
-    relation: str
-    direction: str
-    weight: float = None
-    change: float = None
-    density: float = None            # a TIES / DARE merge: the share of this parent's change kept
-
-
-@dataclass
-class Unsettled:
-    a: str
-    b: str
-    relation: str
-    reason: str
-
-
-@dataclass
-class FamilyTree:
-    links: list = field(default_factory=list)
-    undirected: list = field(default_factory=list)
-    layers: dict = field(default_factory=dict)          # child -> [{"layer", "source", "source_layer", "score"}]
-    coefficients: dict = field(default_factory=dict)    # merge child -> [{"layer", "tensor", "weights": {parent: w}}]
+# A stacked model's layers all match their sources alike (verbatim, or moved alike by later
+# training); a model a few layers were pruned from has those layers matching only a neighbour,
+# this many times worse than its typical layer (or worse than a copied layer, when those are verbatim).
+STACKED_SPREAD = 4.0
+# A model whose nearest is a merge, and whose merge's parents' best mix leaves at least this
+# share of its distance to the merge, was made from the merge (a mix that fitted it exactly
+# would make it a second merge of those parents).
+BELOW_MERGE = 0.5
+# The angle its parents make at a merge, or at a light fine-tune or re-save of it, is obtuse (it lies
+# between them); at their base, whose changes they are, it is about right (cosine 0).
+BETWEEN_PARENTS = -0.5
 
 
 # ----------------------------------------------------------------------------- building
-class TreeBuilder:
+class TreeBuilder(CopyLinks):
     """Links one family's models; `open_digest(name)` reads a model's digest when the rows or
     the Grams are needed."""
 
     def __init__(self, family, metas, pairs, open_digest):
         self.family, self.metas, self.pairs, self.open = family, metas, pairs, open_digest
         self.tree = FamilyTree()
-        self._digests, self._traced = {}, {}
+        self._digests, self._traced, self._samples = {}, {}, {}
         self._merge_bases = []             # (base, [parents], merged model) of TIES / DARE merges
         self._assembled = {}               # model -> ([sources], layers): deeper models made of verbatim layers
+        self._leaves = set()               # quantized copies linked under their float model: never anyone's parent
+        self._relations = {}               # (a, b) -> (same-shape relation, note)
 
     def digest(self, name):
         if name not in self._digests:
@@ -85,15 +80,21 @@ class TreeBuilder:
         return self._digests[name]
 
     def build(self):
+        self._leaves = self._link_quantized_copies()
         classes = {}
-        for name in self.family:
+        for name in self.upstream:
             classes.setdefault(shape_key(self.metas[name]), []).append(name)
-        self._assembled = {name: found for name in self.family if (found := self._verbatim_layers(name))}
+        self._assembled = {name: found for name in self.upstream if (found := self._verbatim_layers(name))}
         components = [component for members in classes.values() for component in self._link_class(members)]
         entered = self._enter_classes(components)
         for component, edges, space in components:
             self._orient(component, edges, entered.get(id(component)), space)
         return self.tree
+
+    @property
+    def upstream(self):
+        """The family's models that may be parents: all but the quantized copies already linked."""
+        return [name for name in self.family if name not in self._leaves]
 
     # ------------------------------------------------------------------ one shape class
     def _link_class(self, members):
@@ -103,14 +104,15 @@ class TreeBuilder:
         space = None
         if len(members) >= 2:
             space = evidence.RowSpace({name: self.digest(name) for name in members})
-        merged = {}
-        while space is not None and len(members) - len(merged) >= 3:
+        merged, below = {}, {}
+        while space is not None and len(members) - len(merged) - len(below) >= 3:
+            self._find_below_merges(space, members, merged, below)      # before they could pass for a merge's parents
             found = {}
             for child in members:
-                if child in merged:
+                if child in merged or child in below:
                     continue
-                candidates = [m for m in members if m != child and m not in merged and self.pairs.derived(child, m)
-                              and self.pairs.shared_basis(child, m)]
+                candidates = [m for m in members if m != child and m not in merged and m not in below
+                              and self.pairs.derived(child, m) and self.pairs.shared_basis(child, m)]
                 merge = self._merge(space, child, candidates)
                 if merge:
                     found[child] = merge
@@ -118,11 +120,47 @@ class TreeBuilder:
                 break
             child = min(found, key=lambda name: found[name].quality)
             merged[child] = self._apply_merge(child, found[child])
-        rest = [m for m in members if m not in merged]
+        if space is not None:
+            self._find_below_merges(space, members, merged, below)
+        for child, merge in below.items():
+            self._link_below_merge(space, child, merge, merged[merge])
+        rest = self._link_copies([m for m in members if m not in merged and m not in below], space)
         return self._spanning_components(rest, space)
 
+    def _find_below_merges(self, space, members, merged, below):
+        for child in members:
+            if child not in merged and child not in below and (merge := self._below_merge(space, child, members, merged)):
+                below[child] = merge
+
+    def _below_merge(self, space, child, members, merged):
+        """The merge `child` was made from (a fine-tune or a re-save of it), or None: the merge is
+        its nearest model, the child lies between the merge's parents as the merge does (the
+        parents' own base sees them at a right angle), and their best mix explains the child no
+        better than the merge itself does (a second merge of them is fitted exactly by their mix)."""
+        for merge, links in merged.items():
+            parents = [link.parent for link in links]
+            upstream = set(parents) | {base for base, _, made in self._merge_bases if made == merge}
+            if child in upstream or not (self.pairs.derived(child, merge) and self.pairs.shared_basis(child, merge)):
+                continue
+            distance = space.distance(child, merge)
+            if any(space.distance(child, other) < distance for other in members if other not in (child, merge)):
+                continue
+            between = max(space.turn(p, child, q) for p, q in itertools.combinations(parents, 2))
+            if between <= BETWEEN_PARENTS and space.fit(child, parents)[1] >= BELOW_MERGE * distance:
+                return merge
+        return None
+
+    def _link_below_merge(self, space, child, merge, links):
+        distance = space.distance(child, merge)
+        relation, note = self._same_shape_relation(merge, child, distance)
+        why = (f"one parent: {merge} is a merge of {' and '.join(link.parent for link in links)}; {child} lies nearer to it than "
+               f"to any other model, and their mix explains {child} no better than {merge} does: a "
+               f"{'re-save' if relation == 'copy' else 'fine-tune'} of the merge")
+        self.tree.links.append(Link(merge, child, relation, f"{note}; {why}" if note else why, None, round(distance, 6),
+                                    confidence="inferred"))
+
     def _apply_merge(self, child, found):
-        links = [Link(p.name, child, "merge", found.how, p.weight, p.change, p.density) for p in found.parents]
+        links = [Link(p.name, child, "merge", found.how, p.weight, p.change, p.density, "measured") for p in found.parents]
         self.tree.links += links
         if found.layers:
             self.tree.layers[child] = found.layers
@@ -138,15 +176,28 @@ class TreeBuilder:
 
     def _spanning_components(self, members, space):
         """Kruskal on the smallest weight changes between derived members: [(members, edges)]."""
-        candidates = []
+        measured = []
         for i, a in enumerate(members):
             for b in members[i + 1:]:
                 # Two models assembled from others' layers were each made from their sources, not one from the other.
                 if self.pairs.derived(a, b) and not (a in self._assembled and b in self._assembled):
-                    candidates.append((self._distance(space, a, b), a, b))
+                    measured.append((self._distance(space, a, b), a, b))
+        counts = Counter(distance for distance, _, _ in measured)
+        candidates = [(distance, self._tie_breaker(a, b) if counts[distance] > 1 else 0.0, a, b) for distance, a, b in measured]
         groups = Groups(members)
-        edges = [(a, b, distance) for distance, a, b in sorted(candidates) if groups.join(a, b)]
+        edges = [(a, b, distance) for distance, _, a, b in sorted(candidates) if groups.join(a, b)]
         return [(group, [e for e in edges if e[0] in group], space) for group in groups.groups()]
+
+    def _tie_breaker(self, a, b):
+        """Models whose W_q / W_k are the same (an abliteration, an MLP-only LoRA beside its base)
+        are exactly as far from everyone by them: their other weights tell which is nearer. Read
+        only for pairs whose distance ties another's."""
+        return copies.sample_distance(self.sample(a), self.sample(b))
+
+    def sample(self, name):
+        if name not in self._samples:
+            self._samples[name] = self.digest(name).weight_sample()
+        return self._samples[name]
 
     def _distance(self, space, a, b):
         """How far two same-shape models' weights are apart (their rows when they share a basis,
@@ -169,13 +220,13 @@ class TreeBuilder:
             best = self._structural_parent(component)
             if best is None:
                 continue
-            child, parent, relation, why = best
+            child, parent, relation, why, confidence = best
             if relation == "multimodal" and self._same_language_model(child, parent):
                 self.tree.undirected.append(Unsettled(parent, child, relation, (
                     "the language model's weights are the same in both: a tower added to a frozen model, or the text "
                     "model extracted from the multimodal one; nothing in the weights tells which")))
                 continue
-            self.tree.links.append(Link(parent, child, relation, f"structure: {relation}: {why}"))
+            self.tree.links.append(Link(parent, child, relation, f"structure: {relation}: {why}", confidence=confidence))
             if relation == "stacked":
                 self.tree.layers[child] = self._traced[(child, parent)]
             entered[id(component)] = [(child, parent, relation)]
@@ -186,18 +237,19 @@ class TreeBuilder:
         self.tree.layers[child] = layers
         if len(sources) == 1:
             why = f"it is deeper ({len(layers)} vs {self.metas[sources[0]]['num_layers']} layers), each layer a verbatim copy of one of its parent's"
-            self.tree.links.append(Link(sources[0], child, "stacked", f"structure: stacked: {why}"))
+            self.tree.links.append(Link(sources[0], child, "stacked", f"structure: stacked: {why}", confidence="measured"))
             return child, sources[0], "stacked"
         how = (f"structure: a passthrough merge: each of its {len(layers)} layers is a verbatim copy of a layer of "
                f"one of {len(sources)} models (see layers)")
-        self.tree.links += [Link(source, child, "merge", how) for source in sources]
+        self.tree.links += [Link(source, child, "merge", how, confidence="measured") for source in sources]
         return child, " / ".join(sources), "merge"
 
     def _structural_parent(self, component):
-        """(child, parent, relation, why): the most similar model upstream of the component by structure."""
+        """(child, parent, relation, why, confidence): the most similar model upstream of the
+        component by structure; a pick among parents that fit as well is inferred, not measured."""
         candidates = []
         for child in component:
-            for parent in self.family:
+            for parent in self.upstream:
                 if parent in component or not self.pairs.derived(child, parent):
                     continue
                 if set(self._assembled.get(parent, ((),))[0]) & set(component):
@@ -223,7 +275,7 @@ class TreeBuilder:
         others = [c[2] for c in tied[1:] if c[1] == child]
         if others:
             why += f" (as close by every measure: {', '.join(others)})"
-        return child, parent, relation, why
+        return child, parent, relation, why, "inferred" if others else structure_confidence(relation)
 
     def _row_distance(self, a, b):
         """How far two models' rows lie as stored (inf where they cannot be compared so)."""
@@ -245,7 +297,7 @@ class TreeBuilder:
         """A deeper model whose every layer is a verbatim copy of a layer of shallower relatives:
         one (depth up-scaling) or several (mergekit's passthrough, a frankenmerge). ([sources],
         layers) or None."""
-        sources = [m for m in self.family if m != child and self.pairs.derived(child, m)
+        sources = [m for m in self.upstream if m != child and self.pairs.derived(child, m)
                    and (structural_relation(self.metas[child], self.metas[m]) or ("",))[0] == "stacked"
                    and self._shares_a_copied_layer(child, m)]
         if not sources:
@@ -268,9 +320,11 @@ class TreeBuilder:
         if (child, parent) not in self._traced:
             traced = evidence.layer_sources(self.digest(child), {parent: self.digest(parent)})
             scores = sorted(score for *_, score in traced)
-            # Every layer of a stacked model comes from one of its parent's (a depth-pruned parent
-            # has layers its pruned child lacks, and they match nothing well).
-            self._traced[(child, parent)] = None if scores[len(scores) // 10] < STACKED_SCORE else \
+            distances = sorted(distance for _, _, distance, _ in traced)
+            # Every layer of a stacked model comes from one of its parent's, all alike (a parent
+            # lightly depth-pruned has a few layers its child lacks, which match only a neighbour).
+            alike = distances[-1] <= max(evidence.COPIED_LAYER, STACKED_SPREAD * distances[len(distances) // 2])
+            self._traced[(child, parent)] = None if scores[len(scores) // 10] < STACKED_SCORE or not alike else \
                 evidence.layer_records(traced)
         return self._traced[(child, parent)] is not None
 
@@ -278,14 +332,15 @@ class TreeBuilder:
     def _orient(self, component, edges, entry, space):
         if not edges:
             return
-        spanning = [direction.Edge(a, b, distance, self._same_shape_relation(a, b, distance)) for a, b, distance in edges]
+        spanning = [self._edge(space, a, b, distance) for a, b, distance in edges]
         found = direction.orient(spanning, self._evidence(component, spanning, entry))
         if space is not None:
             found = direction.untangle(found, lambda *chain: self._turn(space, *chain), lambda a, b: self._edge(space, a, b))
         for parent, child, edge, why in found.directed:
-            self.tree.links.append(Link(parent, child, edge.relation, why, None, round(edge.distance, 6)))
+            self.tree.links.append(Link(parent, child, edge.relation, _noted(why, edge.note), None, round(edge.distance, 6),
+                                        confidence=direction.confidence_of(why)))
         for edge, why in found.undirected:
-            self.tree.undirected.append(Unsettled(edge.a, edge.b, edge.relation, why))
+            self.tree.undirected.append(Unsettled(edge.a, edge.b, edge.relation, _noted(why, edge.note)))
 
     def _turn(self, space, parent, middle, child):
         """The chain's angle at its middle (awm.tree.evidence.RowSpace.turn), where all three share a basis."""
@@ -294,11 +349,11 @@ class TreeBuilder:
             return None
         return space.turn(*chain) if all(name in space.names for name in chain) else None
 
-    def _edge(self, space, a, b):
+    def _edge(self, space, a, b, distance=None):
         if not self.pairs.derived(a, b):
             return None
-        distance = self._distance(space, a, b)
-        return direction.Edge(a, b, distance, self._same_shape_relation(a, b, distance))
+        distance = self._distance(space, a, b) if distance is None else distance
+        return direction.Edge(a, b, distance, *self._same_shape_relation(a, b, distance))
 
     def _evidence(self, component, edges, entry):
         """What decides single edges of this class before its shape is read: the model it was
@@ -314,24 +369,14 @@ class TreeBuilder:
                                       for parent in parents if parent in members]
         for edge in edges:
             for parent, child in ((edge.a, edge.b), (edge.b, edge.a)):
-                if _declares(self.metas[child], parent, self.metas[parent]):
+                if hub_cards.names_as_base(self.metas[child], parent, self.metas[parent]):
                     known.edge_claims.append((parent, child, (f"metadata: {child}'s config or model card names {parent} as "
-                                                             "its base (a claim: the weights neither confirm nor deny it)")))
+                                                             "its base (a claim: the weights link the two, but do not tell "
+                                                             "which came first)")))
         return known
 
-    def _same_shape_relation(self, a, b, distance):
-        tolerance = copy_tolerance(self.metas[a], self.metas[b])
-        if distance <= tolerance and all(score >= copy_score(tolerance) for score in self.pairs.layer_scores(a, b).values()):
-            return "copy"
-        return "fine-tune"
-
-
-def _declares(meta, name, other_meta):
-    """Does `meta`'s config or model card name the model `name` (described by `other_meta`) as its base?"""
-    declared = meta.get("declared_base") or ()
-    claims = [declared] if isinstance(declared, str) else list(declared)
-    known = {name, other_meta.get("path"), hub_cards.hub_repo(other_meta)} - {None}
-    return any(claim in known or claim.split("/")[-1] in known for claim in claims)
+def _noted(why, note):
+    return f"{note}; {why}" if note else why
 
 
 # ----------------------------------------------------------------------------- the record
@@ -348,67 +393,4 @@ def build(names, records, metas, open_digest, not_compared=()):
             tree.undirected += built.undirected
             tree.layers.update(built.layers)
             tree.coefficients.update(built.coefficients)
-    return _record(names, tree, pairs, not_compared, metas)
-
-
-def _record(names, tree, pairs, not_compared, metas):
-    parents = {name: [] for name in names}
-    for link in tree.links:
-        awm, circuit = pairs.scores(link.parent, link.child)
-        parents[link.child].append({"name": link.parent, "relation": link.relation, "weight": link.weight,
-                                    "direction": link.direction, "awm": awm, "qk_circuit": circuit, "change": link.change,
-                                    "density": link.density})
-    return {
-        "nodes": [{"name": name, "parents": parents[name], "layers": tree.layers.get(name), "coefficients": tree.coefficients.get(name),
-                   "hub": hub_cards.declared_base(parents[name], lambda n: hub_cards.hub_repo(metas.get(n)) or n)} for name in names],
-        "undirected": [{"a": u.a, "b": u.b, "relation": u.relation, "reason": u.reason} for u in tree.undirected],
-        "not_compared": [{"name": name, "reason": reason} for name, reason in not_compared],
-    }
-
-
-# ----------------------------------------------------------------------------- one suspect
-def place(suspect, records, metas, open_digest):
-    """Where a suspect sits among the library's models it was compared with (`records`: suspect
-    vs entry): its most likely parent(s) with the relation and the evidence, and the entries that
-    look derived from it. Only the suspect's own pairs are known here, so a same-shape parent is
-    the closest such entry and its direction is the structure's or unknown, said so."""
-    pairs = Pairs(records)
-    related = [n for n in metas if n != suspect and pairs.derived(suspect, n)]
-    builder = TreeBuilder([suspect, *related], metas, pairs, open_digest)
-    same_shape = [n for n in related if shape_key(metas[n]) == shape_key(metas[suspect])]
-    same = [n for n in same_shape if pairs.shared_basis(suspect, n)]
-    space = evidence.RowSpace({n: builder.digest(n) for n in [suspect, *same]}) if same else None
-    found = builder._merge(space, suspect, same) if len(same) >= 2 else None
-    parents = builder._apply_merge(suspect, found) if found else []
-    if not parents and same_shape:
-        # As the map measures same-shape models: their rows when they share a basis, else
-        # their scores' shortfall (a rotated residual stream, a new embedding's permutation).
-        distances = {n: builder._distance(space, suspect, n) for n in same_shape}
-        # Entries whose W_q / W_k are equally close (siblings that kept the parent's body under a
-        # new embedding): the one that also shares the suspect's embedding holds more of it.
-        tied = [n for n in same_shape if distances[n] <= min(distances.values()) + evidence.SAME_WEIGHTS]
-        closest = min(tied, key=lambda n: (not pairs.share_embedding(suspect, n), distances[n]))
-        distance = distances[closest]
-        apart = f"weights {100 * distance:.3g} % apart" if closest in same else \
-            "AWM / QK-circuit {:.2f} / {:.2f} % under its alignment".format(*pairs.scores(suspect, closest))
-        parents = [Link(closest, suspect, builder._same_shape_relation(closest, suspect, distance),
-                        f"the closest of the library's models of its shape ({apart}); the weights do not tell which came first",
-                        None, round(distance, 6))]
-    if not parents:
-        upstream = [(pairs.similarity(suspect, n), n, structural_relation(metas[suspect], metas[n])) for n in related]
-        upstream = [u for u in upstream if u[2] is not None and (u[2][0] != "stacked" or builder._stacked(suspect, u[1]))]
-        if upstream:
-            _, parent, (relation, why) = max(upstream, key=lambda u: u[0])
-            parents = [Link(parent, suspect, relation, f"structure: {relation}: {why}")]
-    children = [(n, structural_relation(metas[n], metas[suspect])) for n in related]
-    tree = FamilyTree(parents, [], builder.tree.layers, builder.tree.coefficients)
-    # With a parent of its own in the library, what is smaller than the suspect may as well come
-    # from that parent: only the suspect's pairs are known here, so say so.
-    caveat = f"; or from {' / '.join(p.parent for p in parents)}, its closest relative" if parents else ""
-    tree.links += [Link(suspect, n, found[0], f"structure: {found[0]}: {found[1]}{caveat}") for n, found in children
-                   if found is not None and (found[0] != "stacked" or builder._stacked(n, suspect))]
-    record = _record([suspect, *related], tree, pairs, (), metas)
-    node = next(n for n in record["nodes"] if n["name"] == suspect)
-    return {"parents": node["parents"], "layers": node["layers"], "coefficients": node["coefficients"],
-            "derived_from_it": [{"name": n["name"], **{k: p[k] for k in ("relation", "direction", "awm", "qk_circuit")}}
-                                for n in record["nodes"] for p in n["parents"] if p["name"] == suspect]}
+    return record_tree(names, tree, pairs, not_compared, metas)

@@ -9,11 +9,10 @@ one parent, decides it, and each directed edge carries its reason:
    base its parents' changes were taken from; a model's config or model card names the other
    end as its base (a claim, said so).
 2. One parent: a model whose parent is known has every other neighbour as a child.
-3. A hub: a model three or more others branch from is the parent of all its neighbours but at
-   most one, its own parent. Which one is not in the weights; only where one change stands out
-   (as the step from a base to its instruct model stands beside the light fine-tunes of that
-   instruct model) does that edge stay undirected; otherwise the hub is taken as the branch's top.
 Edges nothing decides stay undirected, with the reason: never a coin flip presented as a fact.
+How many models branch from one says nothing about which way its edges point: an instruct model
+with ten fine-tunes may itself be the child of the base beside it, and the middle of a chain of
+continued pre-training with three fine-tunes is not its root.
 
 The smallest weight changes link siblings trained on similar data in a chain: each one's change
 shares a little with the others', so a light sibling sits slightly nearer the strong ones than
@@ -24,10 +23,6 @@ from the parent beside the middle.
 from collections import deque
 from dataclasses import dataclass, field
 
-HUB_DEGREE = 3
-# A hub's largest change this many times its next largest may be the step into the hub (its own
-# parent) rather than out of it: that edge is left undirected.
-HUB_OUTLIER = 2.0
 COPY = "the same weights as stored: nothing in them tells which is the original"
 # Cosine of the angle at the middle of a chain above which its child moves back toward the
 # grandparent: a chain's child keeps the middle's change. Measured on a family trained from
@@ -35,8 +30,10 @@ COPY = "the same weights as stored: nothing in them tells which is the original"
 # corpus that the smallest changes chained, 0.072 to 0.178 (and -0.05 to 0.04 where a much
 # stronger sibling looks like continued training: those stay chained).
 SIBLING_TURN = 0.05
-NOTHING_DECIDES = ("same shape and nothing decides which came first: no structural change, no model three others "
-                   "branch from, no metadata claim")
+NOTHING_DECIDES = ("same shape and nothing decides which came first: no structural change, no merge built on it, no "
+                   "metadata claim, no known parent on either side (a weight change reads the same from both ends)")
+# What each kind of evidence makes of a direction (the reason's first words name the kind).
+CONFIDENCE = {"structure": "measured", "metadata": "claim", "one parent": "inferred", "siblings": "inferred"}
 
 
 @dataclass
@@ -45,6 +42,7 @@ class Edge:
     b: str
     distance: float
     relation: str                  # "fine-tune" or "copy" (copies are never directed)
+    note: str = None               # what the relation rests on, when it needs saying (W_q / W_k alone the same)
 
     def other(self, name):
         return self.b if name == self.a else self.a
@@ -62,6 +60,11 @@ class Evidence:
     ({name: reason}) and claims about single edges ([(parent, child, reason)])."""
     parent_elsewhere: dict = field(default_factory=dict)
     edge_claims: list = field(default_factory=list)
+
+
+def confidence_of(reason):
+    """measured, claim or inferred: what kind of evidence a direction's reason names."""
+    return next((level for kind, level in CONFIDENCE.items() if reason.startswith(kind + ":")), "inferred")
 
 
 def orient(edges, evidence):
@@ -85,11 +88,6 @@ class _Orientation:
     def run(self):
         self._claims()
         self._one_parent()
-        for hub in self._hubs():
-            if not self._open(hub) or hub in self.parent_of:
-                continue
-            self._hub(hub)
-            self._one_parent()
         return self._result()
 
     # ------------------------------------------------------------------ evidence
@@ -125,25 +123,6 @@ class _Orientation:
                     self._decide(edge, name, child, f"one parent: {name}'s parent is known ({self.parent_of[name]}), "
                                                     f"so {child} branches from it")
                     changed = True
-
-    def _hubs(self):
-        degree = {name: len(edges) for name, edges in self.neighbours.items()}
-        return sorted((n for n, d in degree.items() if d >= HUB_DEGREE), key=lambda n: (-degree[n], n))
-
-    def _hub(self, hub):
-        edges = sorted(self.neighbours[hub], key=lambda e: e.distance, reverse=True)
-        count = len(edges)
-        largest, second = edges[0], edges[1]
-        outlier = largest.distance >= HUB_OUTLIER * second.distance
-        for edge in self._open(hub):
-            if outlier and edge is largest:
-                self.left[id(edge)] = (f"{count} models branch from {hub}, and this is its largest change "
-                                       f"({largest.distance / max(second.distance, 1e-30):.1f} x the next): it may be "
-                                       f"{hub}'s own parent; nothing about this edge decides")
-                continue
-            self._decide(edge, hub, edge.other(hub),
-                         f"tree's shape: {count} of its shape branch from {hub} (siblings are less alike than each is "
-                         f"to it){'' if outlier else '; no change stands out as the step into it, so it is taken as the top'}")
 
     # ------------------------------------------------------------------ bookkeeping
     def _edge(self, a, b):

@@ -307,6 +307,20 @@ def layer_sources(child, parents):
     return sources
 
 
+def gram_distance(a, b, layers):
+    """How far two same-shape models' W_q / W_k Grams lie apart over `layers`, relative: blind to
+    how each stores the rows of a head (a GGUF's rotary row order, a quantizer's row permutation),
+    so a quantized copy is measured against float models as against its own kind."""
+    total = own_a = own_b = 0.0
+    for layer in layers:
+        ka, kb = a.layer(layer), b.layer(layer)
+        for x, y in ((ka.query, kb.query), (ka.key, kb.key)):
+            x, y = x.double(), y.double().to(x.device)
+            total += float((x - y).pow(2).sum())
+            own_a, own_b = own_a + float(x.pow(2).sum()), own_b + float(y.pow(2).sum())
+    return (total / max((own_a * own_b) ** 0.5, 1e-300)) ** 0.5
+
+
 def layer_records(traced):
     """layer_sources' answer as the tree records it: [{"layer", "source", "source_layer", "score"}]."""
     return [{"layer": j, "source": name, "source_layer": i, "score": score} for j, (name, i, _, score) in enumerate(traced)]

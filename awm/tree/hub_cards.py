@@ -4,8 +4,9 @@ map can be checked against, or published as, Hub metadata.
 
 awm's relations are finer than the Hub's four: pruned, upcycled and multimodal children were
 trained from their parent's weights (finetune); a stacked (depth up-scaled) model is a
-passthrough merge of its parent's layers (merge). Copies and undirected pairs declare nothing:
-the weights do not say which came first.
+passthrough merge of its parent's layers (merge). Only directions the weights measured are
+published: copies, undirected pairs, metadata claims and inferred directions (a structural prior,
+a tie-pick, a direction spread from a neighbour's) declare nothing.
 """
 import os
 
@@ -21,8 +22,18 @@ def hub_repo(meta):
     return source.get("hub_repo") or (meta or {}).get("name")
 
 
+def names_as_base(meta, name, other_meta):
+    """Does `meta`'s config, model card or GGUF metadata name the model `name` (described by
+    `other_meta`) as its base?"""
+    declared = meta.get("declared_base") or ()
+    claims = [declared] if isinstance(declared, str) else list(declared)
+    known = {name, other_meta.get("path"), hub_repo(other_meta)} - {None}
+    return any(claim in known or claim.split("/")[-1] in known for claim in claims)
+
+
 def declared_base(parents, repo_of):
-    """{"base_model": [...], "base_model_relation": ...} for a node's parents (empty without any)."""
+    """{"base_model": [...], "base_model_relation": ...} for a node's measured parents (empty without any)."""
+    parents = [p for p in parents if p.get("confidence") == "measured"]
     relations = [HUB_RELATION.get(p["relation"]) for p in parents]
     relations = [r for r in relations if r]
     if not relations:

@@ -11,12 +11,22 @@ COPY_SCORE = 99.9999                 # and every layer scores this high
 # that far apart (relative, as RowSpace measures) are the same weights in another precision.
 UNIT_ROUNDOFF = {"F64": 2.0 ** -53, "F32": 2.0 ** -24, "F16": 2.0 ** -11, "BF16": 2.0 ** -8,
                  "float64": 2.0 ** -53, "float32": 2.0 ** -24, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
+# How sure a structural link's direction is. Measured: the weights show the child was made from
+# the parent (its layers are the parent's verbatim, its weights are the parent's rounded to fewer
+# bits, a low-rank update of the parent). Inferred: a prior about shapes (models are pruned more
+# often than grown, towers and experts added more often than removed), not a measurement.
+STRUCTURE_CONFIDENCE = {"stacked": "measured", "merge": "measured", "quantized": "measured", "adapter": "measured",
+                        "pruned": "inferred", "upcycled": "inferred", "multimodal": "inferred"}
 WIDTH = ("hidden_size", "num_heads", "num_kv_heads", "head_dim")
 BODY = (*WIDTH, "num_layers")        # same body: the rows of every kept layer have the same shapes
 
 
 def is_quantized(meta):
     return str(meta.get("dtype")) not in FULL_PRECISION
+
+
+def structure_confidence(relation):
+    return STRUCTURE_CONFIDENCE.get(relation, "inferred")
 
 
 def shape_key(meta):
