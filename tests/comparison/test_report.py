@@ -164,11 +164,14 @@ def test_the_spectra_reason_quotes_the_measured_independent_pairs():
     import json
     import os
 
-    asset = os.path.join(os.path.dirname(__file__), "..", "..", "asset", "calibration_real.json")
-    with open(asset, encoding="utf-8") as handle:
+    assets = os.path.join(os.path.dirname(__file__), "..", "..", "asset")
+    with open(os.path.join(assets, "calibration_real.json"), encoding="utf-8") as handle:
         rows = json.load(handle)["rows"]
     measured = [r["witnesses"]["circuit spectra"]["distance"] for r in rows
                 if r["label"] == "independent" and r["witnesses"]["circuit spectra"] is not None]
+    with open(os.path.join(assets, "blind_spots.json"), encoding="utf-8") as handle:
+        measured += [r["witnesses"]["circuit spectra"]["value"] for r in json.load(handle)["rows"]
+                     if r["label"] == "independent" and r["witnesses"]["circuit spectra"]["value"] is not None]
     assert verdict.SPECTRA_INDEPENDENT == {"distance": min(measured), "pairs": len(measured)}
     spectra = {"confirmed": True, "distance": 0.0004, "shuffled": 0.05, "contrast": 0.008, "layers": 4}
     reason = judged((0.3, 0.3), None, NOTHING, spectra=spectra)[1]
