@@ -107,18 +107,15 @@ class TreeBuilder(CopyLinks):
         merged, below = {}, {}
         while space is not None and len(members) - len(merged) - len(below) >= 3:
             self._find_below_merges(space, members, merged, below)      # before they could pass for a merge's parents
-            found = {}
-            for child in members:
-                if child in merged or child in below:
-                    continue
-                candidates = [m for m in members if m != child and m not in merged and m not in below
-                              and self.pairs.derived(child, m) and self.pairs.shared_basis(child, m)]
-                merge = self._merge(space, child, candidates)
-                if merge:
-                    found[child] = merge
+            open_members = [m for m in members if m not in merged and m not in below]
+            found = self._merges_among(space, open_members, open_members)
             if not found:
                 break
-            child = min(found, key=lambda name: found[name].quality)
+            # Several merges of the same two models explain each other; each is first fitted
+            # again without the others, so that a merge is named by the models it mixes.
+            plain = self._merges_among(space, list(found), [m for m in open_members if m not in found]) or found
+            child = min(plain, key=lambda name: plain[name].quality)
+            found = plain
             merged[child] = self._apply_merge(child, found[child])
         if space is not None:
             self._find_below_merges(space, members, merged, below)
@@ -126,6 +123,16 @@ class TreeBuilder(CopyLinks):
             self._link_below_merge(space, child, merge, merged[merge])
         rest = self._link_copies([m for m in members if m not in merged and m not in below], space)
         return self._spanning_components(rest, space)
+
+    def _merges_among(self, space, children, pool):
+        """{child: FoundMerge} for the children a merge of models in `pool` explains."""
+        found = {}
+        for child in children:
+            candidates = [m for m in pool if m != child and self.pairs.derived(child, m) and self.pairs.shared_basis(child, m)]
+            merge = self._merge(space, child, candidates)
+            if merge:
+                found[child] = merge
+        return found
 
     def _find_below_merges(self, space, members, merged, below):
         for child in members:
@@ -146,7 +153,8 @@ class TreeBuilder(CopyLinks):
             if any(space.distance(child, other) < distance for other in members if other not in (child, merge)):
                 continue
             between = max(space.turn(p, child, q) for p, q in itertools.combinations(parents, 2))
-            if between <= BETWEEN_PARENTS and space.fit(child, parents)[1] >= BELOW_MERGE * distance:
+            if between <= BETWEEN_PARENTS and space.fit(child, parents)[1] >= BELOW_MERGE * distance \
+                    and (evidence.resaved(space, child, merge) or not evidence.mix_reproduces(space, child, parents)):
                 return merge
         return None
 
@@ -166,6 +174,8 @@ class TreeBuilder(CopyLinks):
             self.tree.layers[child] = found.layers
         if found.coefficients:
             self.tree.coefficients[child] = found.coefficients
+        if found.by_kind:
+            self.tree.weights_by_kind[child] = found.by_kind
         if found.base:
             self._merge_bases.append((found.base, [p.name for p in found.parents], child))
         return links
@@ -393,4 +403,5 @@ def build(names, records, metas, open_digest, not_compared=()):
             tree.undirected += built.undirected
             tree.layers.update(built.layers)
             tree.coefficients.update(built.coefficients)
+            tree.weights_by_kind.update(built.weights_by_kind)
     return record_tree(names, tree, pairs, not_compared, metas)

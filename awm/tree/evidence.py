@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from awm.method import cka
+from awm.tree import entrywise, rounding
+from awm.tree.copies import unit
 from awm.witnesses.body_rows import row_layers
 
 # A parent sits between its children: averaging k children cancels their independent changes
@@ -22,21 +24,19 @@ from awm.witnesses.body_rows import row_layers
 # best single parent's residual (a linear merge: none at all) ...
 LINEAR_FIT = 0.05
 MIN_WEIGHT = 0.05            # every parent of a linear merge contributes at least this, positively
+# Task arithmetic scales each task vector by at most about one; a larger scale is a line through
+# two relatives extended past them (a parent read as its merge pushed further), not a merge.
+MAX_SCALE = 1.2
 # A single parent that leaves at most this share of the child's rows holds its weights (up to
 # storage rounding): nothing is left for a merge to explain, however well an average also fits.
 SAME_WEIGHTS = 1e-4
-# ... or the entrywise signature of trimmed and sign-elected merges (TIES, DARE): each entry of
-# the child's change from a base is zero, one parent's change, their mean or sum (times one global
-# scale), leaving at most this share of the change unexplained.
-ENTRYWISE_FIT = 0.1
-SCALED_COPY = 0.5            # one parent's change, scaled, explaining this much makes it a linear relation
+# ... or, stored in fewer bits (a bf16 merge of parents closer than a few per cent: rounding is
+# then most of the residual), a fit that reproduces this share of the child's stored entries to
+# within its storage rounding; a light fine-tune moves far more of them.
+REPRODUCED = 0.98
+ROUNDING_UNITS = 2           # a merge computed in 16 bits rounds each product and the sum
+# ... or the entrywise signature of trimmed and sign-elected merges (awm.tree.entrywise).
 SAMPLED_ENTRIES = 1 << 18    # the entrywise test reads this many fixed entries of every model's rows
-# Only a child that two candidates explain noticeably better than one (a TIES merge: to about
-# two thirds) gets the entrywise test; an unrelated change leaves the ratio at one.
-SCREEN = 0.9
-# TIES keeps each change's largest entries: those it kept are on average several times larger
-# than those it dropped; DARE drops at random (ratio about 1).
-TIES_MAGNITUDE = 2.0
 MERGE_CANDIDATES = 6         # the closest models tried as parents, in sets of two and three
 # A layer closer than this (relative Gram distance) to a parent's layer was taken from it.
 COPIED_LAYER = 0.02
@@ -80,6 +80,39 @@ class RowSpace:
     def index(self, name):
         return self.names.index(name)
 
+    def stored_bits(self, name):
+        """Mantissa bits of the format the model's rows are stored in (a digest keeps them so)."""
+        return rounding.bits_of(self._rows[name][self.layers[0]][0].dtype)
+
+    def _pieces(self, names):
+        """Every kept W_q / W_k, flattened float64, per model: [(layer position, kind, [tensor per name])]."""
+        return [(position, kind, [self._rows[n][layer][kind].double().reshape(-1) for n in names])
+                for position, layer in enumerate(self.layers) for kind in (0, 1)]
+
+    def refit(self, child, parents, per_tensor):
+        """Weights of child ~ sum_k w_k parent_k fitted on the stored rows through rounding
+        (awm.tree.rounding): one set for every kept tensor, or one set per tensor."""
+        bits, pieces = self.stored_bits(child), self._pieces([child, *parents])
+        if per_tensor:
+            return [list(rounding.least_squares(own, others, bits)) for _, _, (own, *others) in pieces]
+        own = torch.cat([values[0] for *_, values in pieces])
+        others = [torch.cat([values[k] for *_, values in pieces]) for k in range(1, len(parents) + 1)]
+        return [list(rounding.least_squares(own, others, bits))] * len(pieces)
+
+    def reproduced(self, child, parents, weights):
+        """The share of the child's kept entries that sum_k w_k parent_k reproduces within
+        ROUNDING_UNITS units of the child's storage format, at the magnitude of the largest term
+        (weights: one set per kept tensor, in _pieces' order)."""
+        bits, within, total = self.stored_bits(child), 0, 0
+        if bits is None:
+            return 0.0
+        for (_, _, (target, *others)), own in zip(self._pieces([child, *parents]), weights):
+            terms = [w * values for w, values in zip(own, others)]
+            scale = torch.stack([target.abs()] + [t.abs() for t in terms]).amax(0)
+            within += int(((target - sum(terms)).abs() <= ROUNDING_UNITS * unit(scale, bits)).sum())
+            total += target.numel()
+        return within / max(total, 1)
+
     def distance(self, a, b, gram=None):
         """||R_a - R_b|| / sqrt(||R_a|| ||R_b||): how far apart the weights are (0 for a copy)."""
         g = self.total if gram is None else gram
@@ -117,7 +150,8 @@ class MergeFit:
     base: str = None        # the base of an entrywise (TIES / DARE) merge
     per_tensor: list = None     # [(layer, "q" / "k", [weight per parent])] when the coefficients vary by tensor
     densities: list = None      # entrywise merges: the share of each parent's change kept
-    method: str = None          # "linear", "task arithmetic", "per-tensor linear" (SLERP, gradients), "TIES", "DARE"
+    method: str = None          # "linear", "task arithmetic", "per-tensor linear" (SLERP, gradients), "TIES", "DARE", "DARE-TIES"
+    entry_weights: list = None  # entrywise merges: each parent's weight in the mix
 
 
 def best_merge(space, child, candidates):
@@ -129,26 +163,78 @@ def best_merge(space, child, candidates):
     if len(singles) < 2:
         return None
     single = min(singles, key=singles.get)
-    if singles[single] <= SAME_WEIGHTS:
+    if singles[single] <= SAME_WEIGHTS or resaved(space, child, single, singles[single]):
         return None
     closest = sorted(candidates, key=lambda name: space.distance(child, name))[:MERGE_CANDIDATES]
     best = None
     for size in (2, 3):                      # the fewest parents that explain it
+        fits = []
         for parents in itertools.combinations(closest, size):
             weights, residual = space.fit(child, list(parents))
-            if min(weights) >= MIN_WEIGHT and (best is None or residual < best.residual):
-                best = MergeFit(list(parents), [float(w) for w in weights], residual, single, singles[single], method="linear")
-        if best is not None and best.residual <= LINEAR_FIT * best.single_residual:
-            return best
+            if min(weights) >= MIN_WEIGHT:
+                fits.append(MergeFit(list(parents), [float(w) for w in weights], residual, single, singles[single], method="linear"))
+        fits.sort(key=lambda fit: fit.residual)
+        best = fits[0] if fits and (best is None or fits[0].residual < best.residual) else best
+        # Several sets may fit within rounding (other merges of the same parents): the first that
+        # reproduces the child's stored entries, in the order of what they leave.
+        for fit in fits:
+            if explains(space, child, fit):
+                return fit
+            if not _within_rounding(space, child, fit.residual):
+                break
     task = task_arithmetic(space, child, closest, single, singles[single])
     if task is not None:
         return task
     varying = per_tensor_merge(space, child, closest, single, singles[single])
     if varying is not None:
         return varying
-    if best is None or best.residual > SCREEN * best.single_residual:
-        return None                          # no two parents explain much: not worth the entrywise test
-    return entrywise_merge(space, child, closest, single, singles[single])
+    found = entrywise.entrywise_merge(space, child, candidates, closest)
+    if found is None:
+        return None
+    return MergeFit(found.parents, None, found.residual, single, singles[single], base=found.base,
+                    densities=found.densities, method=found.method, entry_weights=found.weights)
+
+
+def explains(space, child, fit, per_tensor=False):
+    """Does a linear fit explain the child: it leaves at most LINEAR_FIT of the best single
+    parent's residual, or, where what it leaves is of storage-rounding size, its weights refitted
+    through rounding reproduce nearly every stored entry (the fit then takes those weights)."""
+    if fit.residual <= LINEAR_FIT * fit.single_residual:
+        return True
+    if not _within_rounding(space, child, fit.residual):
+        return False
+    task = fit.method == "task arithmetic"
+    parents = ([fit.base] if task else []) + fit.parents
+    weights = space.refit(child, parents, per_tensor)
+    if space.reproduced(child, parents, weights) < REPRODUCED:
+        return False
+    if per_tensor:
+        fit.per_tensor = [(layer, kind, [float(w) for w in own]) for (layer, kind, _), own in zip(fit.per_tensor, weights)]
+        fit.weights = [float(w) for w in np.mean(weights, axis=0)]
+    else:
+        fit.weights = [float(w) for w in weights[0][1 if task else 0:]]
+    return min(fit.weights) >= MIN_WEIGHT and (not task or max(fit.weights) <= MAX_SCALE)
+
+
+def resaved(space, child, single, residual=None):
+    """Is the child one model's weights saved in fewer bits (every entry its value, rounded)?"""
+    residual = space.fit(child, [single])[1] if residual is None else residual
+    return _within_rounding(space, child, residual) and \
+        space.reproduced(child, [single], [[1.0]] * 2 * len(space.layers)) >= REPRODUCED
+
+
+def mix_reproduces(space, child, parents):
+    """Does a positive mix of `parents` reproduce the child's stored entries (a merge of its own,
+    saved in fewer bits, beside another merge of the same parents)?"""
+    weights, residual = space.fit(child, parents)
+    fit = MergeFit(list(parents), [float(w) for w in weights], residual, parents[0], float("inf"), method="linear")
+    return bool(min(weights) >= MIN_WEIGHT and _within_rounding(space, child, residual) and explains(space, child, fit))
+
+
+def _within_rounding(space, child, residual):
+    """Is a relative residual no larger than the child's storage format's rounding can leave?"""
+    bits = space.stored_bits(child)
+    return bits is not None and bits < 23 and residual <= ROUNDING_UNITS * 2.0 ** -bits
 
 
 def task_arithmetic(space, child, closest, single, single_residual):
@@ -160,10 +246,12 @@ def task_arithmetic(space, child, closest, single, single_residual):
         others = [name for name in closest if name != base]
         for first, second in itertools.combinations(others, 2):
             weights, residual = space.fit(child, [base, first, second])
-            if weights[0] < -MIN_WEIGHT and min(weights[1:]) >= MIN_WEIGHT and (best is None or residual < best.residual):
+            scales = weights[1:]
+            if weights[0] < -MIN_WEIGHT and MIN_WEIGHT <= min(scales) and max(scales) <= MAX_SCALE and \
+                    (best is None or residual < best.residual):
                 best = MergeFit([first, second], [float(w) for w in weights[1:]], residual, single, single_residual,
                                 base=base, method="task arithmetic")
-    return best if best is not None and best.residual <= LINEAR_FIT * single_residual else None
+    return best if best is not None and explains(space, child, best) else None
 
 
 def per_tensor_merge(space, child, closest, single, single_residual):
@@ -173,8 +261,8 @@ def per_tensor_merge(space, child, closest, single, single_residual):
     and no coefficient is clearly negative."""
     best = None
     for size in (2, 3):
-        if best is not None and best.residual <= LINEAR_FIT * single_residual:
-            break                            # the fewest parents that explain it
+        if best is not None and explains(space, child, best, per_tensor=True):
+            return best                      # the fewest parents that explain it
         for parents in itertools.combinations(closest, size):
             fits, left = [], 0.0
             for position, layer in enumerate(space.layers):
@@ -190,70 +278,9 @@ def per_tensor_merge(space, child, closest, single, single_residual):
             if best is None or residual < best.residual:
                 best = MergeFit(list(parents), [float(w) for w in weights.mean(0)], residual, single, single_residual,
                                 per_tensor=fits, method="per-tensor linear")
-    return best if best is not None and best.residual <= LINEAR_FIT * single_residual else None
-
-
-def entrywise_merge(space, child, closest, single, single_residual):
-    """TIES / DARE: over a base b, each entry of child - b is 0, one parent's change, or the
-    parents' mean, up to one global scale. Tried with parents and base among the closest models."""
-    sample = space.samples
-    best = None
-    for first, second in itertools.combinations(closest[:3], 2):
-        for base in closest:
-            if base in (first, second):
-                continue
-            change = sample[child] - sample[base]
-            options = torch.stack([torch.zeros_like(change), sample[first] - sample[base], sample[second] - sample[base]])
-            if min(_scaled_residual(change, option) for option in options[1:]) <= SCALED_COPY:
-                continue                     # a scaled copy of one change: a linear relation, not a merge of two
-            both = options[1:2] + options[2:3]
-            options = torch.cat([options, both / 2, both])          # TIES averages agreeing entries, DARE adds them
-            residual, picked = _entrywise_residual(change, options)
-            if best is None or residual < best.residual:
-                best = MergeFit([first, second], None, residual, single, single_residual, base)
-                best.method, best.densities = _trimming(options[1:3], picked)
-    return best if best is not None and best.residual <= ENTRYWISE_FIT else None
-
-
-def _trimming(changes, picked):
-    """How each parent's change was thinned, from the entries the merge kept of it (picked: per
-    entry 0 none, 1 / 2 one parent, 3 / 4 both): TIES keeps the largest entries, so the kept share
-    is the share above the smallest kept magnitude; DARE keeps entries at random, so its kept
-    share is the density itself. (method, [density per parent])."""
-    densities, ratios = [], []
-    for k, change in enumerate(changes):
-        kept = (picked == k + 1) | (picked >= 3)
-        magnitude = change.abs()
-        if not kept.any() or kept.all():
-            densities.append(float(kept.float().mean()))
-            ratios.append(1.0)
-            continue
-        ratios.append(float(magnitude[kept].mean() / magnitude[~kept].mean().clamp_min(1e-30)))
-        floor = torch.quantile(magnitude[kept], 0.01)
-        densities.append(float((magnitude >= floor).float().mean()))
-        if ratios[-1] < TIES_MAGNITUDE:
-            densities[-1] = float(kept.float().mean())
-    method = "TIES" if min(ratios) >= TIES_MAGNITUDE else "DARE"
-    return method, [round(d, 3) for d in densities]
-
-
-def _scaled_residual(change, option):
-    scale = float(option @ change) / max(float(option @ option), 1e-30)
-    return float((change - scale * option).norm() / change.norm().clamp_min(1e-30))
-
-
-def _entrywise_residual(change, options, rounds=3):
-    """Per entry the nearest option, with one global scale refitted a few times: the share of
-    the change's norm the best choice leaves, and the option picked per entry."""
-    scale = 1.0
-    for _ in range(rounds):
-        picked = options.mul(scale).sub(change).abs().argmin(0)
-        chosen = options.gather(0, picked[None]).squeeze(0)
-        norm = float(chosen @ chosen)
-        if norm > 0:
-            scale = float(chosen @ change) / norm
-    left = change - scale * chosen
-    return float(left.norm() / change.norm().clamp_min(1e-30)), picked
+    if best is not None and explains(space, child, best, per_tensor=True):
+        return best
+    return None
 
 
 def per_layer_sources(space, child, candidates):

@@ -33,6 +33,7 @@ class FamilyTree:
     undirected: list = field(default_factory=list)
     layers: dict = field(default_factory=dict)          # child -> [{"layer", "source", "source_layer", "score"}]
     coefficients: dict = field(default_factory=dict)    # merge child -> [{"layer", "tensor", "weights": {parent: w}}]
+    weights_by_kind: dict = field(default_factory=dict)  # merge child -> {"attention" / "mlp" / ...: {parent: w}}
 
 
 def record_tree(names, tree, pairs, not_compared, metas):
@@ -45,6 +46,7 @@ def record_tree(names, tree, pairs, not_compared, metas):
                                     "change": link.change, "density": link.density})
     return {
         "nodes": [{"name": name, "parents": parents[name], "layers": tree.layers.get(name), "coefficients": tree.coefficients.get(name),
+                   "weights_by_kind": tree.weights_by_kind.get(name),
                    "hub": hub_cards.declared_base(parents[name], lambda n: hub_cards.hub_repo(metas.get(n)) or n)} for name in names],
         "undirected": [{"a": u.a, "b": u.b, "relation": u.relation, "reason": u.reason, "confidence": "undirected"}
                        for u in tree.undirected],

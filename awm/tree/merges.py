@@ -6,7 +6,7 @@ density. The fits themselves live in awm.tree.evidence.
 """
 from dataclasses import dataclass, field
 
-from awm.tree import evidence
+from awm.tree import evidence, tensor_types
 
 
 @dataclass
@@ -25,6 +25,7 @@ class FoundMerge:
     layers: list = None             # a layer-wise merge: each layer's source
     coefficients: list = None       # per-tensor fits: [{"layer", "tensor", "weights"}]
     base: str = None                # the base a TIES / DARE / task-arithmetic merge was built on
+    by_kind: dict = None            # {kind of tensor: {parent: weight}} from the weight samples
 
 
 def find_merge(space, child, candidates, digest):
@@ -55,17 +56,40 @@ def find_merge(space, child, candidates, digest):
         how = (f"structure: a weighted average of its {len(fit.parents)} parents reproduces it (the fit leaves "
                f"{100 * fit.residual:.3f} % of its weights; the best single parent, {fit.single}, {100 * fit.single_residual:.2f} %)")
     else:
-        how = (f"structure: each entry of its change from {fit.base} is zero, one parent's change, their mean or their sum "
+        elected = "signs elected, " if fit.method != "DARE" else ""
+        how = (f"structure: each entry of its change from {fit.base} is zero, one parent's change or both mixed "
                f"({fit.method}: {'the largest' if fit.method == 'TIES' else 'random'} entries of each change kept, "
-               f"densities {' / '.join(f'{d:.2f}' for d in densities)}; {100 * fit.residual:.1f} % left unexplained): "
-               "not a linear combination, no coefficients")
+               f"{elected}weights {' / '.join(f'{w:.2f}' for w in fit.entry_weights)}, densities "
+               f"{' / '.join(f'{d:.2f}' for d in densities)}; {100 * fit.residual:.1f} % left unexplained beyond storage "
+               "rounding): not a linear combination of the models")
         base = fit.base
-    weights = [None if w is None else _rounded(w) for w in (fit.weights or [None] * len(fit.parents))]
+    by_kind = _weights_by_kind(fit, child, digest) if fit.weights is not None else None
+    if by_kind and _kinds_differ(by_kind):
+        how += "; attention and MLP are mixed with different coefficients (see weights_by_kind)"
+    weights = [None if w is None else _rounded(w) for w in (fit.weights or fit.entry_weights or [None] * len(fit.parents))]
     parents = [MergeParent(parent, weight, round(space.distance(child, parent), 6), density)
                for parent, weight, density in zip(fit.parents, weights, densities)]
     # Linear fits are ranked by what they leave of the best single parent, entrywise ones by what they leave of the change.
     quality = fit.residual / fit.single_residual if fit.weights is not None else fit.residual
-    return FoundMerge(quality, parents, how, coefficients=coefficients, base=base)
+    return FoundMerge(quality, parents, how, coefficients=coefficients, base=base, by_kind=by_kind)
+
+
+def _weights_by_kind(fit, child, digest):
+    """{kind of tensor: {parent: weight}} from the weight samples (a task-arithmetic base's own
+    coefficient left out), or None where no sample was kept."""
+    names = ([fit.base] if fit.method == "task arithmetic" else []) + fit.parents
+    samples = [digest(name).weight_sample() for name in names]
+    own = digest(child).weight_sample()
+    if not own or not all(samples):
+        return None
+    found = tensor_types.weights_by_kind(own, samples)
+    skip = 1 if fit.method == "task arithmetic" else 0
+    return {kind: None if weights is None else dict(zip(fit.parents, weights[skip:])) for kind, weights in found.items()} or None
+
+
+def _kinds_differ(by_kind, margin=0.05):
+    attention, mlp = by_kind.get("attention"), by_kind.get("mlp")
+    return bool(attention and mlp) and any(abs(attention[p] - mlp[p]) > margin for p in attention)
 
 
 def _layerwise(space, child, candidates, digest):

@@ -43,7 +43,7 @@ def place(suspect, records, metas, open_digest):
             _, parent, (relation, why) = max(upstream, key=lambda u: u[0])
             parents = [Link(parent, suspect, relation, f"structure: {relation}: {why}", confidence=structure_confidence(relation))]
     children = [(n, structural_relation(metas[n], metas[suspect])) for n in related]
-    tree = FamilyTree(parents, [], builder.tree.layers, builder.tree.coefficients)
+    tree = FamilyTree(parents, [], builder.tree.layers, builder.tree.coefficients, builder.tree.weights_by_kind)
     # With a parent of its own in the library, what is smaller than the suspect may as well come
     # from that parent: only the suspect's pairs are known here, so say so.
     caveat = f"; or from {' / '.join(p.parent for p in parents)}, its closest relative" if parents else ""
@@ -53,5 +53,6 @@ def place(suspect, records, metas, open_digest):
     record = record_tree([suspect, *related], tree, pairs, (), metas)
     node = next(n for n in record["nodes"] if n["name"] == suspect)
     return {"parents": node["parents"], "layers": node["layers"], "coefficients": node["coefficients"],
+            "weights_by_kind": node.get("weights_by_kind"),
             "derived_from_it": [{"name": n["name"], **{k: p[k] for k in ("relation", "direction", "confidence", "awm", "qk_circuit")}}
                                 for n in record["nodes"] for p in n["parents"] if p["name"] == suspect]}
