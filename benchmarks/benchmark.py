@@ -28,7 +28,7 @@ import zlib
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "method")]
 
 PRESETS = {
     # name: hidden, layers, heads, kv heads, vocab, intermediate, dtype, shards, q/k/v biases, tied embeddings
