@@ -166,7 +166,6 @@ def best_merge(space, child, candidates):
     if singles[single] <= SAME_WEIGHTS or resaved(space, child, single, singles[single]):
         return None
     closest = sorted(candidates, key=lambda name: space.distance(child, name))[:MERGE_CANDIDATES]
-    best = None
     for size in (2, 3):                      # the fewest parents that explain it
         fits = []
         for parents in itertools.combinations(closest, size):
@@ -174,7 +173,6 @@ def best_merge(space, child, candidates):
             if min(weights) >= MIN_WEIGHT:
                 fits.append(MergeFit(list(parents), [float(w) for w in weights], residual, single, singles[single], method="linear"))
         fits.sort(key=lambda fit: fit.residual)
-        best = fits[0] if fits and (best is None or fits[0].residual < best.residual) else best
         # Several sets may fit within rounding (other merges of the same parents): the first that
         # reproduces the child's stored entries, in the order of what they leave.
         for fit in fits:
