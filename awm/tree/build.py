@@ -238,7 +238,8 @@ class TreeBuilder(CopyLinks):
                 continue
             if relation == "stacked":
                 self.tree.layers[child] = self._traced[(child, parent)]
-            elif relation == "pruned" and self.metas[child]["num_layers"] < self.metas[parent]["num_layers"]:
+            elif relation == "pruned" and self.metas[child]["num_layers"] < self.metas[parent]["num_layers"] \
+                    and self.metas[child]["hidden_size"] == self.metas[parent]["hidden_size"]:
                 # Which of its parent's layers a depth-pruned model or an every-other-layer student kept.
                 traced = evidence.layer_sources(self.digest(child), {parent: self.digest(parent)})
                 self.tree.layers[child] = evidence.layer_records(traced)
