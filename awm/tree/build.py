@@ -168,14 +168,15 @@ class TreeBuilder(CopyLinks):
                                     confidence="inferred"))
 
     def _apply_merge(self, child, found):
+        by_kind = merges.weights_by_kind(found, child, self.sample)
         links = [Link(p.name, child, "merge", found.how, p.weight, p.change, p.density, "measured") for p in found.parents]
         self.tree.links += links
         if found.layers:
             self.tree.layers[child] = found.layers
         if found.coefficients:
             self.tree.coefficients[child] = found.coefficients
-        if found.by_kind:
-            self.tree.weights_by_kind[child] = found.by_kind
+        if by_kind:
+            self.tree.weights_by_kind[child] = by_kind
         if found.base:
             self._merge_bases.append((found.base, [p.name for p in found.parents], child))
         return links

@@ -51,11 +51,11 @@ def entrywise_merge(space, child, candidates, bases):
     Each base in `bases` is tried with the PARENT_CANDIDATES relatives (from all `candidates`)
     whose changes from it point most along the child's: the parents need not be the nearest
     models. Every choice is screened on a share of the sampled entries, the best few fitted on all."""
-    sample, bits = space.samples, space.stored_bits(child)
+    sample = space.samples
+    tolerance = _tolerance(sample[child], space.stored_bits(child))
     screened = []
     for base in dict.fromkeys([*bases, *_unchanged_in_most(sample, child, candidates)]):
         change = sample[child] - sample[base]
-        tolerance = _tolerance(sample[child], bits)
         if _left(change, tolerance).norm() <= REAL_CHANGE * change.norm():
             continue                         # a change of rounding size: nothing to read
         for first, second in itertools.combinations(_aligned_parents(space, child, base, candidates), 2):
@@ -68,7 +68,7 @@ def entrywise_merge(space, child, candidates, bases):
                 screened.append((left, base, first, second))
     best = None
     for _, base, first, second in sorted(screened)[:REFITTED]:
-        change, tolerance = sample[child] - sample[base], _tolerance(sample[child], bits)
+        change = sample[child] - sample[base]
         deltas = torch.stack([sample[first] - sample[base], sample[second] - sample[base]])
         residual, picked, scales = _fit(change, deltas, tolerance)
         if residual > ENTRYWISE_FIT or (best is not None and residual >= best.residual):

@@ -25,7 +25,7 @@ class FoundMerge:
     layers: list = None             # a layer-wise merge: each layer's source
     coefficients: list = None       # per-tensor fits: [{"layer", "tensor", "weights"}]
     base: str = None                # the base a TIES / DARE / task-arithmetic merge was built on
-    by_kind: dict = None            # {kind of tensor: {parent: weight}} from the weight samples
+    mixed: list = None              # a linear merge's models in its fit's order (a task-arithmetic base first)
 
 
 def find_merge(space, child, candidates, digest):
@@ -63,28 +63,32 @@ def find_merge(space, child, candidates, digest):
                f"{' / '.join(f'{d:.2f}' for d in densities)}; {100 * fit.residual:.1f} % left unexplained beyond storage "
                "rounding): not a linear combination of the models")
         base = fit.base
-    by_kind = _weights_by_kind(fit, child, digest) if fit.weights is not None else None
-    if by_kind and _kinds_differ(by_kind):
-        how += "; attention and MLP are mixed with different coefficients (see weights_by_kind)"
     weights = [None if w is None else _rounded(w) for w in (fit.weights or fit.entry_weights or [None] * len(fit.parents))]
     parents = [MergeParent(parent, weight, round(space.distance(child, parent), 6), density)
                for parent, weight, density in zip(fit.parents, weights, densities)]
     # Linear fits are ranked by what they leave of the best single parent, entrywise ones by what they leave of the change.
     quality = fit.residual / fit.single_residual if fit.weights is not None else fit.residual
-    return FoundMerge(quality, parents, how, coefficients=coefficients, base=base, by_kind=by_kind)
+    mixed = (([fit.base] if fit.method == "task arithmetic" else []) + fit.parents) if fit.weights is not None else None
+    return FoundMerge(quality, parents, how, coefficients=coefficients, base=base, mixed=mixed)
 
 
-def _weights_by_kind(fit, child, digest):
-    """{kind of tensor: {parent: weight}} from the weight samples (a task-arithmetic base's own
-    coefficient left out), or None where no sample was kept."""
-    names = ([fit.base] if fit.method == "task arithmetic" else []) + fit.parents
-    samples = [digest(name).weight_sample() for name in names]
-    own = digest(child).weight_sample()
+def weights_by_kind(found, child, sample):
+    """{kind of tensor: {parent: weight}} of a linear, SLERP or task-arithmetic merge from the
+    weight samples (a task-arithmetic base's own coefficient left out), or None for an entrywise
+    merge or where no sample was kept. sample(name): a model's weight sample. Asked once, for a
+    merge the tree takes (and its reason says when attention and MLP were mixed apart)."""
+    if not found.mixed:
+        return None
+    own, samples = sample(child), [sample(name) for name in found.mixed]
     if not own or not all(samples):
         return None
-    found = tensor_types.weights_by_kind(own, samples)
-    skip = 1 if fit.method == "task arithmetic" else 0
-    return {kind: None if weights is None else dict(zip(fit.parents, weights[skip:])) for kind, weights in found.items()} or None
+    skip = len(found.mixed) - len(found.parents)
+    parents = [p.name for p in found.parents]
+    by_kind = {kind: None if weights is None else dict(zip(parents, weights[skip:]))
+               for kind, weights in tensor_types.weights_by_kind(own, samples).items()} or None
+    if by_kind and _kinds_differ(by_kind):
+        found.how += "; attention and MLP are mixed with different coefficients (see weights_by_kind)"
+    return by_kind
 
 
 def _kinds_differ(by_kind, margin=0.05):

@@ -7,7 +7,7 @@ moves them by a small fraction of that spread.
 import numpy as np
 import torch
 
-from awm.tree.copies import unit
+from awm.tree.copies import MANTISSA_BITS, unit
 
 SEPARATED_UNITS = 8          # parents this many units of the child's format apart carry the fit
 MIN_SEPARATED = 64           # fewer such entries than this: every entry is used
@@ -15,7 +15,7 @@ MIN_SEPARATED = 64           # fewer such entries than this: every entry is used
 
 def bits_of(dtype):
     """Mantissa bits of a storage dtype (None for formats without units)."""
-    return {torch.bfloat16: 7, torch.float16: 10, torch.float32: 23, torch.float64: 52}.get(dtype)
+    return MANTISSA_BITS.get(str(dtype).removeprefix("torch."))
 
 
 def separated(columns, bits):
